@@ -1,0 +1,2 @@
+//! ferrofn-lb.
+#![forbid(unsafe_code)]

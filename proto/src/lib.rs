@@ -1,0 +1,26 @@
+//! Wire types of ferrofn, identical to the Fn Project's.
+//!
+//! `runner.proto` has no `package`, so its service is `RunnerProtocol` and the gRPC paths are
+//! `/RunnerProtocol/Engage`, `/RunnerProtocol/Status`, ... exactly as Fn's Go code expects. The generated
+//! module is re-exported at the crate root. `grpc.health.v1` comes from tonic-health; the encoded
+//! descriptor set of `runner.proto` is exported for gRPC server reflection.
+#![forbid(unsafe_code)]
+
+mod generated {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+    tonic::include_proto!("_");
+}
+
+pub use generated::*;
+
+/// `grpc.health.v1`, as served by tonic-health.
+pub use tonic_health::pb as health;
+
+/// Encoded `FileDescriptorSet` of `runner.proto` (and its imports) for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("runner_descriptor");
+
+/// Largest data chunk on an Engage stream, in either direction (Fn's `MaxDataChunk`).
+pub const MAX_DATA_CHUNK: usize = 10 * 1024;
+
+/// Full gRPC service name (no package).
+pub const SERVICE_NAME: &str = "RunnerProtocol";

@@ -1,0 +1,2 @@
+//! ferrofn-runner.
+#![forbid(unsafe_code)]

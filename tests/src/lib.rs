@@ -1,0 +1,2 @@
+//! Support code for ferrofn integration tests.
+#![forbid(unsafe_code)]
