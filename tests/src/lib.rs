@@ -1,2 +1,8 @@
-//! Support code for ferrofn integration tests.
+//! Support code for ferrofn's integration tests (one file per behaviour under `tests/tests/`) and the
+//! tools built from this crate: Docker access, function image builds, process harnesses.
 #![forbid(unsafe_code)]
+
+pub mod docker;
+pub mod images;
+pub mod lb_proc;
+pub mod runner_proc;
