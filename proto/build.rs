@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("runner_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
         .type_attribute(".", "#[allow(clippy::all)]")
+        // Body chunks are sliced out of larger buffers and handed on without copying.
+        .bytes(".")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
