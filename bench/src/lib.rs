@@ -1,0 +1,18 @@
+//! `ferrofn-bench`: a load and measurement tool for Fn-style load balancers (ferrofn's LB or Fn's
+//! own), and the measure of the physical floor beneath them: the function image run and called
+//! directly on the local Docker engine. Scenarios: sequential, sparse and concurrent warm calls,
+//! cold starts through the v2 API, streaming echo; results as tables and JSON, with the
+//! performance contract's checks against the floor.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod cold;
+pub mod floor;
+pub mod load;
+pub mod pattern;
+pub mod progress;
+pub mod report;
+pub mod rss;
+pub mod stats;
+pub mod stream;
+pub mod units;
