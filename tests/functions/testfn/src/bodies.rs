@@ -161,6 +161,14 @@ impl PatternBody {
     }
 }
 
+/// `CHUNK + 26` bytes of the pattern, built once.
+fn pattern_block() -> Bytes {
+    static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BLOCK
+        .get_or_init(|| (0..PatternBody::CHUNK + 26).map(pattern_byte).collect::<Vec<u8>>().into())
+        .clone()
+}
+
 /// The pattern byte at `offset`.
 pub fn pattern_byte(offset: u64) -> u8 {
     b'a' + (offset % 26) as u8
@@ -179,9 +187,12 @@ impl Body for PatternBody {
             return Poll::Ready(None);
         }
         let end = (this.offset + Self::CHUNK).min(this.len);
-        let chunk: Vec<u8> = (this.offset..end).map(pattern_byte).collect();
+        // Slices of one pre-built block: the pattern repeats every 26 bytes, so any window of it
+        // starts at `offset % 26` in the block. Zero-copy, so the function is never the bottleneck.
+        let start = (this.offset % 26) as usize;
+        let chunk = pattern_block().slice(start..start + (end - this.offset) as usize);
         this.offset = end;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
