@@ -1,2 +1,16 @@
-//! ferrofn-lb.
+//! ferrofn-lb: the LB node. It serves Fn's v2 management API from an embedded registry, and the
+//! invoke and trigger fronts, which turn an HTTP request into a call model ([`call`]), place it on a
+//! runner of the [`pool`] with a [`placer`] and stream it over Engage ([`engage`]).
 #![forbid(unsafe_code)]
+
+pub mod call;
+pub mod config;
+pub mod engage;
+pub mod http;
+pub mod placer;
+pub mod pool;
+pub mod registry;
+pub mod server;
+
+pub use config::LbSettings;
+pub use server::{LbHandle, start};

@@ -1,1 +1,130 @@
-fn main() {}
+//! The `ferrofn-lb` binary: loads the layered settings, serves until SIGTERM/SIGINT, re-reads the
+//! runner list on SIGHUP; `print-config` and `certs` subcommands.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+use ferrofn_common::certs::{CertsArgs, run_certs};
+use ferrofn_common::config::{EnvSource, render_toml};
+use ferrofn_common::shutdown::Shutdown;
+use ferrofn_lb::config::{Flags, LbSettings};
+use ferrofn_lb::pool::parse_addresses;
+
+/// How long SIGTERM waits for detached calls still running (Fn's longest fn timeout is 300 s).
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(330);
+
+#[derive(Debug, Parser)]
+#[command(name = "ferrofn-lb", version, about = "ferrofn LB node (Fn-compatible)")]
+struct Cli {
+    /// TOML settings file.
+    #[arg(long, global = true, env = "FERROFN_LB_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: Flags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the effective settings as TOML and exit.
+    PrintConfig,
+    /// Generate a cluster CA and the LB / runner certificates.
+    Certs(CertsArgs),
+    /// Health check for compose / Kubernetes: exit 0 when `GET /version` answers 200.
+    Probe {
+        /// `host:port` of the LB (default: 127.0.0.1 and the configured port).
+        #[arg(long)]
+        addr: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+/// `GET /version` over a plain socket (no HTTP client in a scratch image): true on a 200.
+async fn probe(addr: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.write_all(format!("GET /version HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out);
+    let status = text.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        status.starts_with("HTTP/1.1 200"),
+        "GET /version on {addr} answered {status:?}"
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let load = || LbSettings::load(cli.config.as_deref(), &EnvSource::process(), &cli.flags);
+    match &cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{}", render_toml(&load()?));
+            return Ok(());
+        }
+        Some(Command::Certs(args)) => return run_certs(args),
+        Some(Command::Probe { addr, timeout_ms }) => {
+            let addr = match addr {
+                Some(a) => a.clone(),
+                None => format!("127.0.0.1:{}", load()?.port),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let limit = std::time::Duration::from_millis(*timeout_ms);
+            return rt.block_on(async {
+                tokio::time::timeout(limit, probe(&addr))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer from {addr} within {limit:?}"))?
+            });
+        }
+        None => {}
+    }
+    let settings = load()?;
+    ferrofn_common::telemetry::init_tracing(settings.log_format, &settings.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let shutdown = Shutdown::new();
+        shutdown.listen_for_signals();
+        let lb = ferrofn_lb::start(&settings, shutdown.clone()).await?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let pool = lb.pool.clone();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = hup.recv() => match load() {
+                    // The file (and the environment of the process, which cannot change) again.
+                    Ok(s) => {
+                        let addrs: Vec<String> = s.runner_addresses.iter().flat_map(|a| parse_addresses(a)).collect();
+                        if let Err(e) = pool.set_addresses(&addrs) {
+                            tracing::error!(error = %e, "SIGHUP: keeping the old runner list");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: cannot re-read the settings"),
+                },
+            }
+        }
+        lb.task.await.context("server task")?;
+        // HTTP is closed; detached calls may still be running on runners: let them finish.
+        let left = lb.pool.drain(DRAIN_LIMIT).await;
+        if left > 0 {
+            tracing::warn!(calls = left, "stopping with calls still in flight");
+        }
+        tracing::info!("LB stopped");
+        anyhow::Ok(())
+    })
+}

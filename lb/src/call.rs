@@ -1,0 +1,231 @@
+//! HTTP request + fn + app -> the call model sent in `TryCall.models_call_json`: Fn's config merge
+//! and `FN_*` variables, annotations, headers (as received for invoke, renamed for HTTP triggers),
+//! the full request URL and method.
+
+use std::collections::BTreeMap;
+
+use http::HeaderMap;
+
+use ferrofn_common::call::{CallModel, TYPE_DETACHED, TYPE_SYNC};
+use ferrofn_common::datetime::DateTime;
+use ferrofn_common::models::{App, Function};
+
+/// Headers that never travel to a function (Go's hop-by-hop list).
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Go's `CanonicalMIMEHeaderKey`: `content-type` -> `Content-Type`. Names with characters Go would
+/// not canonicalise (spaces, non-token bytes) are returned unchanged.
+pub fn canonical_header(name: &str) -> String {
+    let valid = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return name.to_owned();
+    }
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
+/// The request headers as Go's server keeps them: canonical names, every value, no `Host`.
+pub fn headers_as_received(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in headers {
+        if name == http::header::HOST {
+            continue;
+        }
+        out.entry(canonical_header(name.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    out
+}
+
+/// The headers an HTTP trigger passes: hop-by-hop removed, every name other than `Content-Type`
+/// renamed to `Fn-Http-H-<Name>`, plus `Fn-Http-Method`, `Fn-Http-Request-Url` and
+/// `Fn-Intent: httprequest`.
+pub fn trigger_headers(headers: &HeaderMap, method: &str, url: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, values) in headers_as_received(headers) {
+        if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        let key = if name == "Content-Type" {
+            name
+        } else {
+            format!("Fn-Http-H-{name}")
+        };
+        out.entry(key).or_default().extend(values);
+    }
+    out.insert("Fn-Http-Method".into(), vec![method.to_owned()]);
+    out.insert("Fn-Http-Request-Url".into(), vec![url.to_owned()]);
+    out.insert("Fn-Intent".into(), vec!["httprequest".into()]);
+    out
+}
+
+/// What the HTTP front knows about the request.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    /// The call ID (also the `Fn-Call-Id` response header).
+    pub id: String,
+    /// Request method.
+    pub method: String,
+    /// Full request URL (scheme and host filled in).
+    pub url: String,
+    /// Headers for the function (see [`headers_as_received`] / [`trigger_headers`]).
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// `Fn-Invoke-Type: detached` on an invoke.
+    pub detached: bool,
+    /// Trigger ID ("" for invokes).
+    pub trigger_id: String,
+}
+
+/// Builds the call model as Fn's LB does (`FromHTTPFnRequest` + `call.Start`): status `running`,
+/// `started_at` set, config = app config overridden by fn config plus `FN_MEMORY`, `FN_TYPE`
+/// (`sync` even for detached calls, as Fn), `FN_FN_ID` and `FN_APP_ID`.
+pub fn build_call(req: CallRequest, app: &App, f: &Function) -> CallModel {
+    let memory = f.memory_mb();
+    let mut config = app.config.clone();
+    config.extend(f.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    config.insert("FN_MEMORY".into(), memory.to_string());
+    config.insert("FN_TYPE".into(), TYPE_SYNC.into());
+    config.insert("FN_FN_ID".into(), f.id.clone());
+    config.insert("FN_APP_ID".into(), app.id.clone());
+    let mut annotations = app.annotations.clone();
+    annotations.extend(f.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let now = DateTime::now();
+    CallModel {
+        id: req.id,
+        status: "running".into(),
+        image: f.image.clone(),
+        call_type: if req.detached { TYPE_DETACHED } else { TYPE_SYNC }.into(),
+        url: req.url,
+        method: req.method,
+        timeout: f.timeout_secs(),
+        idle_timeout: f.idle_timeout_secs(),
+        memory,
+        config,
+        annotations,
+        headers: req.headers,
+        syslog_url: app.syslog_url.clone().unwrap_or_default(),
+        created_at: now,
+        started_at: now,
+        app_id: app.id.clone(),
+        app_name: app.name.clone(),
+        trigger_id: req.trigger_id,
+        fn_id: f.id.clone(),
+        ..CallModel::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names_like_go() {
+        assert_eq!(canonical_header("content-type"), "Content-Type");
+        assert_eq!(canonical_header("fn-invoke-type"), "Fn-Invoke-Type");
+        assert_eq!(canonical_header("X-FOO-bar"), "X-Foo-Bar");
+        assert_eq!(canonical_header("etag"), "Etag");
+        assert_eq!(canonical_header("bad header"), "bad header");
+    }
+
+    fn headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("host", "lb:8080".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("connection", "keep-alive".parse().unwrap());
+        h.append("x-multi", "a".parse().unwrap());
+        h.append("x-multi", "b".parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn invoke_keeps_headers_as_received_without_host() {
+        let out = headers_as_received(&headers());
+        assert_eq!(out["Content-Type"], vec!["application/json"]);
+        assert_eq!(out["X-Multi"], vec!["a", "b"]);
+        assert_eq!(out["Connection"], vec!["keep-alive"]);
+        assert!(!out.contains_key("Host"));
+    }
+
+    #[test]
+    fn trigger_renames_and_adds_fn_headers() {
+        let out = trigger_headers(&headers(), "PUT", "http://lb:8080/t/app/x?q=1");
+        assert_eq!(out["Content-Type"], vec!["application/json"]);
+        assert_eq!(out["Fn-Http-H-X-Multi"], vec!["a", "b"]);
+        assert!(!out.keys().any(|k| k.contains("Connection")));
+        assert_eq!(out["Fn-Http-Method"], vec!["PUT"]);
+        assert_eq!(out["Fn-Http-Request-Url"], vec!["http://lb:8080/t/app/x?q=1"]);
+        assert_eq!(out["Fn-Intent"], vec!["httprequest"]);
+    }
+
+    #[test]
+    fn call_model_merges_config_and_sets_fn_vars() {
+        let mut app = App {
+            id: "01APP".into(),
+            name: "myapp".into(),
+            ..App::default()
+        };
+        app.config.insert("A".into(), "1".into());
+        app.config.insert("B".into(), "app".into());
+        app.annotations.insert("x/a".into(), serde_json::json!("app"));
+        let mut f = Function {
+            id: "01FN".into(),
+            name: "f".into(),
+            app_id: "01APP".into(),
+            image: "fnproject/hello:0.0.1".into(),
+            ..Function::default()
+        };
+        f.config.insert("B".into(), "2".into());
+        f.annotations.insert("x/a".into(), serde_json::json!("fn"));
+        let req = CallRequest {
+            id: "01CALL".into(),
+            method: "POST".into(),
+            url: "http://127.0.0.1:8080/invoke/01FN".into(),
+            headers: BTreeMap::from([("Fn-Invoke-Type".into(), vec!["detached".into()])]),
+            detached: true,
+            trigger_id: String::new(),
+        };
+        let call = build_call(req, &app, &f);
+        assert_eq!(call.config["A"], "1");
+        assert_eq!(call.config["B"], "2");
+        assert_eq!(call.config["FN_MEMORY"], "128");
+        assert_eq!(
+            call.config["FN_TYPE"], "sync",
+            "Fn keeps sync even for detached calls"
+        );
+        assert_eq!(call.config["FN_FN_ID"], "01FN");
+        assert_eq!(call.config["FN_APP_ID"], "01APP");
+        assert_eq!(call.annotations["x/a"], serde_json::json!("fn"));
+        assert_eq!(call.call_type, "detached");
+        assert_eq!((call.timeout, call.idle_timeout, call.memory), (30, 30, 128));
+        assert_eq!(call.status, "running");
+        assert!(!call.started_at.is_zero());
+        let json: serde_json::Value = serde_json::from_str(&call.to_json()).unwrap();
+        assert_eq!(json["app_name"], "myapp");
+        assert_eq!(json["trigger_id"], "");
+        assert!(json.get("cpus").is_none());
+    }
+}

@@ -1,0 +1,598 @@
+//! The client side of Engage: one attempt on one runner. It sends the TryCall and the body in
+//! frames of at most 10 KiB, classifies the runner's answer (NACK or failed open -> try the next
+//! runner; anything after commitment is final) and turns the result into an HTTP response.
+//!
+//! Two modes. With Fn runners (or a mixed pool) the body is buffered for replay and the response is
+//! buffered until the call ends, as Fn does. When every runner advertises the accept-ack capability,
+//! the LB asks for the ack (extension `ferrofn-accept-ack=1`), holds the body back until the runner's
+//! zero-length data frame says the call has started, then streams the body in and the response out
+//! through bounded buffers; only a head of [`HEAD_BUFFER`] bytes is held so short responses still get
+//! exact error statuses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+use ferrofn_common::error::FnError;
+use ferrofn_common::frames::chunks;
+use ferrofn_proto::{
+    CallFinished, ClientMsg, DataFrame, RunnerMsg, TryCall, call_result_start, client_msg, runner_msg,
+};
+
+use crate::placer::Attempt;
+use crate::pool::{InFlight, Runner, RunnerState};
+
+/// TryCall extension asking a ferrofn runner to acknowledge acceptance before the body is sent.
+pub const ACCEPT_ACK_EXTENSION: &str = "ferrofn-accept-ack";
+/// Default response bytes held before the LB commits to a status and starts streaming (ack mode).
+pub const HEAD_BUFFER: usize = 64 * 1024;
+/// Frames queued towards the runner or the client: with 10 KiB frames, a bounded window.
+const WINDOW_FRAMES: usize = 4;
+
+/// Fn's text for a stream that ended without CallFinished.
+const NO_EOF: &str = "Purerunner missing EOF response";
+
+/// The request body across attempts.
+#[derive(Debug)]
+pub enum BodyState {
+    /// In memory: every attempt replays it.
+    Buffered(Bytes),
+    /// Not read yet: taken by the attempt whose runner acknowledged acceptance.
+    Stream(Body),
+    /// Already handed to a committed attempt.
+    Taken,
+}
+
+/// The request body, shared by the attempts of one call.
+pub type SharedBody = Arc<Mutex<BodyState>>;
+
+/// One call as Engage needs it.
+#[derive(Debug, Clone)]
+pub struct EngageCall {
+    /// The call ID (`fn_request_id` metadata).
+    pub call_id: String,
+    /// `models_call_json`.
+    pub model_json: String,
+    /// Detached call: the runner's 202 result start is the answer.
+    pub detached: bool,
+    /// gRPC deadline of a detached call's stream (Fn: 30 s + fn timeout + headroom).
+    pub detached_deadline: Duration,
+    /// W3C `traceparent` passed as gRPC metadata.
+    pub traceparent: Option<String>,
+    /// The body.
+    pub body: SharedBody,
+    /// `FN_MAX_REQUEST_SIZE` (0 = unlimited), enforced while streaming a body of unknown length.
+    pub max_request: u64,
+    /// Response head held before streaming (ack mode): errors within it keep their exact status.
+    pub head_limit: usize,
+}
+
+/// The HTTP answer of a committed call.
+#[derive(Debug)]
+pub struct CallResponse {
+    /// Status (the runner's ResultStart, 200 if it sent none).
+    pub status: u16,
+    /// The function's response headers, in order, one entry per value.
+    pub headers: Vec<(String, String)>,
+    /// The body (buffered, or streaming in ack mode).
+    pub body: Body,
+}
+
+fn internal(what: &str, runner: &Runner, detail: impl std::fmt::Display) -> FnError {
+    tracing::warn!(runner = %runner.addr(), error = %detail, "{what}");
+    metrics::counter!("lb_engage_errors_total", "stage" => what.to_owned()).increment(1);
+    FnError::internal()
+}
+
+/// Fn's `isTooBusy` for a gRPC status: code 503 travels as a non-standard `grpc-status`, which tonic
+/// reads as UNKNOWN; the raw value or the message tells it apart.
+pub fn status_is_too_busy(s: &tonic::Status) -> bool {
+    let raw = s.metadata().get("grpc-status").and_then(|v| v.to_str().ok()) == Some("503");
+    raw || (s.code() == Code::Unknown && s.message().contains("too busy"))
+}
+
+fn finished_error(f: &CallFinished) -> FnError {
+    FnError::from_code(f.error_code, f.error_str.clone()).with_user_error(f.error_user)
+}
+
+fn data_msg(data: Bytes, eof: bool) -> ClientMsg {
+    ClientMsg {
+        body: Some(client_msg::Body::Data(DataFrame { data, eof })),
+    }
+}
+
+/// Reads a whole body, failing with 413 past `max` (0 = unlimited): covers chunked bodies too.
+pub async fn read_limited(body: Body, max: u64) -> Result<Bytes, FnError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            tracing::debug!(error = %e, "reading the request body failed");
+            FnError::internal()
+        })?;
+        buf.extend_from_slice(&chunk);
+        if max > 0 && buf.len() as u64 > max {
+            return Err(FnError::request_too_large(buf.len() as u64, max));
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Runs one attempt of `call` on `runner`.
+pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallResponse, FnError> {
+    let in_flight = runner.begin_call();
+    // Ack mode needs the runner's capability; a body already buffered is simply replayed.
+    let mut ack_mode = false;
+    {
+        let mut body = call.body.lock().await;
+        if matches!(*body, BodyState::Stream(_)) {
+            if runner.supports_accept_ack() {
+                ack_mode = true;
+            } else {
+                // The pool changed under us: fall back to Fn's buffering for this call.
+                let BodyState::Stream(b) = std::mem::replace(&mut *body, BodyState::Taken) else {
+                    unreachable!("checked above")
+                };
+                match read_limited(b, call.max_request).await {
+                    Ok(bytes) => *body = BodyState::Buffered(bytes),
+                    Err(e) => return Attempt::Placed(Err(e)),
+                }
+            }
+        } else if matches!(*body, BodyState::Taken) {
+            return Attempt::Placed(Err(internal("body already consumed", &runner, "no replay")));
+        }
+    }
+
+    let (tx, rx) = mpsc::channel::<ClientMsg>(WINDOW_FRAMES);
+    let mut extensions = HashMap::new();
+    if ack_mode {
+        extensions.insert(ACCEPT_ACK_EXTENSION.to_owned(), "1".to_owned());
+    }
+    let try_msg = ClientMsg {
+        body: Some(client_msg::Body::Try(TryCall {
+            models_call_json: call.model_json.clone(),
+            slot_hash_id: String::new(),
+            extensions,
+        })),
+    };
+    if tx.send(try_msg).await.is_err() {
+        return Attempt::NotPlaced(FnError::server_busy());
+    }
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Ok(v) = MetadataValue::try_from(call.call_id.as_str()) {
+        req.metadata_mut().insert("fn_request_id", v);
+    }
+    if let Some(tp) = call
+        .traceparent
+        .as_deref()
+        .and_then(|t| MetadataValue::try_from(t).ok())
+    {
+        req.metadata_mut().insert("traceparent", tp);
+    }
+    if call.detached {
+        req.set_timeout(call.detached_deadline);
+    }
+
+    // Fn mode: the body goes out at once, optimistically, while we wait for the answer.
+    let sender = if ack_mode {
+        None
+    } else {
+        let bytes = match &*call.body.lock().await {
+            BodyState::Buffered(b) => b.clone(),
+            _ => Bytes::new(),
+        };
+        let tx = tx.clone();
+        Some(tokio::spawn(async move {
+            for chunk in chunks(bytes) {
+                if tx.send(data_msg(chunk, false)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(data_msg(Bytes::new(), true)).await;
+        }))
+    };
+    // Abort the buffered sender if this attempt ends early (NACK, error).
+    let mut sender_guard = sender.map(AbortOnDrop);
+
+    let mut client = runner.client();
+    let mut stream = match client.engage(req).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) if s.code() == Code::Unavailable => {
+            // The stream could not be opened: the runner never saw the TryCall.
+            tracing::info!(runner = %runner.addr(), error = %s.message(), "engage open failed; trying the next runner");
+            runner.set_state(RunnerState::Down);
+            return Attempt::NotPlaced(FnError::server_busy());
+        }
+        Err(s) if status_is_too_busy(&s) => return nack(&runner),
+        Err(s) => return Attempt::Placed(Err(internal("engage open", &runner, s))),
+    };
+
+    if ack_mode {
+        return ack_flow(runner, call, tx, stream, in_flight).await;
+    }
+    drop(tx);
+
+    // Fn mode: buffer everything until CallFinished and the end of the stream.
+    let mut status = 0_u16;
+    let mut headers = Vec::new();
+    let mut started = false;
+    let mut body = BytesMut::new();
+    loop {
+        let msg = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "stream ended"))),
+            Err(s) if !started && status_is_too_busy(&s) => return nack(&runner),
+            Err(s) => return Attempt::Placed(Err(internal("engage receive", &runner, s))),
+        };
+        match msg.body {
+            Some(runner_msg::Body::ResultStart(rs)) => {
+                if let Some(call_result_start::Meta::Http(h)) = rs.meta {
+                    if h.status_code > 0 {
+                        status = u16::try_from(h.status_code).unwrap_or(500);
+                    }
+                    headers.extend(h.headers.into_iter().map(|hh| (hh.key, hh.value)));
+                }
+                if call.detached && !started {
+                    // The runner's result start is the detached ack: answer now, let the call run.
+                    let status = if status == 0 { 202 } else { status };
+                    // The body may still be on its way (Fn acks when the call gets a slot, before
+                    // the function has read its input): the sender lives on with the stream.
+                    let sender = sender_guard.take();
+                    tokio::spawn(async move {
+                        let _sender = sender;
+                        drain_detached(stream, in_flight, runner).await;
+                    });
+                    return Attempt::Placed(Ok(CallResponse {
+                        status,
+                        headers,
+                        body: Body::empty(),
+                    }));
+                }
+                started = true;
+            }
+            Some(runner_msg::Body::Data(d)) => {
+                started = true;
+                if !call.detached {
+                    body.extend_from_slice(&d.data);
+                }
+            }
+            Some(runner_msg::Body::Finished(f)) => {
+                record_finished(&f);
+                if !f.success {
+                    let err = finished_error(&f);
+                    if err.is_nack() && !started {
+                        return nack(&runner);
+                    }
+                    return Attempt::Placed(Err(err));
+                }
+                // Fn reads on to the end of the stream; extra messages are a protocol error.
+                match stream.message().await {
+                    Ok(None) | Err(_) => {}
+                    Ok(Some(_)) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "extra message"))),
+                }
+                let status = if status == 0 {
+                    if call.detached { 202 } else { 200 }
+                } else {
+                    status
+                };
+                return Attempt::Placed(Ok(CallResponse {
+                    status,
+                    headers,
+                    body: Body::from(body.freeze()),
+                }));
+            }
+            None => tracing::debug!(runner = %runner.addr(), "ignoring an empty runner message"),
+        }
+    }
+}
+
+fn nack(runner: &Runner) -> Attempt<CallResponse, FnError> {
+    metrics::counter!("lb_engage_nacks_total", "runner" => runner.addr().to_owned()).increment(1);
+    tracing::debug!(runner = %runner.addr(), "runner NACKed the call");
+    Attempt::NotPlaced(FnError::server_busy())
+}
+
+fn record_finished(f: &CallFinished) {
+    if f.execution_duration > 0 {
+        metrics::histogram!("lb_runner_exec_latency_seconds").record(f.execution_duration as f64 / 1e9);
+    }
+    if f.scheduler_duration > 0 {
+        metrics::histogram!("lb_runner_sched_latency_seconds").record(f.scheduler_duration as f64 / 1e9);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// After a detached ack the stream must stay open until the function ends (closing it would cancel
+/// the call on the runner).
+async fn drain_detached(mut stream: tonic::Streaming<RunnerMsg>, _in_flight: InFlight, runner: Arc<Runner>) {
+    loop {
+        match stream.message().await {
+            Ok(Some(RunnerMsg {
+                body: Some(runner_msg::Body::Finished(f)),
+            })) => {
+                record_finished(&f);
+                if !f.success {
+                    tracing::info!(runner = %runner.addr(), call = %f.details, code = f.error_code,
+                        error = %f.error_str, "detached call failed");
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(s) => {
+                tracing::info!(runner = %runner.addr(), error = %s, "detached call stream ended with an error");
+                return;
+            }
+        }
+    }
+}
+
+/// Pumps the client body to the runner in frames, stopping at `max` bytes (0 = unlimited) with an
+/// error on `over`.
+async fn pump_body(body: Body, tx: mpsc::Sender<ClientMsg>, max: u64, over: oneshot::Sender<FnError>) {
+    let mut stream = body.into_data_stream();
+    let mut total = 0_u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "client body read failed");
+                let _ = over.send(FnError::internal());
+                return;
+            }
+        };
+        total += chunk.len() as u64;
+        if max > 0 && total > max {
+            let _ = over.send(FnError::request_too_large(total, max));
+            return;
+        }
+        for piece in chunks(chunk) {
+            if tx.send(data_msg(piece, false)).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = tx.send(data_msg(Bytes::new(), true)).await;
+}
+
+/// Takes the body for the committed attempt.
+async fn take_body(call: &EngageCall) -> Body {
+    match std::mem::replace(&mut *call.body.lock().await, BodyState::Taken) {
+        BodyState::Stream(b) => b,
+        BodyState::Buffered(b) => Body::from(b),
+        BodyState::Taken => Body::empty(),
+    }
+}
+
+async fn ack_flow(
+    runner: Arc<Runner>,
+    call: &EngageCall,
+    tx: mpsc::Sender<ClientMsg>,
+    mut stream: tonic::Streaming<RunnerMsg>,
+    in_flight: InFlight,
+) -> Attempt<CallResponse, FnError> {
+    // 1. Wait for the ack (a zero-length data frame) or a refusal.
+    match stream.message().await {
+        Ok(Some(RunnerMsg {
+            body: Some(runner_msg::Body::Data(d)),
+        })) if d.data.is_empty() => {}
+        Ok(Some(RunnerMsg {
+            body: Some(runner_msg::Body::Finished(f)),
+        })) => {
+            record_finished(&f);
+            let err = if f.success {
+                internal("ack", &runner, "finished before ack")
+            } else {
+                finished_error(&f)
+            };
+            if err.is_nack() {
+                return nack(&runner);
+            }
+            return Attempt::Placed(Err(err));
+        }
+        // A detached call's 202 result start is its acceptance ack (the runner sends it once the
+        // call holds a slot): stream the body in and answer 202 now.
+        Ok(Some(RunnerMsg {
+            body: Some(runner_msg::Body::ResultStart(rs)),
+        })) if call.detached => {
+            let (status, headers) = match rs.meta {
+                Some(call_result_start::Meta::Http(h)) => (
+                    u16::try_from(h.status_code)
+                        .ok()
+                        .filter(|s| *s > 0)
+                        .unwrap_or(202),
+                    h.headers.into_iter().map(|hh| (hh.key, hh.value)).collect(),
+                ),
+                None => (202, Vec::new()),
+            };
+            let body = take_body(call).await;
+            let (over_tx, _over_rx) = oneshot::channel();
+            let pump = AbortOnDrop(tokio::spawn(pump_body(body, tx, call.max_request, over_tx)));
+            tokio::spawn(async move {
+                let _pump = pump;
+                drain_detached(stream, in_flight, runner).await;
+            });
+            return Attempt::Placed(Ok(CallResponse {
+                status,
+                headers,
+                body: Body::empty(),
+            }));
+        }
+        Ok(Some(other)) => {
+            return Attempt::Placed(Err(internal(
+                "ack",
+                &runner,
+                format!("unexpected message before ack: {other:?}"),
+            )));
+        }
+        Ok(None) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "stream ended before ack"))),
+        Err(s) if status_is_too_busy(&s) => return nack(&runner),
+        Err(s) => return Attempt::Placed(Err(internal("engage receive", &runner, s))),
+    }
+    // 2. Committed: the body streams in behind the ack.
+    let body = take_body(call).await;
+    let (over_tx, mut over_rx) = oneshot::channel();
+    let pump = AbortOnDrop(tokio::spawn(pump_body(body, tx, call.max_request, over_tx)));
+
+    // 3. Read the response head; stream the rest once the head buffer is full.
+    let mut status = 0_u16;
+    let mut headers = Vec::new();
+    let mut head = BytesMut::new();
+    let mut started = false;
+    let mut pump_running = true;
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            r = &mut over_rx, if pump_running => match r {
+                Ok(err) => return Attempt::Placed(Err(err)),
+                // The pump finished the body normally.
+                Err(_) => {
+                    pump_running = false;
+                    continue;
+                }
+            },
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "stream ended"))),
+            Err(s) => return Attempt::Placed(Err(internal("engage receive", &runner, s))),
+        };
+        match msg.body {
+            Some(runner_msg::Body::ResultStart(rs)) => {
+                if let Some(call_result_start::Meta::Http(h)) = rs.meta {
+                    if h.status_code > 0 {
+                        status = u16::try_from(h.status_code).unwrap_or(500);
+                    }
+                    headers.extend(h.headers.into_iter().map(|hh| (hh.key, hh.value)));
+                }
+                if call.detached && !started {
+                    let status = if status == 0 { 202 } else { status };
+                    tokio::spawn(async move {
+                        let _pump = pump;
+                        drain_detached(stream, in_flight, runner).await;
+                    });
+                    return Attempt::Placed(Ok(CallResponse {
+                        status,
+                        headers,
+                        body: Body::empty(),
+                    }));
+                }
+                started = true;
+            }
+            Some(runner_msg::Body::Data(d)) => {
+                started = true;
+                if call.detached {
+                    continue;
+                }
+                head.extend_from_slice(&d.data);
+                if head.len() >= call.head_limit {
+                    let (btx, brx) = mpsc::channel::<Result<Bytes, std::io::Error>>(WINDOW_FRAMES);
+                    let head = head.freeze();
+                    tokio::spawn(stream_rest(stream, head, btx, pump, in_flight, runner.clone()));
+                    let status = if status == 0 { 200 } else { status };
+                    let body = Body::from_stream(ReceiverStream::new(brx));
+                    return Attempt::Placed(Ok(CallResponse {
+                        status,
+                        headers,
+                        body,
+                    }));
+                }
+            }
+            Some(runner_msg::Body::Finished(f)) => {
+                record_finished(&f);
+                if !f.success {
+                    return Attempt::Placed(Err(finished_error(&f)));
+                }
+                let status = if status == 0 {
+                    if call.detached { 202 } else { 200 }
+                } else {
+                    status
+                };
+                return Attempt::Placed(Ok(CallResponse {
+                    status,
+                    headers,
+                    body: Body::from(head.freeze()),
+                }));
+            }
+            None => {}
+        }
+    }
+}
+
+/// Forwards the rest of a streamed response. A late failure aborts the body (the client sees a
+/// truncated response instead of a status, which is the price of not buffering).
+async fn stream_rest(
+    mut stream: tonic::Streaming<RunnerMsg>,
+    head: Bytes,
+    out: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    _pump: AbortOnDrop,
+    _in_flight: InFlight,
+    runner: Arc<Runner>,
+) {
+    if out.send(Ok(head)).await.is_err() {
+        return; // client gone: dropping the stream cancels the call on the runner
+    }
+    loop {
+        let item = match stream.message().await {
+            Ok(Some(RunnerMsg {
+                body: Some(runner_msg::Body::Data(d)),
+            })) => Ok(d.data),
+            Ok(Some(RunnerMsg {
+                body: Some(runner_msg::Body::Finished(f)),
+            })) => {
+                record_finished(&f);
+                if f.success {
+                    return;
+                }
+                tracing::info!(runner = %runner.addr(), code = f.error_code, error = %f.error_str,
+                    "call failed after its response started streaming; aborting the body");
+                Err(std::io::Error::other(f.error_str))
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => Err(std::io::Error::other(NO_EOF)),
+            Err(s) => Err(std::io::Error::other(s.to_string())),
+        };
+        let failed = item.is_err();
+        if out.send(item).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_busy_detection() {
+        assert!(status_is_too_busy(&tonic::Status::unknown(
+            "Timed out - server too busy"
+        )));
+        assert!(!status_is_too_busy(&tonic::Status::unknown("boom")));
+        assert!(!status_is_too_busy(&tonic::Status::internal("server too busy")));
+    }
+
+    #[tokio::test]
+    async fn limited_read_rejects_over_limit_bodies() {
+        let ok = read_limited(Body::from("abc"), 3).await.unwrap();
+        assert_eq!(&ok[..], b"abc");
+        let err = read_limited(Body::from("abcd"), 3).await.unwrap_err();
+        assert_eq!(err.code(), 413);
+        assert_eq!(read_limited(Body::from("abcd"), 0).await.unwrap().len(), 4);
+    }
+}

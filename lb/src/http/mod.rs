@@ -1,0 +1,155 @@
+//! The LB's HTTP front (axum): Fn's v2 management API, `/invoke/{fn_id}`, `/t/{app}/{source}`,
+//! `GET /`, `/version`, `/metrics`; Fn's JSON errors for unknown paths and methods, and the
+//! `FN_MAX_REQUEST_SIZE` check on every route.
+
+pub mod api;
+pub mod error;
+pub mod invoke;
+pub mod trigger;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use http::{HeaderMap, StatusCode, header};
+
+use ferrofn_common::error::FnError;
+
+use crate::placer::{Placer, PlacerConfig};
+use crate::pool::RunnerPool;
+use crate::registry::Registry;
+
+pub use error::{ApiError, error_response, json_response};
+
+/// The version `GET /version` reports: the Fn server version ferrofn is compatible with.
+pub const FN_COMPAT_VERSION: &str = "0.3.753";
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct LbState {
+    /// Apps, fns, triggers (through the read-through cache).
+    pub registry: Arc<dyn Registry>,
+    /// The runners.
+    pub pool: Arc<RunnerPool>,
+    /// `FN_PLACER`.
+    pub placer: Arc<dyn Placer>,
+    /// Placer timing.
+    pub placer_config: PlacerConfig,
+    /// `FN_PUBLIC_LB_URL` (no trailing slash), else the request's Host is used.
+    pub public_url: Option<String>,
+    /// `FN_MAX_REQUEST_SIZE` (0 = unlimited).
+    pub max_request: u64,
+    /// `FN_EXECUTION_HEADROOM` for detached calls' stream deadline.
+    pub execution_headroom: Duration,
+    /// Response head buffered before streaming, with accept-ack runners.
+    pub response_head: usize,
+}
+
+/// Shared state handle.
+pub type SharedState = Arc<LbState>;
+
+impl LbState {
+    /// The public base URL for annotations: `FN_PUBLIC_LB_URL`, else `http://<Host>`.
+    pub fn public_base(&self, headers: &HeaderMap) -> String {
+        if let Some(u) = &self.public_url {
+            return u.trim_end_matches('/').to_owned();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    }
+}
+
+/// The full request URL as Fn puts it in the call model (scheme and host filled in).
+pub fn full_url(headers: &HeaderMap, uri: &http::Uri) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{host}{pq}")
+}
+
+async fn root() -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"goto": "https://github.com/fnproject/fn", "hello": "world!"}),
+        false,
+    )
+}
+
+async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"version": FN_COMPAT_VERSION}),
+        false,
+    )
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ferrofn_common::telemetry::render_metrics(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> Response {
+    error_response(&FnError::path_not_found(req.method().as_str(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    error_response(&FnError::method_not_allowed(
+        req.method().as_str(),
+        req.uri().path(),
+    ))
+}
+
+/// `FN_MAX_REQUEST_SIZE` on every route: a declared length over the limit is refused at once.
+/// (Bodies of unknown length are counted while read: see `engage::read_limited`.)
+async fn size_limit(State(st): State<SharedState>, req: Request, next: Next) -> Response {
+    if st.max_request > 0 {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|n| *n > st.max_request) {
+            return error_response(&FnError::request_too_large(n, st.max_request));
+        }
+    }
+    next.run(req).await
+}
+
+/// Counts requests by method and status.
+async fn count_requests(req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    metrics::counter!("lb_http_requests_total", "method" => method, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
+}
+
+/// The LB router.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .merge(api::routes())
+        .route("/invoke/{fn_id}", any(invoke::invoke))
+        .route("/t/{app_name}", any(trigger::trigger_root))
+        .route("/t/{app_name}/{*source}", any(trigger::trigger))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), size_limit))
+        .layer(middleware::from_fn(count_requests))
+        .with_state(state)
+}

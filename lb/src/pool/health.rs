@@ -1,0 +1,178 @@
+//! The health loop: every interval each runner is probed with `Status` (Fn's RPC; a failed status
+//! image marks it down) and `grpc.health.v1` (NOT_SERVING marks it draining; UNIMPLEMENTED, as on an
+//! Fn runner, is ignored). Capabilities come from `RunnerStatus.customStatus`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use ferrofn_proto::RunnerStatus;
+use ferrofn_proto::health::HealthCheckRequest;
+use ferrofn_proto::health::health_check_response::ServingStatus;
+use ferrofn_proto::health::health_client::HealthClient;
+
+use super::{Runner, RunnerPool, RunnerState};
+
+/// `customStatus` key listing a ferrofn runner's capabilities (comma-separated).
+pub const CAPABILITIES_KEY: &str = "ferrofn-capabilities";
+/// The capability: the runner acknowledges acceptance with a zero-length data frame when the
+/// TryCall carries the [`crate::engage::ACCEPT_ACK_EXTENSION`] extension.
+pub const ACCEPT_ACK_CAPABILITY: &str = "accept-ack";
+
+/// Default probe period.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+/// Default budget of one probe RPC.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// True when a Status reply advertises the accept-ack capability (either the capability list or a
+/// `ferrofn-accept-ack` key set to `1`/`true`).
+pub fn advertises_accept_ack(status: &RunnerStatus) -> bool {
+    let listed = status
+        .custom_status
+        .get(CAPABILITIES_KEY)
+        .is_some_and(|caps| caps.split(',').any(|c| c.trim() == ACCEPT_ACK_CAPABILITY));
+    let flag = status
+        .custom_status
+        .get(crate::engage::ACCEPT_ACK_EXTENSION)
+        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    listed || flag
+}
+
+/// The state a probe result implies: `status` is the Status RPC result, `health` the gRPC health
+/// result (`None` when not asked).
+pub fn judge(
+    status: &Result<RunnerStatus, Code>,
+    health: Option<Result<ServingStatus, Code>>,
+) -> RunnerState {
+    match status {
+        Ok(s) if s.failed => RunnerState::Down,
+        Ok(_) | Err(Code::Unimplemented) => match health {
+            Some(Ok(ServingStatus::NotServing)) => RunnerState::Draining,
+            // A runner without Status must at least answer health.
+            Some(Err(_)) | None if status.is_err() => RunnerState::Down,
+            _ => RunnerState::Up,
+        },
+        Err(_) => RunnerState::Down,
+    }
+}
+
+async fn health_check(r: &Runner, timeout: Duration) -> Result<ServingStatus, Code> {
+    let mut client = HealthClient::new(r.channel());
+    for service in ["", ferrofn_proto::SERVICE_NAME] {
+        let mut req = tonic::Request::new(HealthCheckRequest {
+            service: service.into(),
+        });
+        req.set_timeout(timeout);
+        match client.check(req).await {
+            Ok(resp) => {
+                return Ok(
+                    ServingStatus::try_from(resp.into_inner().status).unwrap_or(ServingStatus::Unknown)
+                );
+            }
+            Err(s) if s.code() == Code::NotFound => continue,
+            Err(s) => return Err(s.code()),
+        }
+    }
+    Err(Code::NotFound)
+}
+
+/// Probes one runner and applies the result.
+pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
+    let mut client = r.client();
+    let mut req = tonic::Request::new(());
+    req.set_timeout(timeout);
+    #[allow(deprecated)] // Fn marks Status deprecated, yet it is the RPC every Fn runner answers.
+    let status = client
+        .status(req)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| s.code());
+    if let Ok(s) = &status {
+        r.set_accept_ack(advertises_accept_ack(s));
+    }
+    let health = match &status {
+        Ok(s) if s.failed => None,
+        Ok(_) | Err(Code::Unimplemented) => Some(health_check(r, timeout).await),
+        Err(_) => None,
+    };
+    let state = judge(&status, health);
+    if let Err(code) = status {
+        tracing::debug!(runner = %r.addr(), ?code, "runner status probe failed");
+    }
+    r.set_state(state);
+    state
+}
+
+/// Probes every runner once, concurrently.
+pub async fn probe_all(pool: &RunnerPool, timeout: Duration) {
+    let runners = pool.runners();
+    futures::future::join_all(runners.iter().map(|r| probe(r, timeout))).await;
+}
+
+/// Runs the probe loop until `stop` is cancelled.
+pub fn spawn_health_loop(
+    pool: Arc<RunnerPool>,
+    interval: Duration,
+    timeout: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => probe_all(&pool, timeout).await,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(failed: bool) -> RunnerStatus {
+        RunnerStatus {
+            failed,
+            ..RunnerStatus::default()
+        }
+    }
+
+    #[test]
+    fn judging_probes() {
+        use ServingStatus::*;
+        assert_eq!(judge(&Ok(st(false)), Some(Ok(Serving))), RunnerState::Up);
+        // An Fn runner has no grpc.health: still up.
+        assert_eq!(
+            judge(&Ok(st(false)), Some(Err(Code::Unimplemented))),
+            RunnerState::Up
+        );
+        assert_eq!(judge(&Ok(st(false)), Some(Ok(NotServing))), RunnerState::Draining);
+        assert_eq!(judge(&Ok(st(true)), None), RunnerState::Down);
+        assert_eq!(judge(&Err(Code::Unavailable), None), RunnerState::Down);
+        assert_eq!(
+            judge(&Err(Code::Unimplemented), Some(Ok(Serving))),
+            RunnerState::Up
+        );
+        assert_eq!(
+            judge(&Err(Code::Unimplemented), Some(Err(Code::Unavailable))),
+            RunnerState::Down
+        );
+    }
+
+    #[test]
+    fn capability_detection() {
+        let mut s = RunnerStatus::default();
+        assert!(!advertises_accept_ack(&s));
+        s.custom_status
+            .insert(CAPABILITIES_KEY.into(), "foo, accept-ack".into());
+        assert!(advertises_accept_ack(&s));
+        let mut s = RunnerStatus::default();
+        s.custom_status.insert("ferrofn-accept-ack".into(), "1".into());
+        assert!(advertises_accept_ack(&s));
+    }
+}
