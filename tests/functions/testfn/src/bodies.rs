@@ -165,7 +165,12 @@ impl PatternBody {
 fn pattern_block() -> Bytes {
     static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     BLOCK
-        .get_or_init(|| (0..PatternBody::CHUNK + 26).map(pattern_byte).collect::<Vec<u8>>().into())
+        .get_or_init(|| {
+            (0..PatternBody::CHUNK + 26)
+                .map(pattern_byte)
+                .collect::<Vec<u8>>()
+                .into()
+        })
         .clone()
 }
 
