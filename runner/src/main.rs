@@ -1,1 +1,159 @@
-fn main() {}
+//! The `ferrofn-runner` binary: loads the layered settings, serves until SIGTERM/SIGINT (then drains),
+//! and has `print-config`, `certs` and `probe` subcommands. The bound addresses are printed on stdout
+//! (`grpc_addr=...`, `http_addr=...`) so that harnesses using port 0 can find them.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use ferrofn_common::certs::{CertsArgs, run_certs};
+use ferrofn_common::config::{EnvSource, render_toml};
+use ferrofn_common::shutdown::Shutdown;
+use ferrofn_common::tls::{ClientTls, TlsFiles, connect_channel, runner_endpoint};
+use ferrofn_proto::health::HealthCheckRequest;
+use ferrofn_proto::health::health_check_response::ServingStatus;
+use ferrofn_proto::health::health_client::HealthClient;
+use ferrofn_runner::config::{Flags, RunnerSettings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferrofn-runner",
+    version,
+    about = "ferrofn pure runner (Fn-compatible)"
+)]
+struct Cli {
+    /// TOML settings file.
+    #[arg(long, global = true, env = "FERROFN_RUNNER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: Flags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the effective settings as TOML and exit.
+    PrintConfig,
+    /// Generate a cluster CA and the LB / runner certificates.
+    Certs(CertsArgs),
+    /// Exit 0 if the runner at --addr reports grpc.health SERVING, 1 otherwise.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProbeArgs {
+    /// Runner address, host:port.
+    #[arg(long, default_value = "127.0.0.1:9190")]
+    addr: String,
+    /// CA file (with --cert/--key: probe over mTLS; without: plaintext).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+}
+
+async fn probe(args: &ProbeArgs) -> anyhow::Result<bool> {
+    let tls = match (&args.ca, &args.cert, &args.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls::new(TlsFiles::new(ca, cert, key))?),
+        (None, None, None) => None,
+        _ => anyhow::bail!("--ca, --cert and --key go together"),
+    };
+    let host = args
+        .addr
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(&args.addr)
+        .trim_matches(['[', ']'])
+        .to_string();
+    let endpoint = runner_endpoint(&args.addr)?.connect_timeout(Duration::from_millis(args.timeout_ms));
+    let check = async {
+        let channel = connect_channel(endpoint, tls, &host).await?;
+        let resp = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        anyhow::Ok(resp.into_inner().status == ServingStatus::Serving as i32)
+    };
+    tokio::time::timeout(Duration::from_millis(args.timeout_ms), check)
+        .await
+        .context("probe timed out")?
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferrofn-runner: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    ferrofn_common::tls::install_crypto_provider();
+    let load = || RunnerSettings::load(cli.config.as_deref(), &EnvSource::process(), &cli.flags);
+    match &cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{}", render_toml(&load()?));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Certs(args)) => {
+            run_certs(args)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Probe(args)) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            return Ok(match rt.block_on(probe(args)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("runner at {} is not serving", args.addr);
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("probe of {} failed: {e:#}", args.addr);
+                    ExitCode::FAILURE
+                }
+            });
+        }
+        None => {}
+    }
+    let settings = load()?;
+    ferrofn_common::telemetry::init_tracing(settings.log_format, &settings.log_level);
+    ferrofn_common::telemetry::install_prometheus();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let shutdown = Shutdown::new();
+        shutdown.listen_for_signals();
+        let runner = ferrofn_runner::start(&settings, shutdown.clone()).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "grpc_addr={}", runner.grpc_addr)?;
+            writeln!(out, "http_addr={}", runner.http_addr)?;
+            out.flush()?;
+        }
+        runner.task.await.context("runner task")?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,432 @@
+//! One hot container's life: iofs dir and watch, image check, create/attach/start, wait for the FDK
+//! socket (bounded by the hot-start timeout, cut short if the container dies), then serve calls one
+//! at a time from the idle stack with idle-timeout, freeze and eviction timers, and tear down.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ferrofn_common::error::FnError;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::AgentInner;
+use super::resources::Reservation;
+use super::slots::{Slot, SlotQueue, SlotReturn};
+use crate::driver::{ContainerSpec, DriverError, LaunchTimings, LogChunk, LogStream};
+use crate::fdk::FdkConn;
+use crate::iofs::IofsDir;
+
+/// Where the container's output goes right now.
+enum Sink {
+    /// Between calls: logged against the container.
+    Container,
+    /// During a call (and for [`LATE_OUTPUT_GRACE`] after it): logged against the call, capped.
+    Call {
+        call_id: String,
+        written: usize,
+        truncated: bool,
+        ended: Option<Instant>,
+    },
+}
+
+/// Docker delivers a container's output asynchronously, after the function may already have
+/// answered; output that arrives this soon after a call ended is still the call's.
+const LATE_OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
+/// State shared by the hot task, its log pump and the call holding its slot.
+pub struct ContainerHandle {
+    /// Engine id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+    /// App id (log field).
+    pub app_id: String,
+    /// Fn id (log field).
+    pub fn_id: String,
+    /// Launch timings, reported to the call that triggered the launch.
+    pub timings: LaunchTimings,
+    /// Nanoseconds from start until the socket was ready.
+    pub init_ns: i64,
+    died: CancellationToken,
+    paused: tokio::sync::Mutex<bool>,
+    sink: Mutex<Sink>,
+    max_log: usize,
+    inner: Arc<AgentInner>,
+}
+
+impl std::fmt::Debug for ContainerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerHandle")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContainerHandle {
+    /// Routes the container's output to `call_id` until [`ContainerHandle::end_call`].
+    pub fn begin_call(&self, call_id: &str) {
+        *self.sink.lock().expect("sink lock") = Sink::Call {
+            call_id: call_id.to_string(),
+            written: 0,
+            truncated: false,
+            ended: None,
+        };
+    }
+
+    /// Routes output back to the container (after a short grace for late output).
+    pub fn end_call(&self) {
+        if let Sink::Call { ended, .. } = &mut *self.sink.lock().expect("sink lock") {
+            *ended = Some(Instant::now());
+        }
+    }
+
+    /// False once the container died or the agent drains: it must not be offered again.
+    pub fn can_serve_again(&self) -> bool {
+        !self.died.is_cancelled() && !self.inner.shutdown.is_cancelled()
+    }
+
+    /// Unpauses the container if it was frozen (before a call).
+    pub async fn thaw(&self) -> Result<(), DriverError> {
+        let mut paused = self.paused.lock().await;
+        if *paused {
+            let t = Instant::now();
+            self.inner.driver.unpause(&self.id).await?;
+            *paused = false;
+            crate::metrics::unpause(t.elapsed());
+            debug!(container = %self.id, "unpaused");
+        }
+        Ok(())
+    }
+
+    /// Logs one line of output to the current sink.
+    fn log_line(&self, stream: &'static str, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let mut sink = self.sink.lock().expect("sink lock");
+        if let Sink::Call { ended: Some(at), .. } = &*sink
+            && at.elapsed() > LATE_OUTPUT_GRACE
+        {
+            *sink = Sink::Container;
+        }
+        match &mut *sink {
+            Sink::Container => {
+                debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
+                       fn_id = %self.fn_id, stream, "{text}");
+            }
+            Sink::Call {
+                call_id,
+                written,
+                truncated,
+                ..
+            } => {
+                if *truncated {
+                    return;
+                }
+                if *written + line.len() > self.max_log {
+                    *truncated = true;
+                    debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
+                           fn_id = %self.fn_id, call_id = %call_id, stream,
+                           "-----max log size {} bytes exceeded, truncating log-----", self.max_log);
+                    return;
+                }
+                *written += line.len() + 1;
+                debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
+                       fn_id = %self.fn_id, call_id = %call_id, stream, user_log = true, "{text}");
+            }
+        }
+    }
+}
+
+/// Drains stdout and stderr together (so neither blocks the other) and splits them into lines.
+async fn pump_logs(handle: Arc<ContainerHandle>, mut logs: LogStream) {
+    let mut out = BytesMut::new();
+    let mut err = BytesMut::new();
+    while let Some(chunk) = logs.next().await {
+        let (buf, name, data): (&mut BytesMut, &'static str, Bytes) = match chunk {
+            LogChunk::Stdout(b) => (&mut out, "stdout", b),
+            LogChunk::Stderr(b) => (&mut err, "stderr", b),
+        };
+        buf.extend_from_slice(&data);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line = buf.split_to(pos + 1);
+            handle.log_line(name, &line[..pos]);
+        }
+        if buf.len() > 64 * 1024 {
+            let line = buf.split();
+            handle.log_line(name, &line);
+        }
+    }
+    for (buf, name) in [(out, "stdout"), (err, "stderr")] {
+        if !buf.is_empty() {
+            handle.log_line(name, &buf);
+        }
+    }
+}
+
+/// Everything a launch needs from the call that triggered it.
+pub(crate) struct LaunchRequest {
+    pub queue: Arc<SlotQueue>,
+    pub spec: ContainerSpec,
+    pub idle_timeout: Duration,
+    pub reservation: Reservation,
+    /// The triggering waiter hears about the launch's failure here.
+    pub init_tx: oneshot::Sender<Result<(), FnError>>,
+    /// The token of the first idle entry: the triggering waiter recognises its container by it.
+    pub first_token: u64,
+}
+
+fn driver_error(e: &DriverError) -> FnError {
+    match e {
+        DriverError::PullImage { image, source } => {
+            let code = match source {
+                bollard::errors::Error::DockerResponseServerError { status_code, .. }
+                    if (400..500).contains(status_code) =>
+                {
+                    *status_code
+                }
+                _ => 502,
+            };
+            FnError::pull_failed(code, image, &source.to_string())
+        }
+        DriverError::ImageStillMissing { .. } => FnError::server_busy(),
+        other => FnError::new(500, other.to_string(), false),
+    }
+}
+
+/// Runs one hot container from launch to teardown.
+pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
+    let LaunchRequest {
+        queue,
+        spec,
+        idle_timeout,
+        reservation,
+        init_tx,
+        first_token,
+    } = req;
+    let gone = CancellationToken::new();
+    let t_prep = Instant::now();
+    let mut iofs = match IofsDir::create(&inner.cfg.iofs) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "iofs");
+            queue.launch_ended(None);
+            let _ = init_tx.send(Err(FnError::new(500, e.to_string(), false)));
+            return;
+        }
+    };
+    let mut spec = spec;
+    spec.iofs_docker_path = iofs.docker_path().to_path_buf();
+
+    let ctr_prep_ns = t_prep.elapsed().as_nanos() as i64;
+    let t_image = Instant::now();
+    if let Err(e) = inner.driver.ensure_image(&spec.image).await {
+        warn!(error = %e, image = %spec.image, "image not available");
+        iofs.remove();
+        queue.launch_ended(None);
+        let _ = init_tx.send(Err(driver_error(&e)));
+        return;
+    }
+    let image_pull_wait_ns = t_image.elapsed().as_nanos() as i64;
+    let t_create = Instant::now();
+    let started = match inner.driver.start(&spec).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "container start failed");
+            iofs.remove();
+            queue.launch_ended(None);
+            let _ = init_tx.send(Err(driver_error(&e)));
+            return;
+        }
+    };
+    let ctr_create_ns = t_create.elapsed().as_nanos() as i64;
+    crate::metrics::container_started();
+    info!(container = %started.id, name = %spec.name, image = %spec.image, app_id = %spec.app_id, fn_id = %spec.fn_id,
+          "container started");
+
+    // The container's death ends everything, whenever it happens.
+    let died = CancellationToken::new();
+    {
+        let inner = inner.clone();
+        let id = started.id.clone();
+        let died = died.clone();
+        tokio::spawn(async move {
+            match inner.driver.wait(&id).await {
+                Ok(137) => info!(container = %id, "container exited with 137 (killed or out of memory)"),
+                Ok(code) => info!(container = %id, code, "container exited"),
+                Err(e) => debug!(container = %id, error = %e, "wait ended"),
+            }
+            died.cancel();
+        });
+    }
+
+    let t_init = Instant::now();
+    let ready = tokio::select! {
+        r = tokio::time::timeout(inner.cfg.hot_start_timeout, iofs.wait_ready()) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => { warn!(container = %started.id, error = %e, "bad function socket"); Err(FnError::init_failed()) }
+            Err(_) => Err(FnError::init_timeout()),
+        },
+        _ = died.cancelled() => Err(FnError::init_failed()),
+        _ = inner.shutdown.cancelled() => Err(FnError::server_busy()),
+    };
+    let init_ns = t_init.elapsed().as_nanos() as i64;
+
+    let handle = Arc::new(ContainerHandle {
+        id: started.id.clone(),
+        name: spec.name.clone(),
+        app_id: spec.app_id.clone(),
+        fn_id: spec.fn_id.clone(),
+        timings: LaunchTimings {
+            image_pull_wait_ns,
+            ctr_prep_ns,
+            ctr_create_ns,
+        },
+        init_ns,
+        died: died.clone(),
+        paused: tokio::sync::Mutex::new(false),
+        sink: Mutex::new(Sink::Container),
+        max_log: inner.cfg.max_log_bytes,
+        inner: inner.clone(),
+    });
+    let pump = tokio::spawn(pump_logs(handle.clone(), started.logs));
+
+    match ready {
+        Err(e) => {
+            info!(container = %started.id, error = %e.message(), "container init failed");
+            queue.launch_ended(None);
+            let _ = init_tx.send(Err(e));
+        }
+        Ok(()) => {
+            let conn = FdkConn::new(iofs.socket_path(), inner.cfg.fdk_limits);
+            serve(
+                &inner,
+                &queue,
+                &handle,
+                conn,
+                idle_timeout,
+                &died,
+                &gone,
+                &reservation,
+                first_token,
+            )
+            .await;
+            drop(init_tx);
+        }
+    }
+
+    // Teardown, in order: the container, its iofs dir, then the resources and the eviction waiters.
+    // A frozen container is thawed first so that the kill reaches it on any engine version.
+    let _ = handle.thaw().await;
+    if let Err(e) = inner.driver.remove(&started.id).await {
+        warn!(container = %started.id, error = %e, "remove failed");
+    }
+    crate::metrics::container_removed();
+    pump.abort();
+    iofs.remove();
+    drop(reservation);
+    gone.cancel();
+    debug!(container = %started.id, "container torn down");
+}
+
+enum Idle {
+    /// The call returned the slot and it is idle again under a new token.
+    Reoffered(u64, oneshot::Receiver<SlotReturn>),
+    /// The container leaves (retired by its call, timeout, eviction, shutdown, death).
+    Leave(&'static str),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    inner: &Arc<AgentInner>,
+    queue: &Arc<SlotQueue>,
+    handle: &Arc<ContainerHandle>,
+    conn: FdkConn,
+    idle_timeout: Duration,
+    died: &CancellationToken,
+    gone: &CancellationToken,
+    reservation: &Reservation,
+    first_token: u64,
+) {
+    let (done_tx, done_rx) = oneshot::channel();
+    let slot = Slot {
+        container: handle.clone(),
+        queue: queue.clone(),
+        fdk: Some(conn),
+        done: Some(done_tx),
+        launched_for_this_call: true,
+    };
+    queue.launch_ended(Some((first_token, slot)));
+    let (mut token, mut done_rx) = (first_token, done_rx);
+    // Once fired, eviction stays pending: a container taken just before it leaves at its next idle.
+    let evict = CancellationToken::new();
+    inner.evictor.register(
+        handle.id.clone(),
+        queue.clone(),
+        reservation.memory_mb(),
+        reservation.cpu_milli(),
+        evict.clone(),
+        gone.clone(),
+    );
+    loop {
+        let outcome = idle_wait(inner, queue, handle, token, done_rx, idle_timeout, died, &evict).await;
+        match outcome {
+            Idle::Reoffered(t, rx) => (token, done_rx) = (t, rx),
+            Idle::Leave(why) => {
+                info!(container = %handle.id, reason = why, "container leaving");
+                break;
+            }
+        }
+    }
+    inner.evictor.unregister(&handle.id);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn idle_wait(
+    inner: &Arc<AgentInner>,
+    queue: &Arc<SlotQueue>,
+    handle: &Arc<ContainerHandle>,
+    token: u64,
+    mut done_rx: oneshot::Receiver<SlotReturn>,
+    idle_timeout: Duration,
+    died: &CancellationToken,
+    evict: &CancellationToken,
+) -> Idle {
+    let idle_deadline = tokio::time::Instant::now() + idle_timeout;
+    let freeze_at = inner.cfg.freeze_idle.map(|d| tokio::time::Instant::now() + d);
+    let mut frozen = false;
+    // Once a call holds the slot, only its return (or drop) matters.
+    let mut taken = false;
+    loop {
+        let leave: &'static str = tokio::select! {
+            r = &mut done_rx => {
+                return match r {
+                    Ok(SlotReturn::Reoffered { token, done }) => Idle::Reoffered(token, done),
+                    Ok(SlotReturn::Retired) | Err(_) => Idle::Leave("retired after its call"),
+                };
+            }
+            _ = async { tokio::time::sleep_until(freeze_at.expect("guarded")).await }, if !taken && !frozen && freeze_at.is_some() => {
+                frozen = true;
+                let mut paused = handle.paused.lock().await;
+                // Pause only while the slot is still idle; a call that took it meanwhile thaws after us.
+                if queue.is_idle(token) {
+                    match inner.driver.pause(&handle.id).await {
+                        Ok(()) => { *paused = true; debug!(container = %handle.id, "paused"); }
+                        Err(e) => { warn!(error = %e, "pause failed"); drop(paused); if queue.withdraw(token) { return Idle::Leave("pause failed"); } }
+                    }
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if !taken => "idle timeout",
+            _ = evict.cancelled(), if !taken => "evicted",
+            _ = inner.shutdown.cancelled(), if !taken => "shutdown",
+            _ = died.cancelled(), if !taken => "container exited",
+        };
+        if queue.withdraw(token) {
+            return Idle::Leave(leave);
+        }
+        taken = true;
+    }
+}

@@ -1,0 +1,254 @@
+//! The runner's settings: defaults < TOML file < environment (Fn's `FN_*` names where Fn has the
+//! setting, `FERROFN_*` for ours) < flags, through the common layered loader.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use ferrofn_common::config::{ConfigError, EnvSource, load};
+use ferrofn_common::telemetry::LogFormat;
+
+/// Default `FN_FREEZE_IDLE_MSECS`. Fn pauses after 50 ms, so a call arriving 0.05-30 s after the
+/// previous one pays a `docker unpause` first: measured here (debug build, calls 300 ms apart,
+/// test `runner_pool::default_freeze_delay_spares_sparse_calls_the_unpause`) ~18 ms per warm call
+/// with 50 ms against ~5 ms without the unpause. 3 s covers the common gaps of bursty and periodic
+/// (1-2 s) callers, while a container idle for longer (what freezing is for: no CPU use while idle)
+/// is still frozen soon after.
+pub const DEFAULT_FREEZE_IDLE_MSECS: i64 = 3000;
+
+/// Environment variable -> settings field.
+pub const ENV_MAP: &[(&str, &str)] = &[
+    ("FN_GRPC_PORT", "grpc_port"),
+    ("FN_PORT", "port"),
+    ("FN_LISTEN_ADDRESS", "listen_address"),
+    ("FN_IOFS_PATH", "iofs_path"),
+    ("FN_IOFS_DOCKER_PATH", "iofs_docker_path"),
+    ("FN_MAX_TOTAL_MEMORY_BYTES", "max_total_memory_bytes"),
+    ("FN_MAX_TOTAL_CPU_MCPUS", "max_total_cpu_mcpus"),
+    ("FN_FREEZE_IDLE_MSECS", "freeze_idle_msecs"),
+    ("FN_HOT_START_TIMEOUT_MSECS", "hot_start_timeout_msecs"),
+    ("FN_MAX_RESPONSE_SIZE", "max_response_size"),
+    ("FN_MAX_HDR_RESPONSE_SIZE", "max_hdr_response_size"),
+    ("FN_MAX_LOG_SIZE_BYTES", "max_log_size_bytes"),
+    ("FN_DOCKER_NETWORKS", "docker_networks"),
+    ("FN_MAX_PIDS", "max_pids"),
+    ("FN_LOG_LEVEL", "log_level"),
+    ("FN_LOG_FORMAT", "log_format"),
+    ("FERROFN_STATUS_IMAGE", "status_image"),
+    ("FERROFN_RUNNER_NAME", "runner_name"),
+    ("FERROFN_PLAINTEXT", "plaintext"),
+    ("FERROFN_DRAIN_GRACE_MSECS", "drain_grace_msecs"),
+    ("FN_TLS_CA", "tls_ca"),
+    ("FN_TLS_CERT", "tls_cert"),
+    ("FN_TLS_KEY", "tls_key"),
+];
+
+/// Every runner setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerSettings {
+    /// Address both listeners bind (`FN_LISTEN_ADDRESS`).
+    pub listen_address: String,
+    /// gRPC port (`FN_GRPC_PORT`); 0 picks a free port (printed on stdout).
+    pub grpc_port: u16,
+    /// HTTP port for `/metrics` (`FN_PORT`); 0 picks a free port.
+    pub port: u16,
+    /// Parent dir of the per-container iofs dirs ("" = the OS temp dir).
+    pub iofs_path: String,
+    /// The same dir as the Docker daemon sees it ("" = same as `iofs_path`).
+    pub iofs_docker_path: String,
+    /// Memory pool clamp in bytes (0 = what the host has).
+    pub max_total_memory_bytes: u64,
+    /// CPU pool clamp in milli-CPUs (0 = what the host has).
+    pub max_total_cpu_mcpus: u64,
+    /// Idle time before `docker pause`; negative disables freezing.
+    pub freeze_idle_msecs: i64,
+    /// Bound on container start -> FDK socket ready.
+    pub hot_start_timeout_msecs: u64,
+    /// Response body cap in bytes (0 = unlimited).
+    pub max_response_size: u64,
+    /// Response header cap in bytes (0 = 10 MiB, Go's default).
+    pub max_hdr_response_size: u64,
+    /// Per-call log cap in bytes.
+    pub max_log_size_bytes: u64,
+    /// Networks for function containers, whitespace or comma separated ("" = no network).
+    pub docker_networks: String,
+    /// pids limit of each container.
+    pub max_pids: i64,
+    /// The status image ("" = Status reports counters only).
+    pub status_image: String,
+    /// Names this runner on its containers' `ferrofn.runner` label ("" = `<hostname>-<grpc port>`).
+    pub runner_name: String,
+    /// Serve plaintext h2c instead of mTLS (Fn LBs, trusted networks).
+    pub plaintext: bool,
+    /// Cluster CA (clients must present a certificate it signed).
+    pub tls_ca: PathBuf,
+    /// This runner's certificate chain.
+    pub tls_cert: PathBuf,
+    /// Its private key.
+    pub tls_key: PathBuf,
+    /// How long a drain waits for in-flight calls.
+    pub drain_grace_msecs: u64,
+    /// Default log level when `RUST_LOG` is unset.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        RunnerSettings {
+            listen_address: "0.0.0.0".into(),
+            grpc_port: 9190,
+            port: 8080,
+            iofs_path: String::new(),
+            iofs_docker_path: String::new(),
+            max_total_memory_bytes: 0,
+            max_total_cpu_mcpus: 0,
+            freeze_idle_msecs: DEFAULT_FREEZE_IDLE_MSECS,
+            hot_start_timeout_msecs: 5000,
+            max_response_size: 0,
+            max_hdr_response_size: 0,
+            max_log_size_bytes: 1024 * 1024,
+            docker_networks: String::new(),
+            max_pids: 50,
+            status_image: String::new(),
+            runner_name: String::new(),
+            plaintext: false,
+            tls_ca: PathBuf::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            drain_grace_msecs: 30_000,
+            log_level: "info".into(),
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+impl RunnerSettings {
+    /// Loads the layers.
+    pub fn load(file: Option<&Path>, env: &EnvSource, flags: &Flags) -> Result<Self, ConfigError> {
+        load(file, env, ENV_MAP, flags)
+    }
+
+    /// `freeze_idle_msecs` as an option (negative = never freeze).
+    pub fn freeze_idle(&self) -> Option<Duration> {
+        u64::try_from(self.freeze_idle_msecs)
+            .ok()
+            .map(Duration::from_millis)
+    }
+
+    /// The configured networks.
+    pub fn networks(&self) -> Vec<String> {
+        self.docker_networks
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// iofs parent dir.
+    pub fn iofs_root(&self) -> PathBuf {
+        if self.iofs_path.is_empty() {
+            std::env::temp_dir()
+        } else {
+            PathBuf::from(&self.iofs_path)
+        }
+    }
+
+    /// The runner's name for container labels.
+    pub fn effective_runner_name(&self) -> String {
+        if !self.runner_name.is_empty() {
+            return self.runner_name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        format!(
+            "{}-{}",
+            if host.is_empty() { "runner" } else { &host },
+            self.grpc_port
+        )
+    }
+}
+
+/// Command-line flags that override settings (only those given).
+#[derive(Debug, Clone, Default, Serialize, clap::Args)]
+pub struct Flags {
+    /// Listen address of both listeners.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_address: Option<String>,
+    /// gRPC port (0 = any free port, printed on stdout).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_port: Option<u16>,
+    /// HTTP port of `/metrics` (0 = any free port).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Parent dir of the iofs dirs.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iofs_path: Option<String>,
+    /// The status image.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_image: Option<String>,
+    /// Name of this runner on its containers' labels.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner_name: Option<String>,
+    /// Serve plaintext h2c (Fn LBs, trusted networks) instead of mTLS.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<bool>,
+    /// Cluster CA file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Certificate chain file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_env_and_flags() {
+        let none = EnvSource::from_pairs::<[(&str, &str); 0], _, _>([]);
+        let d = RunnerSettings::load(None, &none, &Flags::default()).unwrap();
+        assert_eq!(d, RunnerSettings::default());
+        assert_eq!(d.freeze_idle(), Some(Duration::from_millis(3000)));
+        let env = EnvSource::from_pairs([
+            ("FN_GRPC_PORT", "9200"),
+            ("FN_FREEZE_IDLE_MSECS", "-1"),
+            ("FN_DOCKER_NETWORKS", "a b,c"),
+            ("FERROFN_PLAINTEXT", "1"),
+            ("FN_MAX_TOTAL_MEMORY_BYTES", "268435456"),
+        ]);
+        let flags = Flags {
+            grpc_port: Some(0),
+            status_image: Some("st:1".into()),
+            ..Flags::default()
+        };
+        let s = RunnerSettings::load(None, &env, &flags).unwrap();
+        assert_eq!(s.grpc_port, 0, "flags beat the environment");
+        assert_eq!(s.freeze_idle(), None);
+        assert_eq!(s.networks(), vec!["a", "b", "c"]);
+        assert!(s.plaintext);
+        assert_eq!(s.max_total_memory_bytes, 256 << 20);
+        assert_eq!(s.status_image, "st:1");
+        let bad = EnvSource::from_pairs([("FN_MAX_PIDS", "lots")]);
+        let e = RunnerSettings::load(None, &bad, &Flags::default()).unwrap_err();
+        assert!(e.to_string().contains("FN_MAX_PIDS"), "{e}");
+    }
+}

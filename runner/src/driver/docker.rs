@@ -1,0 +1,505 @@
+//! The Docker driver: the only module that talks to the Docker engine (through bollard). Containers
+//! are created hardened as in runner-docker-fdk.md §2, labelled with this runner's name and instance,
+//! and swept at start-up (leftovers of a crashed process) and at shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, ListContainersOptions,
+    RemoveContainerOptions, StartContainerOptions, WaitContainerOptions,
+};
+use futures::StreamExt;
+use tracing::{debug, info, warn};
+
+use super::{
+    ContainerSpec, Driver, DriverFuture, IOFS_CONTAINER_PATH, LABEL_MANAGED, LABEL_RUNNER, LogChunk,
+    StartedContainer,
+};
+
+/// Label naming the process (one random id per start) that created a container.
+pub const LABEL_INSTANCE: &str = "ferrofn.instance";
+
+/// A failed Docker operation, naming the operation and its object.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The engine could not be reached at all.
+    #[error("cannot connect to the Docker engine: {0}")]
+    Connect(#[source] bollard::errors::Error),
+    /// API version negotiation failed.
+    #[error("cannot negotiate the Docker API version: {0}")]
+    Negotiate(#[source] bollard::errors::Error),
+    /// `docker inspect <image>` failed for another reason than "no such image".
+    #[error("cannot inspect image {image}: {source}")]
+    InspectImage {
+        image: String,
+        source: bollard::errors::Error,
+    },
+    /// The image is missing and pulling it failed.
+    #[error("image {image} is not present and pulling it failed: {source}")]
+    PullImage {
+        image: String,
+        source: bollard::errors::Error,
+    },
+    /// The image is still missing after a successful pull.
+    #[error("image {image} is still missing after pulling it")]
+    ImageStillMissing { image: String },
+    /// `docker create` failed.
+    #[error("cannot create container {name} from image {image}: {source}")]
+    CreateContainer {
+        name: String,
+        image: String,
+        source: bollard::errors::Error,
+    },
+    /// `docker attach` failed.
+    #[error("cannot attach to container {name} (image {image}): {source}")]
+    AttachContainer {
+        name: String,
+        image: String,
+        source: bollard::errors::Error,
+    },
+    /// `docker start` failed.
+    #[error("cannot start container {name} (image {image}): {source}")]
+    StartContainer {
+        name: String,
+        image: String,
+        source: bollard::errors::Error,
+    },
+    /// `docker wait` failed (not a non-zero exit, which is a normal result).
+    #[error("cannot wait for container {id}: {source}")]
+    WaitContainer {
+        id: String,
+        source: bollard::errors::Error,
+    },
+    /// `docker wait` ended without reporting an exit.
+    #[error("docker wait on container {id} ended without an exit status")]
+    WaitEnded { id: String },
+    /// `docker pause` failed.
+    #[error("cannot pause container {id}: {source}")]
+    PauseContainer {
+        id: String,
+        source: bollard::errors::Error,
+    },
+    /// `docker unpause` failed.
+    #[error("cannot unpause container {id}: {source}")]
+    UnpauseContainer {
+        id: String,
+        source: bollard::errors::Error,
+    },
+    /// `docker rm -f -v` failed.
+    #[error("cannot remove container {id}: {source}")]
+    RemoveContainer {
+        id: String,
+        source: bollard::errors::Error,
+    },
+    /// Listing this runner's containers failed.
+    #[error("cannot list containers labelled {label}: {source}")]
+    ListContainers {
+        label: String,
+        source: bollard::errors::Error,
+    },
+}
+
+/// Container settings that come from the runner's configuration (not from the call).
+#[derive(Debug, Clone)]
+pub struct DockerDriverConfig {
+    /// Value of the `ferrofn.runner` label: names this runner across restarts.
+    pub runner_name: String,
+    /// Value of the `ferrofn.instance` label: this process.
+    pub instance_id: String,
+    /// `FN_MAX_PIDS`.
+    pub max_pids: i64,
+    /// `FN_DOCKER_NETWORKS`: networks to attach containers to (round robin); empty = no network.
+    pub networks: Vec<String>,
+    /// Ulimits (nofile, memlock, sigpending, msgqueue), soft = hard.
+    pub ulimits: Vec<(String, i64)>,
+}
+
+impl DockerDriverConfig {
+    /// Fn's defaults for the limits, with the given runner name and instance id.
+    pub fn new(runner_name: impl Into<String>, instance_id: impl Into<String>) -> Self {
+        DockerDriverConfig {
+            runner_name: runner_name.into(),
+            instance_id: instance_id.into(),
+            max_pids: 50,
+            networks: Vec::new(),
+            ulimits: vec![
+                ("nofile".into(), 350),
+                ("memlock".into(), 65536),
+                ("sigpending".into(), 5000),
+                ("msgqueue".into(), 819200),
+            ],
+        }
+    }
+}
+
+/// [`Driver`] over a Docker engine.
+pub struct DockerDriver {
+    docker: Docker,
+    cfg: DockerDriverConfig,
+    next_network: AtomicUsize,
+}
+
+impl std::fmt::Debug for DockerDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerDriver")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerDriver {
+    /// Connects with the local defaults (`DOCKER_HOST` or `/var/run/docker.sock`) and negotiates the
+    /// API version, so a 20.10 engine (API 1.41) is spoken to in its own version.
+    pub async fn connect(cfg: DockerDriverConfig) -> Result<Self, DriverError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(DriverError::Connect)?
+            .with_timeout(Duration::from_secs(60));
+        let docker = docker.negotiate_version().await.map_err(DriverError::Negotiate)?;
+        Ok(DockerDriver {
+            docker,
+            cfg,
+            next_network: AtomicUsize::new(0),
+        })
+    }
+
+    /// The driver's configuration.
+    pub fn config(&self) -> &DockerDriverConfig {
+        &self.cfg
+    }
+
+    /// The container body of runner-docker-fdk.md §2 for `spec`.
+    pub fn container_body(&self, spec: &ContainerSpec) -> ContainerCreateBody {
+        let memory = (spec.memory_mb > 0).then(|| (spec.memory_mb as i64) * 1024 * 1024);
+        let (cpu_quota, cpu_period) = if spec.cpus_milli > 0 {
+            (Some(spec.cpus_milli as i64 * 100), Some(100_000))
+        } else {
+            (None, None)
+        };
+        // The rootfs is read-only, so /tmp is always a tmpfs; a size only when the call asks.
+        let tmpfs_opts = if spec.tmpfs_size_mb > 0 {
+            format!("size={}m", spec.tmpfs_size_mb)
+        } else {
+            String::new()
+        };
+        let network_mode = if spec.network_disabled || self.cfg.networks.is_empty() {
+            "none".to_string()
+        } else {
+            let i = self.next_network.fetch_add(1, Ordering::Relaxed);
+            self.cfg.networks[i % self.cfg.networks.len()].clone()
+        };
+        let host_config = HostConfig {
+            binds: Some(vec![format!(
+                "{}:{}",
+                spec.iofs_docker_path.display(),
+                IOFS_CONTAINER_PATH
+            )]),
+            tmpfs: Some(HashMap::from([("/tmp".to_string(), tmpfs_opts)])),
+            memory,
+            memory_swap: memory,
+            memory_swappiness: Some(0),
+            cpu_quota,
+            cpu_period,
+            pids_limit: Some(self.cfg.max_pids),
+            ulimits: Some(
+                self.cfg
+                    .ulimits
+                    .iter()
+                    .map(|(name, v)| ResourcesUlimits {
+                        name: Some(name.clone()),
+                        soft: Some(*v),
+                        hard: Some(*v),
+                    })
+                    .collect(),
+            ),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["all".to_string()]),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            init: Some(true),
+            network_mode: Some(network_mode),
+            // Output is read through attach and logged by the runner; the daemon keeps no copy
+            // (Fn's "none" driver when the app has no syslog URL), so long-lived containers do not
+            // fill the disk.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".to_string()),
+                config: None,
+            }),
+            ..Default::default()
+        };
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_RUNNER.to_string(), self.cfg.runner_name.clone()),
+            (LABEL_INSTANCE.to_string(), self.cfg.instance_id.clone()),
+            ("ferrofn.app_id".to_string(), spec.app_id.clone()),
+            ("ferrofn.fn_id".to_string(), spec.fn_id.clone()),
+        ]);
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            user: Some("1000:1000".to_string()),
+            labels: Some(labels),
+            attach_stdin: Some(false),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(false),
+            tty: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    async fn list_labelled(&self, filter: &str) -> Result<Vec<String>, DriverError> {
+        let filters = HashMap::from([("label".to_string(), vec![filter.to_string()])]);
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list =
+            self.docker
+                .list_containers(Some(opts))
+                .await
+                .map_err(|source| DriverError::ListContainers {
+                    label: filter.to_string(),
+                    source,
+                })?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Removes only the containers of this process (shutdown).
+    pub async fn remove_own(&self) -> Result<usize, DriverError> {
+        let ids = self
+            .list_labelled(&format!("{LABEL_INSTANCE}={}", self.cfg.instance_id))
+            .await?;
+        let mut n = 0;
+        for id in ids {
+            match self.remove_impl(&id).await {
+                Ok(()) => n += 1,
+                Err(e) => warn!(error = %e, "shutdown sweep"),
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
+}
+
+impl DockerDriver {
+    async fn ensure_image_impl(&self, image: &str) -> Result<(), DriverError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(source) => {
+                return Err(DriverError::InspectImage {
+                    image: image.to_string(),
+                    source,
+                });
+            }
+        }
+        info!(image, "image missing, pulling");
+        let opts = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let mut pull = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = pull.next().await {
+            item.map_err(|source| DriverError::PullImage {
+                image: image.to_string(),
+                source,
+            })?;
+        }
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(DriverError::ImageStillMissing {
+                image: image.to_string(),
+            }),
+            Err(source) => Err(DriverError::InspectImage {
+                image: image.to_string(),
+                source,
+            }),
+        }
+    }
+
+    async fn start_impl(&self, spec: &ContainerSpec) -> Result<StartedContainer, DriverError> {
+        let body = self.container_body(spec);
+        let opts = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|source| DriverError::CreateContainer {
+                name: spec.name.clone(),
+                image: spec.image.clone(),
+                source,
+            })?;
+        let id = created.id;
+        // Attach before start so that no early output (an init failure's message) is lost.
+        let attach_opts = AttachContainerOptions {
+            stdout: true,
+            stderr: true,
+            stream: true,
+            logs: false,
+            ..Default::default()
+        };
+        let attached = match self.docker.attach_container(&id, Some(attach_opts)).await {
+            Ok(a) => a,
+            Err(source) => {
+                let _ = self.remove_impl(&id).await;
+                return Err(DriverError::AttachContainer {
+                    name: spec.name.clone(),
+                    image: spec.image.clone(),
+                    source,
+                });
+            }
+        };
+        if let Err(source) = self
+            .docker
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+        {
+            let _ = self.remove_impl(&id).await;
+            return Err(DriverError::StartContainer {
+                name: spec.name.clone(),
+                image: spec.image.clone(),
+                source,
+            });
+        }
+        debug!(container = %id, image = %spec.image, "container started");
+        let logs = attached
+            .output
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| {
+                futures::future::ready(match r {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        Some(LogChunk::Stdout(message))
+                    }
+                    Ok(LogOutput::StdErr { message }) => Some(LogChunk::Stderr(message)),
+                    _ => None,
+                })
+            });
+        Ok(StartedContainer {
+            id,
+            logs: Box::pin(logs),
+        })
+    }
+
+    async fn wait_impl(&self, id: &str) -> Result<i64, DriverError> {
+        let opts = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
+        let mut stream = self.docker.wait_container(id, Some(opts));
+        match stream.next().await {
+            Some(Ok(resp)) => Ok(resp.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(source)) => Err(DriverError::WaitContainer {
+                id: id.to_string(),
+                source,
+            }),
+            None => Err(DriverError::WaitEnded { id: id.to_string() }),
+        }
+    }
+
+    async fn pause_impl(&self, id: &str) -> Result<(), DriverError> {
+        self.docker
+            .pause_container(id)
+            .await
+            .map_err(|source| DriverError::PauseContainer {
+                id: id.to_string(),
+                source,
+            })
+    }
+
+    async fn unpause_impl(&self, id: &str) -> Result<(), DriverError> {
+        self.docker
+            .unpause_container(id)
+            .await
+            .map_err(|source| DriverError::UnpauseContainer {
+                id: id.to_string(),
+                source,
+            })
+    }
+
+    async fn remove_impl(&self, id: &str) -> Result<(), DriverError> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            // Already gone (removed by a concurrent sweep): the goal is reached.
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(source) => Err(DriverError::RemoveContainer {
+                id: id.to_string(),
+                source,
+            }),
+        }
+    }
+
+    async fn sweep_impl(&self) -> Result<usize, DriverError> {
+        let ids = self
+            .list_labelled(&format!("{LABEL_RUNNER}={}", self.cfg.runner_name))
+            .await?;
+        let mut n = 0;
+        for id in ids {
+            match self.remove_impl(&id).await {
+                Ok(()) => n += 1,
+                Err(e) => warn!(error = %e, "sweep of leftover container failed"),
+            }
+        }
+        if n > 0 {
+            info!(removed = n, runner = %self.cfg.runner_name, "removed leftover containers");
+        }
+        Ok(n)
+    }
+}
+
+impl Driver for DockerDriver {
+    fn ensure_image<'a>(&'a self, image: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.ensure_image_impl(image))
+    }
+    fn start<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+    ) -> DriverFuture<'a, Result<StartedContainer, DriverError>> {
+        Box::pin(self.start_impl(spec))
+    }
+    fn wait<'a>(&'a self, id: &'a str) -> DriverFuture<'a, Result<i64, DriverError>> {
+        Box::pin(self.wait_impl(id))
+    }
+    fn pause<'a>(&'a self, id: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.pause_impl(id))
+    }
+    fn unpause<'a>(&'a self, id: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.unpause_impl(id))
+    }
+    fn remove<'a>(&'a self, id: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.remove_impl(id))
+    }
+    fn sweep(&self) -> DriverFuture<'_, Result<usize, DriverError>> {
+        Box::pin(self.sweep_impl())
+    }
+    fn sweep_own(&self) -> DriverFuture<'_, Result<usize, DriverError>> {
+        Box::pin(self.remove_own())
+    }
+    fn ping(&self) -> DriverFuture<'_, bool> {
+        Box::pin(async move { self.docker.ping().await.is_ok() })
+    }
+}

@@ -1,0 +1,607 @@
+//! One Engage stream's state machine (engage-protocol.md §2.4): TryCall -> admit (or NACK) -> feed the
+//! request body to the function with back-pressure -> relay ResultStart once and Data frames of at
+//! most 10240 bytes -> always CallFinished. Adds the accept acknowledgement of decisions.md (2).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferrofn_common::call::CallModel;
+use ferrofn_common::datetime::DateTime;
+use ferrofn_common::error::FnError;
+use ferrofn_proto::{
+    CallFinished, CallResultStart, ClientMsg, DataFrame, HttpHeader, HttpRespMeta, RunnerMsg, TryCall,
+    call_result_start, client_msg, runner_msg,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::agent::{Agent, PreparedCall, Slot};
+use crate::fdk::{FdkError, FdkRequest};
+
+/// TryCall extension with which an LB asks for the accept acknowledgement.
+pub const EXT_ACCEPT_ACK: &str = "ferrofn-accept-ack";
+/// `RunnerStatus.customStatus` key listing this runner's capabilities (comma-separated), as the
+/// ferrofn LB reads it.
+pub const CAPABILITIES_KEY: &str = "ferrofn-capabilities";
+/// Capability: the runner acknowledges acceptance (a zero-length DataFrame) when asked.
+pub const CAPABILITY_ACCEPT_ACK: &str = "accept-ack";
+/// `RunnerStatus.customStatus` key with the runner's version.
+pub const VERSION_KEY: &str = "ferrofn-version";
+
+/// Body chunks buffered between the gRPC stream and the function (the back-pressure window).
+const BODY_WINDOW: usize = 4;
+
+/// How long a 200 that arrives before the LB's eof frame waits for that frame before it counts as
+/// Fn's premature write. Fn checks at the instant the head arrives, which makes a function that
+/// streams its answer while reading (an echo) fail at random; a short grace keeps the rule for
+/// functions that really answer without reading, and lets streaming functions work.
+const PREMATURE_WRITE_GRACE: Duration = Duration::from_millis(500);
+
+/// Live counters reported by Status.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Engage handlers running now.
+    pub inflight: AtomicI64,
+    /// Engage streams accepted.
+    pub received: AtomicU64,
+    /// Streams that ended without a NACK (decisions.md: Fn counted every stream).
+    pub handled: AtomicU64,
+}
+
+/// What every Engage stream shares.
+#[derive(Debug, Clone)]
+pub struct EngageContext {
+    /// The agent.
+    pub agent: Agent,
+    /// Calls naming this image are refused (400); it is the status image.
+    pub status_image: Option<String>,
+    /// Counters for Status.
+    pub counters: Arc<Counters>,
+    /// Set when draining: new calls are NACKed.
+    pub draining: CancellationToken,
+}
+
+type Out = mpsc::Sender<Result<RunnerMsg, tonic::Status>>;
+
+fn msg(body: runner_msg::Body) -> Result<RunnerMsg, tonic::Status> {
+    Ok(RunnerMsg { body: Some(body) })
+}
+
+/// What the LB sent as gRPC metadata with the stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamMeta {
+    /// `fn_request_id` (logging only, as in Fn).
+    pub request_id: Option<String>,
+    /// W3C `traceparent` of the LB's span.
+    pub traceparent: Option<String>,
+}
+
+impl StreamMeta {
+    /// Reads the metadata of an Engage request.
+    pub fn from_metadata(md: &tonic::metadata::MetadataMap) -> Self {
+        let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+        StreamMeta {
+            request_id: get("fn_request_id"),
+            traceparent: get("traceparent"),
+        }
+    }
+
+    /// The trace id of a valid `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+    fn trace(&self) -> Option<(&str, &str)> {
+        let tp = self.traceparent.as_deref()?;
+        let parts: Vec<&str> = tp.split('-').collect();
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2))
+            .then(|| (parts[1], parts[3]))
+    }
+
+    /// The `traceparent` for the function: same trace, this runner's hop as the parent.
+    pub fn child_traceparent(&self) -> Option<String> {
+        let (trace, flags) = self.trace()?;
+        Some(format!("00-{trace}-{:016x}-{flags}", rand::random::<u64>() | 1))
+    }
+}
+
+/// Serves one Engage stream; the returned receiver is the response stream.
+pub fn engage(
+    ctx: EngageContext,
+    inbound: tonic::Streaming<ClientMsg>,
+    meta: StreamMeta,
+) -> mpsc::Receiver<Result<RunnerMsg, tonic::Status>> {
+    let (tx, rx) = mpsc::channel(BODY_WINDOW);
+    tokio::spawn(async move {
+        ctx.counters.received.fetch_add(1, Ordering::Relaxed);
+        let n = ctx.counters.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::inflight(n);
+        let nacked = run_stream(&ctx, inbound, &tx, &meta).await;
+        if !nacked {
+            ctx.counters.handled.fetch_add(1, Ordering::Relaxed);
+        }
+        let n = ctx.counters.inflight.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::metrics::inflight(n);
+    });
+    rx
+}
+
+/// Returns true when the stream ended in a NACK.
+async fn run_stream(
+    ctx: &EngageContext,
+    mut inbound: tonic::Streaming<ClientMsg>,
+    tx: &Out,
+    meta: &StreamMeta,
+) -> bool {
+    let try_call = match inbound.message().await {
+        Ok(Some(ClientMsg {
+            body: Some(client_msg::Body::Try(t)),
+        })) => t,
+        Ok(_) => {
+            let _ = tx
+                .send(Err(tonic::Status::unknown(FnError::expected_try().message())))
+                .await;
+            return false;
+        }
+        Err(status) => {
+            debug!(%status, "engage stream broke before the TryCall");
+            return false;
+        }
+    };
+    let t0 = Instant::now();
+    let (finished, outcome) = handle_try(ctx, try_call, inbound, tx, meta).await;
+    let nack = !finished.success && finished.error_code == 503;
+    crate::metrics::call_finished(&outcome, t0.elapsed());
+    if tx.send(msg(runner_msg::Body::Finished(finished))).await.is_err() {
+        debug!("LB went away before CallFinished");
+    }
+    nack
+}
+
+/// Timestamps and launch timings of one call, for CallFinished.
+#[derive(Debug, Default)]
+struct Times {
+    created: DateTime,
+    started: DateTime,
+    completed: DateTime,
+    image_pull_wait_ns: i64,
+    ctr_prep_ns: i64,
+    ctr_create_ns: i64,
+    init_ns: i64,
+}
+
+fn finished(call_id: &str, image: &str, result: &Result<(), FnError>, t: &Times) -> CallFinished {
+    let (created, started, completed) = if t.created.is_zero() {
+        (String::new(), String::new(), String::new())
+    } else if t.started.is_zero() {
+        (t.created.to_string(), String::new(), String::new())
+    } else {
+        let completed = if t.completed.is_zero() {
+            DateTime::now()
+        } else {
+            t.completed
+        };
+        (
+            t.created.to_string(),
+            t.started.to_string(),
+            completed.to_string(),
+        )
+    };
+    let completed_dt = if t.completed.is_zero() {
+        DateTime::now()
+    } else {
+        t.completed
+    };
+    let (success, error_code, error_str, error_user) = match result {
+        Ok(()) => (true, 0, String::new(), false),
+        Err(e) => (
+            false,
+            i32::from(e.code()),
+            e.message().to_string(),
+            e.is_user_error(),
+        ),
+    };
+    CallFinished {
+        success,
+        details: call_id.to_string(),
+        error_code,
+        error_str,
+        created_at: created,
+        started_at: started,
+        completed_at: completed,
+        scheduler_duration: t.started.nanos_since(t.created),
+        execution_duration: if t.started.is_zero() {
+            0
+        } else {
+            completed_dt.nanos_since(t.started)
+        },
+        error_user,
+        image: image.to_string(),
+        image_pull_wait_duration: t.image_pull_wait_ns,
+        ctr_prep_duration: t.ctr_prep_ns,
+        ctr_create_duration: t.ctr_create_ns,
+        init_start_time: t.init_ns,
+    }
+}
+
+fn outcome_label(r: &Result<(), FnError>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) if e.code() == 503 => "nack".into(),
+        Err(e) => e.code().to_string(),
+    }
+}
+
+/// Parses and admits the TryCall, then runs the call. Returns the CallFinished to send.
+async fn handle_try(
+    ctx: &EngageContext,
+    try_call: TryCall,
+    inbound: tonic::Streaming<ClientMsg>,
+    tx: &Out,
+    meta: &StreamMeta,
+) -> (CallFinished, String) {
+    let mut times = Times::default();
+    let mut model = match CallModel::from_json(&try_call.models_call_json) {
+        Ok(m) => m,
+        Err(e) => {
+            // Fn: a bad cpus value is an API 400; any other decode failure is not an API error (0).
+            let err = e
+                .api_error()
+                .unwrap_or_else(|| FnError::new(0, e.to_string(), false));
+            let r = Err(err);
+            return (finished("", "", &r, &times), outcome_label(&r));
+        }
+    };
+    let trace_id = meta.trace().map(|(t, _)| t.to_string()).unwrap_or_default();
+    let request_id = meta.request_id.clone().unwrap_or_default();
+    let span = info_span!("call", call_id = %model.id, app_id = %model.app_id, fn_id = %model.fn_id,
+                          request_id = %request_id, trace_id = %trace_id);
+    let traceparent = meta.child_traceparent();
+    async move {
+        let call_id = model.id.clone();
+        let image = model.image.clone();
+        // The runner's own clock: created now, not started, not completed.
+        model.created_at = DateTime::now();
+        model.started_at = DateTime::ZERO;
+        model.completed_at = DateTime::ZERO;
+        times.created = model.created_at;
+
+        let admitted: Result<PreparedCall, FnError> =
+            if ctx.status_image.as_deref() == Some(model.image.as_str()) {
+                Err(FnError::invalid_image())
+            } else if ctx.draining.is_cancelled() {
+                crate::metrics::nack("draining");
+                Err(FnError::server_busy())
+            } else {
+                ctx.agent.prepare(model, &try_call.slot_hash_id)
+            };
+        let call = match admitted {
+            Ok(c) => c,
+            Err(e) => {
+                let r = Err(e);
+                return (finished(&call_id, &image, &r, &times), outcome_label(&r));
+            }
+        };
+        let want_ack = try_call.extensions.get(EXT_ACCEPT_ACK).is_some_and(|v| v == "1");
+        let r = run_call(ctx, &call, inbound, tx, want_ack, traceparent, &mut times).await;
+        if let Err(e) = &r {
+            info!(code = e.code(), error = e.message(), "call failed");
+        } else {
+            debug!("call succeeded");
+        }
+        (finished(&call_id, &image, &r, &times), outcome_label(&r))
+    }
+    .instrument(span)
+    .await
+}
+
+/// Feeds LB data frames into the function's body channel until `eof`. Sets `protocol_error` and
+/// cancels the call when the LB sends something else or the stream breaks.
+async fn feed_body(
+    mut inbound: tonic::Streaming<ClientMsg>,
+    body: mpsc::Sender<Bytes>,
+    eof_seen: watch::Sender<bool>,
+    protocol_error: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let mut body = Some(body);
+    loop {
+        let m = tokio::select! {
+            m = inbound.message() => m,
+            _ = cancel.cancelled() => return,
+        };
+        match m {
+            Ok(Some(ClientMsg {
+                body: Some(client_msg::Body::Data(DataFrame { data, eof })),
+            })) => {
+                if let Some(b) = &body
+                    && !data.is_empty()
+                {
+                    // Waits while the function does not read: back-pressure to the LB via HTTP/2.
+                    let sent = tokio::select! {
+                        r = b.send(data) => r.is_ok(),
+                        _ = cancel.cancelled() => return,
+                    };
+                    if !sent {
+                        // The function stopped reading (it answered or died): drop the rest.
+                        body = None;
+                    }
+                }
+                if eof {
+                    eof_seen.send_replace(true);
+                    drop(body.take());
+                    // Hold the inbound half open until the call ends: a Go LB never half-closes.
+                    cancel.cancelled().await;
+                    return;
+                }
+            }
+            Ok(Some(_)) | Ok(None) => {
+                protocol_error.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            Err(status) => {
+                debug!(%status, "engage stream broke while receiving the body");
+                cancel.cancel();
+                return;
+            }
+        }
+    }
+}
+
+async fn run_call(
+    ctx: &EngageContext,
+    call: &PreparedCall,
+    inbound: tonic::Streaming<ClientMsg>,
+    tx: &Out,
+    want_ack: bool,
+    traceparent: Option<String>,
+    times: &mut Times,
+) -> Result<(), FnError> {
+    let cancel = CancellationToken::new();
+    let _cancel_on_exit = cancel.clone().drop_guard();
+    let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_WINDOW);
+    let (eof_tx, eof_seen) = watch::channel(false);
+    let protocol_error = Arc::new(AtomicBool::new(false));
+    tokio::spawn(feed_body(
+        inbound,
+        body_tx,
+        eof_tx,
+        protocol_error.clone(),
+        cancel.clone(),
+    ));
+    let lb_gone = {
+        let tx = tx.clone();
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+    };
+    tokio::pin!(lb_gone);
+    let abort_err = |protocol_error: &AtomicBool| {
+        if protocol_error.load(Ordering::SeqCst) {
+            FnError::expected_data()
+        } else {
+            FnError::internal()
+        }
+    };
+
+    if call.model.timeout <= 0 {
+        return Err(FnError::call_timeout());
+    }
+    let slot = tokio::select! {
+        s = ctx.agent.get_slot(call) => s?,
+        _ = &mut lb_gone => return Err(abort_err(&protocol_error)),
+    };
+    let mut slot = slot;
+    times.started = DateTime::now();
+    if slot.launched_for_this_call() {
+        let c = slot.container();
+        times.image_pull_wait_ns = c.timings.image_pull_wait_ns;
+        times.ctr_prep_ns = c.timings.ctr_prep_ns;
+        times.ctr_create_ns = c.timings.ctr_create_ns;
+        times.init_ns = c.init_ns;
+    }
+    let detached = call.model.is_detached();
+    // The call holds a slot: from here on the runner never NACKs (decisions.md (2)).
+    if detached {
+        let ack = CallResultStart {
+            meta: Some(call_result_start::Meta::Http(HttpRespMeta {
+                status_code: 202,
+                headers: vec![],
+            })),
+        };
+        let _ = tx.send(msg(runner_msg::Body::ResultStart(ack))).await;
+    } else if want_ack {
+        let _ = tx
+            .send(msg(runner_msg::Body::Data(DataFrame {
+                data: Bytes::new(),
+                eof: false,
+            })))
+            .await;
+    }
+    slot.container().begin_call(&call.model.id);
+
+    let timeout = Duration::from_secs(call.model.timeout as u64);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let fn_deadline = DateTime::from_offset(
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(call.model.timeout)),
+    );
+    // The trace context of this hop replaces whatever the client's own headers carried.
+    let mut headers: Vec<(String, String)> = call
+        .model
+        .headers
+        .iter()
+        .filter(|(k, _)| traceparent.is_none() || !k.eq_ignore_ascii_case("traceparent"))
+        .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
+        .collect();
+    if let Some(tp) = traceparent {
+        headers.push(("Traceparent".to_string(), tp));
+    }
+    let req = FdkRequest {
+        call_id: call.model.id.clone(),
+        deadline: fn_deadline.to_string(),
+        headers,
+        body: body_rx,
+    };
+
+    let result = tokio::select! {
+        r = tokio::time::timeout_at(deadline, exchange(&mut slot, req, eof_seen, tx, detached)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(Exchange::Fn(FnError::call_timeout(), false)),
+        },
+        _ = &mut lb_gone => Err(Exchange::Fn(abort_err(&protocol_error), false)),
+    };
+    times.completed = DateTime::now();
+    match result {
+        Ok(()) => {
+            slot.release(true);
+            Ok(())
+        }
+        Err(Exchange::Fn(e, keep)) => {
+            // The connection may hold half a request or response: the next call opens a new one.
+            slot.fdk().reset();
+            slot.release(keep);
+            Err(e)
+        }
+    }
+}
+
+enum Exchange {
+    /// The call's error, and whether the container may serve again.
+    Fn(FnError, bool),
+}
+
+fn fdk_error(e: FdkError) -> Exchange {
+    let keep = !e.kills_container();
+    let err = match &e {
+        FdkError::HeaderTooBig { .. } => FnError::header_too_big(),
+        FdkError::FunctionFailed => FnError::function_failed(),
+        FdkError::FunctionTimeout => FnError::call_timeout(),
+        FdkError::InvalidStatus(_) => FnError::invalid_response(),
+        FdkError::BodyTooBig { .. } => FnError::response_too_big(),
+        FdkError::Connect { .. } | FdkError::Handshake { .. } | FdkError::Receive(_) | FdkError::Body(_) => {
+            FnError::receive_failed()
+        }
+    };
+    debug!(error = %e, "function exchange failed");
+    Exchange::Fn(err, keep)
+}
+
+/// `POST /call`, then relay the answer: ResultStart once, Data frames of at most 10240 bytes.
+async fn exchange(
+    slot: &mut Slot,
+    req: FdkRequest,
+    mut eof_seen: watch::Receiver<bool>,
+    tx: &Out,
+    detached: bool,
+) -> Result<(), Exchange> {
+    let mut resp = slot.fdk().call(req).await.map_err(fdk_error)?;
+    // A 200 before the whole request arrived: Fn's premature write (502), after a short grace.
+    let complete = matches!(
+        tokio::time::timeout(PREMATURE_WRITE_GRACE, async {
+            eof_seen.wait_for(|eof| *eof).await.is_ok()
+        })
+        .await,
+        Ok(true)
+    );
+    if !complete {
+        warn!("function answered before receiving the entire request");
+        return Err(Exchange::Fn(FnError::premature_write(), false));
+    }
+    let gone = || Exchange::Fn(FnError::internal(), true);
+    if !detached {
+        let headers = resp
+            .headers
+            .iter()
+            .map(|(k, v)| HttpHeader {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect::<Vec<_>>();
+        let start = CallResultStart {
+            meta: Some(call_result_start::Meta::Http(HttpRespMeta {
+                status_code: 200,
+                headers,
+            })),
+        };
+        tx.send(msg(runner_msg::Body::ResultStart(start)))
+            .await
+            .map_err(|_| gone())?;
+    }
+    loop {
+        let chunk = match resp.next_chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                slot.fdk().reset();
+                return Err(fdk_error(e));
+            }
+        };
+        if detached {
+            continue;
+        }
+        for piece in ferrofn_common::frames::chunks(chunk) {
+            let frame = DataFrame {
+                data: piece,
+                eof: false,
+            };
+            tx.send(msg(runner_msg::Body::Data(frame)))
+                .await
+                .map_err(|_| gone())?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_child_keeps_the_trace() {
+        let meta = StreamMeta {
+            request_id: None,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        };
+        let child = meta.child_traceparent().unwrap();
+        let parts: Vec<&str> = child.split('-').collect();
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(parts[2], "00f067aa0ba902b7");
+        assert_eq!(parts[2].len(), 16);
+        assert_eq!(parts[3], "01");
+        let bad = StreamMeta {
+            request_id: None,
+            traceparent: Some("garbage".into()),
+        };
+        assert_eq!(bad.child_traceparent(), None);
+    }
+
+    #[test]
+    fn call_finished_timestamps_nest() {
+        let t = Times {
+            created: DateTime::now(),
+            ..Default::default()
+        };
+        let f = finished("id", "img", &Err(FnError::server_busy()), &t);
+        assert!(!f.created_at.is_empty() && f.started_at.is_empty() && f.completed_at.is_empty());
+        assert_eq!(
+            (f.error_code, f.error_user, f.details.as_str()),
+            (503, false, "id")
+        );
+        let t = Times {
+            created: DateTime::now(),
+            started: DateTime::now(),
+            ..Default::default()
+        };
+        let f = finished("id", "img", &Ok(()), &t);
+        assert!(
+            f.success && !f.completed_at.is_empty(),
+            "completion defaults to now"
+        );
+        assert!(f.execution_duration >= 0 && f.scheduler_duration >= 0);
+    }
+}

@@ -1,0 +1,54 @@
+//! The runner's Prometheus metrics (through the `metrics` facade; rendered on `/metrics` by the
+//! recorder the binary installs). Names are prefixed `ferrofn_runner_`.
+
+use std::time::Duration;
+
+/// A call ended; `outcome` is `ok`, `nack` or the error's HTTP code.
+pub fn call_finished(outcome: &str, elapsed: Duration) {
+    metrics::counter!("ferrofn_runner_calls_total", "outcome" => outcome.to_string()).increment(1);
+    metrics::histogram!("ferrofn_runner_call_duration_seconds", "outcome" => outcome.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A NACK (503) was decided, with why.
+pub fn nack(reason: &'static str) {
+    metrics::counter!("ferrofn_runner_nacks_total", "reason" => reason).increment(1);
+}
+
+/// A container was started (a cold start).
+pub fn container_started() {
+    metrics::counter!("ferrofn_runner_cold_starts_total").increment(1);
+    metrics::gauge!("ferrofn_runner_containers").increment(1.0);
+}
+
+/// A container was removed.
+pub fn container_removed() {
+    metrics::gauge!("ferrofn_runner_containers").decrement(1.0);
+}
+
+/// Idle containers evicted to make room.
+pub fn evictions(n: u64) {
+    metrics::counter!("ferrofn_runner_evictions_total").increment(n);
+}
+
+/// A frozen container was thawed for a call, and how long that took.
+pub fn unpause(elapsed: Duration) {
+    metrics::histogram!("ferrofn_runner_unpause_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Engage streams now running.
+pub fn inflight(n: i64) {
+    metrics::gauge!("ferrofn_runner_inflight_calls").set(n as f64);
+}
+
+/// Containers by state and calls waiting for one, from the agent's queues (set before a scrape).
+pub fn pool(stats: crate::agent::QueueStats) {
+    for (state, n) in [
+        ("idle", stats.idle),
+        ("busy", stats.busy),
+        ("starting", stats.starting),
+    ] {
+        metrics::gauge!("ferrofn_runner_containers_by_state", "state" => state).set(n as f64);
+    }
+    metrics::gauge!("ferrofn_runner_waiting_calls").set(stats.waiting as f64);
+}

@@ -1,0 +1,539 @@
+//! The gRPC face of the runner: the `RunnerProtocol` impl (Engage -> [`crate::engage`], Status /
+//! Status2 -> [`crate::status`], ConfigureRunner / StreamLogs UNIMPLEMENTED), `grpc.health.v1` and
+//! reflection on the same port, the `/metrics` HTTP listener, and [`start`], which wires it all up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrofn_common::shutdown::Shutdown;
+use ferrofn_common::tls::{ReloadingServerTls, TlsFiles};
+use ferrofn_proto::runner_protocol_server::{RunnerProtocol, RunnerProtocolServer};
+use ferrofn_proto::{
+    ClientMsg, ConfigMsg, ConfigStatus, LogRequestMsg, LogResponseMsg, RunnerMsg, RunnerStatus,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::agent::{Agent, AgentConfig, Capacity};
+use crate::config::RunnerSettings;
+use crate::driver::{DockerDriver, DockerDriverConfig, Driver};
+use crate::engage::{Counters, EngageContext};
+use crate::fdk::FdkLimits;
+use crate::iofs::IofsConfig;
+use crate::status::{StatusChecker, struct_to_json};
+
+/// How often the health loop pings Docker.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The `RunnerProtocol` service.
+#[derive(Debug, Clone)]
+pub struct RunnerService {
+    ctx: EngageContext,
+    status: Arc<StatusChecker>,
+}
+
+impl RunnerService {
+    /// A service over `ctx`, answering Status with `status`.
+    pub fn new(ctx: EngageContext, status: Arc<StatusChecker>) -> Self {
+        RunnerService { ctx, status }
+    }
+}
+
+#[tonic::async_trait]
+impl RunnerProtocol for RunnerService {
+    type EngageStream = ReceiverStream<Result<RunnerMsg, Status>>;
+    type StreamLogsStream = ReceiverStream<Result<LogResponseMsg, Status>>;
+
+    async fn engage(
+        &self,
+        request: Request<Streaming<ClientMsg>>,
+    ) -> Result<Response<Self::EngageStream>, Status> {
+        let meta = crate::engage::StreamMeta::from_metadata(request.metadata());
+        let rx = crate::engage::engage(self.ctx.clone(), request.into_inner(), meta);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn status(&self, _request: Request<()>) -> Result<Response<RunnerStatus>, Status> {
+        Ok(Response::new(self.status.status("{}".to_string()).await))
+    }
+
+    async fn configure_runner(&self, _request: Request<ConfigMsg>) -> Result<Response<ConfigStatus>, Status> {
+        Err(Status::unimplemented(
+            "ConfigureRunner is not supported by ferrofn-runner",
+        ))
+    }
+
+    async fn stream_logs(
+        &self,
+        _request: Request<Streaming<LogRequestMsg>>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        Err(Status::unimplemented(
+            "StreamLogs is not supported by ferrofn-runner (logs go to tracing)",
+        ))
+    }
+
+    async fn status2(&self, request: Request<prost_types::Struct>) -> Result<Response<RunnerStatus>, Status> {
+        Ok(Response::new(
+            self.status.status(struct_to_json(request.get_ref())).await,
+        ))
+    }
+}
+
+/// A failure to start the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Docker is not reachable.
+    #[error(transparent)]
+    Docker(#[from] crate::driver::DriverError),
+    /// A listener could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    /// mTLS is on but files are missing.
+    #[error(
+        "mTLS needs --tls-ca, --tls-cert and --tls-key (FN_TLS_CA / FN_TLS_CERT / FN_TLS_KEY), or --plaintext"
+    )]
+    TlsFilesMissing,
+    /// The TLS files are unusable.
+    #[error("cannot load the TLS files: {0}")]
+    Tls(#[source] ferrofn_common::tls::TlsError),
+    /// Reflection could not be built.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
+}
+
+/// A running runner.
+#[derive(Debug)]
+pub struct RunningRunner {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where `/metrics` listens.
+    pub http_addr: SocketAddr,
+    /// The agent (for in-process tests).
+    pub agent: Agent,
+    /// Ends after the drain, when both servers have stopped.
+    pub task: JoinHandle<()>,
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(ferrofn_proto::SERVICE_NAME, status)
+        .await;
+}
+
+/// The gRPC services on one port: `RunnerProtocol`, `grpc.health.v1` and reflection (v1).
+pub fn grpc_router(
+    service: RunnerService,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Result<tonic::transport::server::Router, StartError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrofn_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(StartError::Reflection)?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(RunnerProtocolServer::new(service)))
+}
+
+/// Starts the runner: Docker (with the start-up sweep), agent, gRPC and HTTP listeners. On
+/// `shutdown` it drains (see [`crate::drain`]) and then stops both servers.
+pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<RunningRunner, StartError> {
+    let runner_name = settings.effective_runner_name();
+    let instance = ferrofn_common::id::new_id().to_ascii_lowercase();
+    let mut dcfg = DockerDriverConfig::new(runner_name.clone(), instance.clone());
+    dcfg.max_pids = settings.max_pids;
+    dcfg.networks = settings.networks();
+    let driver = Arc::new(DockerDriver::connect(dcfg).await?);
+    driver.sweep().await?;
+    let driver: Arc<dyn Driver> = driver;
+
+    let capacity = Capacity::detect(settings.max_total_memory_bytes, settings.max_total_cpu_mcpus);
+    let agent_cfg = AgentConfig {
+        iofs: IofsConfig {
+            root: settings.iofs_root(),
+            docker_root: (!settings.iofs_docker_path.is_empty())
+                .then(|| PathBuf::from(&settings.iofs_docker_path)),
+        },
+        hot_start_timeout: Duration::from_millis(settings.hot_start_timeout_msecs),
+        freeze_idle: settings.freeze_idle(),
+        fdk_limits: FdkLimits {
+            max_body: settings.max_response_size,
+            max_header: settings.max_hdr_response_size as usize,
+        },
+        max_log_bytes: settings.max_log_size_bytes as usize,
+        capacity,
+    };
+    let agent = Agent::new(driver.clone(), agent_cfg);
+    let counters = Arc::new(Counters::default());
+    let draining = CancellationToken::new();
+    let status_image = (!settings.status_image.is_empty()).then(|| settings.status_image.clone());
+    let ctx = EngageContext {
+        agent: agent.clone(),
+        status_image: status_image.clone(),
+        counters: counters.clone(),
+        draining: draining.clone(),
+    };
+    let status = Arc::new(StatusChecker::new(agent.clone(), status_image, counters.clone()));
+    let service = RunnerService::new(ctx, status);
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    tokio::spawn(watch_docker(
+        reporter.clone(),
+        driver.clone(),
+        draining.clone(),
+        HEALTH_INTERVAL,
+    ));
+
+    let grpc_bind = format!("{}:{}", settings.listen_address, settings.grpc_port);
+    let grpc_listener = TcpListener::bind(&grpc_bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: grpc_bind.clone(),
+            source,
+        })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind {
+        addr: grpc_bind,
+        source,
+    })?;
+    let http_bind = format!("{}:{}", settings.listen_address, settings.port);
+    let http_listener = TcpListener::bind(&http_bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: http_bind.clone(),
+            source,
+        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind {
+        addr: http_bind,
+        source,
+    })?;
+
+    let stop_servers = CancellationToken::new();
+    let router = grpc_router(service, health_service)?;
+    let grpc_task = if settings.plaintext {
+        warn!(%grpc_addr, "serving PLAINTEXT gRPC: any client can run functions here (use mTLS outside trusted networks)");
+        let stop = stop_servers.clone();
+        tokio::spawn(async move {
+            // Without TCP_NODELAY small response frames wait for delayed ACKs (tens of ms per call).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                warn!(error = %e, "gRPC server failed");
+            }
+        })
+    } else {
+        if settings.tls_ca.as_os_str().is_empty()
+            || settings.tls_cert.as_os_str().is_empty()
+            || settings.tls_key.as_os_str().is_empty()
+        {
+            return Err(StartError::TlsFilesMissing);
+        }
+        let tls = ReloadingServerTls::new(TlsFiles::new(
+            &settings.tls_ca,
+            &settings.tls_cert,
+            &settings.tls_key,
+        ))
+        .map_err(StartError::Tls)?;
+        info!(%grpc_addr, "serving gRPC over mTLS");
+        let stop = stop_servers.clone();
+        tokio::spawn(async move {
+            let incoming = tls.incoming(grpc_listener);
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                warn!(error = %e, "gRPC server failed");
+            }
+        })
+    };
+    let http_task = {
+        let stop = stop_servers.clone();
+        let app = axum::Router::new()
+            .route("/metrics", {
+                let agent = agent.clone();
+                axum::routing::get(move || {
+                    let agent = agent.clone();
+                    async move {
+                        crate::metrics::pool(agent.totals());
+                        ferrofn_common::telemetry::render_metrics()
+                    }
+                })
+            })
+            .route(
+                "/version",
+                axum::routing::get(|| async { format!("{{\"version\":\"{}\"}}", env!("CARGO_PKG_VERSION")) }),
+            );
+        tokio::spawn(async move {
+            let served = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                warn!(error = %e, "metrics server failed");
+            }
+        })
+    };
+    info!(%grpc_addr, %http_addr, runner = %runner_name, instance = %instance, "runner started");
+
+    let task = {
+        let agent = agent.clone();
+        let grace = Duration::from_millis(settings.drain_grace_msecs);
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            crate::drain::drain(&agent, &counters, &draining, &reporter, grace).await;
+            stop_servers.cancel();
+            let _ = grpc_task.await;
+            let _ = http_task.await;
+            info!("runner stopped");
+        })
+    };
+    Ok(RunningRunner {
+        grpc_addr,
+        http_addr,
+        agent,
+        task,
+    })
+}
+
+/// Keeps grpc health in step with Docker: NOT_SERVING while the engine does not answer, SERVING
+/// again when it does. Ends when the drain starts (the drain owns the status from then on).
+pub(crate) async fn watch_docker(
+    reporter: HealthReporter,
+    driver: Arc<dyn Driver>,
+    draining: CancellationToken,
+    interval: Duration,
+) {
+    let mut last = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = draining.cancelled() => return,
+        }
+        let ok = driver.ping().await;
+        if ok != last && !draining.is_cancelled() {
+            if ok {
+                info!("Docker reachable again: SERVING");
+            } else {
+                warn!("Docker unreachable: NOT_SERVING");
+            }
+            set_health(
+                &reporter,
+                if ok {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                },
+            )
+            .await;
+            last = ok;
+        }
+    }
+}
+
+/// Marks the runner NOT_SERVING (drain).
+pub(crate) async fn set_not_serving(reporter: &HealthReporter) {
+    set_health(reporter, ServingStatus::NotServing).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ferrofn_proto::health::HealthCheckRequest;
+    use ferrofn_proto::health::health_server::Health;
+    use tonic_health::server::HealthService;
+
+    use super::*;
+    use crate::driver::{ContainerSpec, DriverError, DriverFuture, StartedContainer};
+
+    /// A driver whose engine is up or down at will; nothing else is used by the health loop.
+    struct Flaky(AtomicBool);
+
+    fn gone<'a, T: Send + 'a>() -> DriverFuture<'a, Result<T, DriverError>> {
+        Box::pin(async { Err(DriverError::WaitEnded { id: "none".into() }) })
+    }
+
+    impl Driver for Flaky {
+        fn ensure_image<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+            gone()
+        }
+        fn start<'a>(
+            &'a self,
+            _: &'a ContainerSpec,
+        ) -> DriverFuture<'a, Result<StartedContainer, DriverError>> {
+            gone()
+        }
+        fn wait<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<i64, DriverError>> {
+            gone()
+        }
+        fn pause<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+            gone()
+        }
+        fn unpause<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+            gone()
+        }
+        fn remove<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+            gone()
+        }
+        fn sweep(&self) -> DriverFuture<'_, Result<usize, DriverError>> {
+            gone()
+        }
+        fn sweep_own(&self) -> DriverFuture<'_, Result<usize, DriverError>> {
+            gone()
+        }
+        fn ping(&self) -> DriverFuture<'_, bool> {
+            let up = self.0.load(Ordering::SeqCst);
+            Box::pin(async move { up })
+        }
+    }
+
+    async fn status(svc: &HealthService) -> i32 {
+        svc.check(Request::new(HealthCheckRequest {
+            service: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+    }
+
+    async fn until(svc: &HealthService, want: ServingStatus) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while status(svc).await != want as i32 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "health never became {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn health_follows_docker_and_stops_at_drain() {
+        let (reporter, _server) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::Serving).await;
+        let svc = HealthService::from_health_reporter(reporter.clone());
+        let driver = Arc::new(Flaky(AtomicBool::new(true)));
+        let draining = CancellationToken::new();
+        let task = tokio::spawn(watch_docker(
+            reporter.clone(),
+            driver.clone(),
+            draining.clone(),
+            Duration::from_millis(10),
+        ));
+        driver.0.store(false, Ordering::SeqCst);
+        until(&svc, ServingStatus::NotServing).await;
+        driver.0.store(true, Ordering::SeqCst);
+        until(&svc, ServingStatus::Serving).await;
+        draining.cancel();
+        task.await.unwrap();
+        set_not_serving(&reporter).await;
+        assert_eq!(status(&svc).await, ServingStatus::NotServing as i32);
+    }
+
+    #[tokio::test]
+    async fn one_port_serves_runner_protocol_health_and_reflection() {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let driver: Arc<dyn Driver> = Arc::new(Flaky(AtomicBool::new(true)));
+        let cfg = AgentConfig {
+            iofs: IofsConfig {
+                root: tmp.path().to_path_buf(),
+                docker_root: None,
+            },
+            hot_start_timeout: Duration::from_secs(1),
+            freeze_idle: None,
+            fdk_limits: FdkLimits::default(),
+            max_log_bytes: 1024,
+            capacity: Capacity {
+                memory_mb: 1024,
+                cpu_milli: 1000,
+            },
+        };
+        let agent = Agent::new(driver, cfg);
+        let counters = Arc::new(Counters::default());
+        let ctx = EngageContext {
+            agent: agent.clone(),
+            status_image: None,
+            counters: counters.clone(),
+            draining: CancellationToken::new(),
+        };
+        let service = RunnerService::new(ctx, Arc::new(StatusChecker::new(agent, None, counters)));
+        let (reporter, health) = tonic_health::server::health_reporter();
+        set_health(&reporter, ServingStatus::Serving).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let router = grpc_router(service, health).unwrap();
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            stop.clone().cancelled_owned(),
+        ));
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+
+        let mut reflection = ServerReflectionClient::new(channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = reflection
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("unexpected reflection answer {answer:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"RunnerProtocol".to_string()), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+
+        let mut client = ferrofn_proto::runner_protocol_client::RunnerProtocolClient::new(channel.clone());
+        #[allow(deprecated)]
+        let status = client.status(()).await.unwrap().into_inner();
+        assert_eq!(
+            status
+                .custom_status
+                .get(crate::engage::CAPABILITIES_KEY)
+                .map(String::as_str),
+            Some("accept-ack")
+        );
+        let e = client
+            .configure_runner(ferrofn_proto::ConfigMsg::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        let mut h = ferrofn_proto::health::health_client::HealthClient::new(channel);
+        let s = h
+            .check(HealthCheckRequest {
+                service: "RunnerProtocol".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.status, ServingStatus::Serving as i32);
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
