@@ -2,6 +2,7 @@
 //! tools built from this crate: Docker access, function image builds, process harnesses.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod docker;
 pub mod images;
 pub mod lb_proc;
