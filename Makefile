@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUNCTIONS := -p ferrofn-fn-testfn -p ferrofn-fn-hello -p ferrofn-fn-status
 
-.PHONY: all build images lint test demo down bench clean-containers
+.PHONY: all build images lint test demo down bench
 
 all: build
 
@@ -11,10 +11,12 @@ all: build
 build:
 	$(CARGO) build --workspace
 
-## Build the function images (testfn, hello, status) on the local Docker engine, FROM scratch.
+## Build every image on the local Docker engine, FROM scratch: the functions (testfn, hello, status)
+## and the nodes (ferrofn/lb, ferrofn/runner).
 images:
-	$(CARGO) build $(FUNCTIONS)
+	$(CARGO) build $(FUNCTIONS) -p ferrofn-lb -p ferrofn-runner
 	$(CARGO) run -q -p ferrofn-tests --bin ferrofn-images
+	FERROFN_SKIP_CARGO=1 bash deploy/images.sh
 
 ## Formatting and lints, as CI enforces them.
 lint:
@@ -25,10 +27,13 @@ lint:
 test: lint images
 	$(CARGO) test --workspace --no-fail-fast
 
-## A cluster answering a function call (completed by the cluster work; see README.md).
+## A local cluster (one LB, three runners, mTLS) answering a function call.
 demo:
-	@echo "make demo: the docker-compose cluster is not built yet (see README.md, 'Status')." >&2
-	@exit 2
+	bash deploy/demo.sh
+
+## Remove everything `make demo` started: containers, function containers, networks, volumes.
+down:
+	bash deploy/down.sh
 
 bench:
 	@echo "make bench: the benchmark suite is not built yet (see README.md, 'Status')." >&2
