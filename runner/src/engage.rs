@@ -1,6 +1,6 @@
-//! One Engage stream's state machine (engage-protocol.md §2.4): TryCall -> admit (or NACK) -> feed the
-//! request body to the function with back-pressure -> relay ResultStart once and Data frames of at
-//! most 10240 bytes -> always CallFinished. Adds the accept acknowledgement of decisions.md (2).
+//! One Engage stream (engage-protocol.md §2.4): TryCall -> admit or NACK -> body in with back-pressure
+//! -> ResultStart once, Data frames <= 10240 bytes -> always CallFinished. Adds decisions.md (2)'s accept
+//! ack and, for an LB that asked for it, full duplex (the answer streams while the body comes in).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -37,8 +37,20 @@ const BODY_WINDOW: usize = 4;
 /// How long a 200 that arrives before the LB's eof frame waits for that frame before it counts as
 /// Fn's premature write. Fn checks at the instant the head arrives, which makes a function that
 /// streams its answer while reading (an echo) fail at random; a short grace keeps the rule for
-/// functions that really answer without reading, and lets streaming functions work.
+/// functions that really answer without reading, and lets small streaming answers work. Applies to
+/// Fn mode only: an LB that asked for the accept ack gets full duplex (see [`Duplex`]).
 const PREMATURE_WRITE_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether the function's answer may be relayed while the request body is still streaming in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Duplex {
+    /// Fn mode: a response head before the LB's eof frame is a premature write (502) once the
+    /// grace has passed. An Fn LB buffers the whole response anyway, so nothing is lost.
+    Half,
+    /// Accept-ack mode (the LB asked for `ferrofn-accept-ack`): the head and data are relayed at
+    /// once while the feeder keeps pushing the body; both directions stay bounded by their windows.
+    Full,
+}
 
 /// Live counters reported by Status.
 #[derive(Debug, Default)]
@@ -441,15 +453,19 @@ async fn run_call(
     if let Some(tp) = traceparent {
         headers.push(("Traceparent".to_string(), tp));
     }
+    // Only an LB that asked for the accept ack streams both ways; Fn's LB keeps Fn's rule.
+    let duplex = if want_ack { Duplex::Full } else { Duplex::Half };
     let req = FdkRequest {
         call_id: call.model.id.clone(),
         deadline: fn_deadline.to_string(),
         headers,
         body: body_rx,
+        full_duplex: duplex == Duplex::Full,
     };
 
+    let exchanged = exchange(&mut slot, req, eof_seen, tx, detached, duplex);
     let result = tokio::select! {
-        r = tokio::time::timeout_at(deadline, exchange(&mut slot, req, eof_seen, tx, detached)) => match r {
+        r = tokio::time::timeout_at(deadline, exchanged) => match r {
             Ok(r) => r,
             Err(_) => Err(Exchange::Fn(FnError::call_timeout(), false)),
         },
@@ -491,6 +507,14 @@ fn fdk_error(e: FdkError) -> Exchange {
     Exchange::Fn(err, keep)
 }
 
+/// True when the LB's eof frame has arrived or arrives within [`PREMATURE_WRITE_GRACE`].
+async fn premature_write_grace(eof_seen: &mut watch::Receiver<bool>) -> bool {
+    matches!(
+        tokio::time::timeout(PREMATURE_WRITE_GRACE, eof_seen.wait_for(|eof| *eof)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// `POST /call`, then relay the answer: ResultStart once, Data frames of at most 10240 bytes.
 async fn exchange(
     slot: &mut Slot,
@@ -498,17 +522,12 @@ async fn exchange(
     mut eof_seen: watch::Receiver<bool>,
     tx: &Out,
     detached: bool,
+    duplex: Duplex,
 ) -> Result<(), Exchange> {
     let mut resp = slot.fdk().call(req).await.map_err(fdk_error)?;
-    // A 200 before the whole request arrived: Fn's premature write (502), after a short grace.
-    let complete = matches!(
-        tokio::time::timeout(PREMATURE_WRITE_GRACE, async {
-            eof_seen.wait_for(|eof| *eof).await.is_ok()
-        })
-        .await,
-        Ok(true)
-    );
-    if !complete {
+    // Fn mode: a 200 before the whole request arrived is Fn's premature write (502), after a short
+    // grace. In full duplex the feeder task keeps streaming the body while this relays the answer.
+    if duplex == Duplex::Half && !premature_write_grace(&mut eof_seen).await {
         warn!("function answered before receiving the entire request");
         return Err(Exchange::Fn(FnError::premature_write(), false));
     }
@@ -535,7 +554,15 @@ async fn exchange(
     loop {
         let chunk = match resp.next_chunk().await {
             Ok(Some(c)) => c,
-            Ok(None) => return Ok(()),
+            Ok(None) => {
+                if duplex == Duplex::Full && !*eof_seen.borrow() {
+                    // The function answered without reading the whole request: that request is
+                    // still open on the connection, so the next call must not queue behind it.
+                    debug!("answer complete before the request: replacing the FDK connection");
+                    slot.fdk().reset();
+                }
+                return Ok(());
+            }
             Err(e) => {
                 slot.fdk().reset();
                 return Err(fdk_error(e));

@@ -3,7 +3,12 @@
 //! a streamed chunked body) and maps the answer: 200 / 502 / 504 / other, header and body size caps.
 
 use std::convert::Infallible;
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -11,6 +16,7 @@ use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -114,6 +120,10 @@ pub struct FdkRequest {
     pub headers: Vec<(String, String)>,
     /// The body, ended when the sender is dropped.
     pub body: mpsc::Receiver<Bytes>,
+    /// Full duplex (accept-ack mode): the function may answer before it read the whole body and
+    /// then close its side. A failed write then discards the rest of the body instead of failing
+    /// the exchange, so the answer already sent is still read (the connection is replaced after).
+    pub full_duplex: bool,
 }
 
 /// The function's 200 answer: headers, then the body read with [`FdkResponse::next_chunk`].
@@ -149,11 +159,106 @@ impl FdkResponse {
     }
 }
 
+/// Per-connection switches shared between [`FdkConn`] and its socket.
+#[derive(Debug, Default)]
+struct IoState {
+    /// Set per call from [`FdkRequest::full_duplex`]: write errors are swallowed.
+    tolerate_write_errors: AtomicBool,
+    /// A write failed and was swallowed: the connection cannot carry another call.
+    broken: AtomicBool,
+}
+
+/// The function's socket. In full duplex a write error (the function answered early and closed
+/// its side) turns the rest of the request into a discard, so hyper still reads the answer that
+/// is waiting in the receive buffer instead of failing the call with the write error.
+struct FdkIo {
+    inner: UnixStream,
+    state: Arc<IoState>,
+}
+
+impl FdkIo {
+    /// Maps a write outcome: in full duplex an error becomes "all written" and marks the
+    /// connection broken.
+    fn tolerate<T>(&self, r: Poll<std::io::Result<T>>, written: T) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Ready(Err(e)) if self.state.tolerate_write_errors.load(Ordering::SeqCst) => {
+                if !self.state.broken.swap(true, Ordering::SeqCst) {
+                    tracing::debug!(error = %e, "function closed its socket early: dropping the rest");
+                }
+                Poll::Ready(Ok(written))
+            }
+            other => other,
+        }
+    }
+
+    fn broken(&self) -> bool {
+        self.state.broken.load(Ordering::SeqCst)
+    }
+}
+
+impl AsyncRead for FdkIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FdkIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.broken() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.tolerate(r, buf.len())
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if this.broken() {
+            return Poll::Ready(Ok(len));
+        }
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.tolerate(r, len)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.broken() {
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.tolerate(r, ())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.broken() {
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.tolerate(r, ())
+    }
+}
+
 /// The runner's connection to one container's FDK.
 pub struct FdkConn {
     path: PathBuf,
     limits: FdkLimits,
     sender: Option<http1::SendRequest<RequestBody>>,
+    io_state: Arc<IoState>,
 }
 
 impl std::fmt::Debug for FdkConn {
@@ -171,6 +276,7 @@ impl FdkConn {
             path: path.into(),
             limits,
             sender: None,
+            io_state: Arc::default(),
         }
     }
 
@@ -185,13 +291,16 @@ impl FdkConn {
     }
 
     async fn sender(&mut self) -> Result<&mut http1::SendRequest<RequestBody>, FdkError> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+        if self.io_state.broken.load(Ordering::SeqCst) || self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            self.sender = None;
             let stream = UnixStream::connect(&self.path)
                 .await
                 .map_err(|source| FdkError::Connect {
                     path: self.path.clone(),
                     source,
                 })?;
+            let io_state = Arc::new(IoState::default());
+            self.io_state = io_state.clone();
             let max_header = if self.limits.max_header > 0 {
                 self.limits.max_header
             } else {
@@ -201,7 +310,10 @@ impl FdkConn {
                 .title_case_headers(true)
                 .max_headers(10_000)
                 .max_buf_size(max_header.max(8192) + 1024)
-                .handshake(TokioIo::new(stream))
+                .handshake(TokioIo::new(FdkIo {
+                    inner: stream,
+                    state: io_state.clone(),
+                }))
                 .await
                 .map_err(|source| FdkError::Handshake {
                     path: self.path.clone(),
@@ -248,7 +360,12 @@ impl FdkConn {
             .body(BodyExt::boxed(body))
             .expect("request built from valid parts");
 
-        let sender = self.sender().await?;
+        let full_duplex = req.full_duplex;
+        self.sender().await?;
+        self.io_state
+            .tolerate_write_errors
+            .store(full_duplex, Ordering::SeqCst);
+        let sender = self.sender.as_mut().expect("sender set above");
         if let Err(e) = sender.ready().await {
             self.sender = None;
             return Err(FdkError::Receive(e));
@@ -394,6 +511,7 @@ mod tests {
                 ("X-Multi".into(), "b".into()),
             ],
             body: rx,
+            full_duplex: false,
         }
     }
 
@@ -510,6 +628,80 @@ mod tests {
             }
         };
         assert!(matches!(e, FdkError::BodyTooBig { max: 1000 }) && !e.kills_container());
+    }
+
+    /// A function that answers after the head and closes with the body unread: in full duplex the
+    /// answer is read and the next call reconnects. (Whether hyper sees the failed write before the
+    /// answer is a race; `full_duplex_io_swallows_write_errors` pins the mechanism down.)
+    #[tokio::test]
+    async fn full_duplex_reads_an_early_answer_and_reconnects() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("lsnr.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "client closed before its head");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+                    .await
+                    .unwrap();
+                // Closing with unread request bytes makes the runner's next writes fail.
+            }
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let feeder = tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            for _ in 0..128 {
+                if tx.send(chunk.clone()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut conn = FdkConn::new(&path, FdkLimits::default());
+        let mut req = request(&[]);
+        req.body = rx;
+        req.full_duplex = true;
+        let mut resp = conn.call(req).await.expect("early answer is read");
+        let mut body = Vec::new();
+        while let Some(c) = resp.next_chunk().await.unwrap() {
+            body.extend_from_slice(&c);
+        }
+        assert_eq!(body, b"early");
+        feeder.await.unwrap();
+        let mut next = conn.call(request(&["again"])).await.expect("a new connection");
+        assert_eq!(next.next_chunk().await.unwrap().as_deref(), Some(&b"early"[..]));
+        server.await.unwrap();
+    }
+
+    /// The socket wrapper: a write to a closed peer fails in Fn mode; in full duplex it "succeeds",
+    /// marks the connection broken, and the peer's answer is still readable.
+    #[tokio::test]
+    async fn full_duplex_io_swallows_write_errors() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for tolerate in [false, true] {
+            let (ours, mut theirs) = UnixStream::pair().unwrap();
+            theirs.write_all(b"answer").await.unwrap();
+            drop(theirs);
+            let state = Arc::new(IoState::default());
+            state.tolerate_write_errors.store(tolerate, Ordering::SeqCst);
+            let mut io = FdkIo {
+                inner: ours,
+                state: state.clone(),
+            };
+            let r = io.write_all(&[b'x'; 4096]).await;
+            assert_eq!(r.is_ok(), tolerate, "{r:?}");
+            assert_eq!(state.broken.load(Ordering::SeqCst), tolerate);
+            let mut got = Vec::new();
+            io.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"answer");
+        }
     }
 
     #[tokio::test]

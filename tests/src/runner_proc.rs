@@ -352,6 +352,9 @@ pub struct EngageOpts {
     pub extensions: HashMap<String, String>,
     /// Send the eof frame only after a first runner message arrived (premature-write tests).
     pub hold_eof_until_reply: bool,
+    /// Send the eof frame only after the ResultStart arrived (full-duplex tests: the function must
+    /// answer while the request is still open).
+    pub hold_eof_until_result_start: bool,
     /// gRPC metadata on the Engage request (e.g. `traceparent`, `fn_request_id`).
     pub metadata: Vec<(&'static str, String)>,
 }
@@ -376,7 +379,7 @@ pub async fn engage(
     .await?;
     let frames: Vec<Vec<u8>> = body.chunks(MAX_DATA_CHUNK).map(<[u8]>::to_vec).collect();
     let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
-    let hold = opts.hold_eof_until_reply;
+    let hold = opts.hold_eof_until_reply || opts.hold_eof_until_result_start;
     let sender = tokio::spawn(async move {
         for f in frames {
             if tx
@@ -422,7 +425,9 @@ pub async fn engage(
                 break;
             }
         };
-        if let Some(t) = eof_tx.take() {
+        let release =
+            !opts.hold_eof_until_result_start || matches!(m.body, Some(runner_msg::Body::ResultStart(_)));
+        if release && let Some(t) = eof_tx.take() {
             let _ = t.send(());
         }
         if r.finished.is_some() {

@@ -307,6 +307,85 @@ async fn premature_write_is_502() -> Result<()> {
     finish(&docker, runner).await
 }
 
+/// The premature-write rule depends on the mode: with the accept ack (ferrofn LB) an echo that
+/// answers while the request is still open streams both ways; without it (Fn LB) the same exchange
+/// is Fn's premature write. The eof frame is held until a ResultStart arrives, so the function can
+/// only finish if the runner relays its head before the request ends.
+#[tokio::test]
+async fn accept_ack_mode_is_full_duplex_and_fn_mode_keeps_the_premature_write() -> Result<()> {
+    let (docker, runner) = setup(&[]).await?;
+    let mut client = runner.client().await?;
+    let mut body = knobs(serde_json::json!({"echoBody": true}));
+    // Far more than every window on the way (body channel, h2, the unix socket): both directions
+    // must flow at the same time for this to finish.
+    body.extend_from_slice(&pattern(4 << 20));
+    let ack = EngageOpts {
+        extensions: [("ferrofn-accept-ack".to_string(), "1".to_string())].into(),
+        hold_eof_until_result_start: true,
+        ..Default::default()
+    };
+    let call = call_json(TESTFN_IMAGE, &fn_id(20), &[], |_| {});
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        engage(&mut client, &call, &body, ack.clone()),
+    )
+    .await??;
+    assert!(r.finished().success, "{:?}\n{}", r.finished(), runner.logs());
+    assert_eq!((r.acks, r.result_starts, r.status), (1, 1, Some(200)));
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "echoed body differs");
+
+    // A function that answers without reading the rest: fine in full duplex, and the container's
+    // next call is not stuck behind the unread request (the FDK connection is replaced).
+    let mut unread = knobs(serde_json::json!({"writeBeforeRead": true, "echoContent": "early"}));
+    unread.extend_from_slice(&pattern(4 << 20));
+    let plain_ack = EngageOpts {
+        hold_eof_until_result_start: false,
+        ..ack.clone()
+    };
+    let next = knobs(serde_json::json!({"echoContent": "next"}));
+    for (what, b, opts) in [
+        ("answer without reading", unread, ack.clone()),
+        ("next call", next, plain_ack),
+    ] {
+        let call = call_json(TESTFN_IMAGE, &fn_id(20), &[], |_| {});
+        let r = tokio::time::timeout(Duration::from_secs(30), engage(&mut client, &call, &b, opts))
+            .await
+            .map_err(|_| anyhow::anyhow!("{what}: no answer within 30 s\n{}", runner.logs()))??;
+        assert!(
+            r.finished().success,
+            "{what}: {:?}\n{}",
+            r.finished(),
+            runner.logs()
+        );
+        assert_eq!(r.status, Some(200), "{what}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("\"echoContent\""),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+
+    let fn_mode = EngageOpts {
+        hold_eof_until_result_start: true,
+        ..Default::default()
+    };
+    let call = call_json(TESTFN_IMAGE, &fn_id(20), &[], |_| {});
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        engage(&mut client, &call, &body, fn_mode),
+    )
+    .await??;
+    let f = r.finished();
+    assert_eq!((f.success, f.error_code), (false, 502), "{f:?}");
+    assert_eq!(
+        f.error_str,
+        "function invoked write before receiving entire request"
+    );
+    assert_eq!(r.result_starts, 0, "no ResultStart for a premature write");
+    finish(&docker, runner).await
+}
+
 #[tokio::test]
 async fn headers_both_ways_and_the_accept_ack() -> Result<()> {
     let (docker, runner) = setup(&[]).await?;
@@ -590,5 +669,46 @@ async fn fdk_status_mapping_and_the_header_cap() -> Result<()> {
     )
     .await?;
     assert!(r.finished().success, "{:?}", r.finished());
+    finish(&docker, runner).await
+}
+
+/// Warm-call latency straight against the runner (no LB): one cold call, then sequential warm
+/// Engage calls, each timed from TryCall to CallFinished over one kept-alive gRPC connection.
+/// Prints the percentiles (no timing assert: shared CI machines are too noisy for one).
+#[tokio::test]
+async fn warm_engage_latency_printout() -> Result<()> {
+    let (docker, runner) = setup(&[]).await?;
+    let mut client = runner.client().await?;
+    let small = knobs(serde_json::json!({"echoContent": "x"}));
+    let large = knobs(serde_json::json!({"responseSize": 200_000}));
+    let ack = EngageOpts {
+        extensions: [("ferrofn-accept-ack".to_string(), "1".to_string())].into(),
+        ..Default::default()
+    };
+    for (mode, opts, body) in [
+        ("Fn mode, small answer", EngageOpts::default(), &small),
+        ("accept-ack, small answer", ack.clone(), &small),
+        ("accept-ack, 200 KB answer", ack, &large),
+    ] {
+        let mut times = Vec::new();
+        for i in 0..31 {
+            let call = call_json(TESTFN_IMAGE, &fn_id(21), &[], |_| {});
+            let t0 = std::time::Instant::now();
+            let r = engage(&mut client, &call, body, opts.clone()).await?;
+            let took = t0.elapsed();
+            assert!(r.finished().success, "{:?}", r.finished());
+            if i > 0 {
+                times.push(took);
+            }
+        }
+        times.sort();
+        eprintln!(
+            "warm Engage ({mode}, {} calls): p50 {:.2?}, p90 {:.2?}, max {:.2?}",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() * 9 / 10],
+            times[times.len() - 1]
+        );
+    }
     finish(&docker, runner).await
 }
