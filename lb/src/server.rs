@@ -14,7 +14,7 @@ use ferrofn_common::tls::{ClientTls, TlsFiles};
 use crate::config::LbSettings;
 use crate::http::{LbState, router};
 use crate::placer;
-use crate::pool::{ChannelOptions, RunnerPool, health};
+use crate::pool::{RunnerPool, health};
 use crate::registry::{CachedRegistry, Registry, SqliteRegistry, cache, sqlite::db_path};
 
 /// Why the LB could not start.
@@ -97,7 +97,7 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
             tls.with_server_name(&settings.tls.server_name)
         })
     };
-    let pool = RunnerPool::new(&settings.runner_addresses, tls, ChannelOptions::default())?;
+    let pool = RunnerPool::new(&settings.runner_addresses, tls, settings.channel_options())?;
     let state = Arc::new(LbState {
         registry,
         pool: pool.clone(),
@@ -109,6 +109,8 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
         response_head: usize::try_from(settings.response_head_bytes)
             .unwrap_or(usize::MAX)
             .max(1),
+        sync_deadline_margin: Some(Duration::from_millis(settings.sync_deadline_margin_ms))
+            .filter(|_| settings.sync_deadline_margin_ms > 0),
     });
     let addr = format!("{}:{}", settings.listen_address, settings.port);
     let listener = TcpListener::bind(&addr)
@@ -120,6 +122,12 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
     let local_addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    // Without TCP_NODELAY a streamed response waits on the client's delayed ACK (~40 ms per call).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection failed");
+        }
+    });
 
     // First probe before serving, so capabilities and dead runners are known from the start.
     health::probe_all(&pool, health::DEFAULT_PROBE_TIMEOUT.min(Duration::from_secs(1))).await;
