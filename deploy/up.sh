@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the compose cluster from existing images (deploy/images.sh builds them) and waits until the
-# three runners' health checks pass and the LB answers, printing progress. Used by deploy/demo.sh
-# and by the integration tests (tests/src/cluster.rs).
+# health checks of the three runners and of the LB pass and the LB answers on its published port,
+# printing progress. Used by deploy/demo.sh and by the integration tests (tests/src/cluster.rs).
 #   FERROFN_WAIT_SECS  how long to wait for health (default 120)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -53,8 +53,15 @@ while :; do
     [[ "$state" == healthy ]] && healthy=$((healthy + 1))
     line+="$svc=$state "
   done
-  lb=down
-  curl -fsS -o /dev/null --max-time 2 "$BASE/version" 2>/dev/null && lb=up
+  # The LB's own health check (its `probe` subcommand), then its published port from here.
+  lb_id="$(compose ps -q lb 2>/dev/null || true)"
+  lb=missing
+  if [[ -n "$lb_id" ]]; then
+    lb="$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$lb_id" 2>/dev/null || echo missing)"
+  fi
+  if [[ "$lb" == healthy ]]; then
+    curl -fsS -o /dev/null --max-time 2 "$BASE/version" 2>/dev/null || lb=unpublished
+  fi
   line+="lb=$lb"
   # One updating line on a terminal, one line per change in logs.
   if [[ $tty == 1 ]]; then
@@ -63,7 +70,7 @@ while :; do
     printf '  %s\n' "$line" >&2
   fi
   last="$line"
-  if [[ $healthy -eq ${#RUNNER_SERVICES[@]} && "$lb" == up ]]; then
+  if [[ $healthy -eq ${#RUNNER_SERVICES[@]} && "$lb" == healthy ]]; then
     [[ $tty == 1 ]] && printf '\n' >&2
     break
   fi

@@ -10,6 +10,7 @@ use ferrofn_common::config::{ConfigError, EnvSource, load};
 use ferrofn_common::telemetry::LogFormat;
 
 use crate::placer::PlacerConfig;
+use crate::pool::ChannelOptions;
 
 /// Environment variable -> settings field.
 pub const ENV_MAP: &[(&str, &str)] = &[
@@ -31,6 +32,9 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("FN_TLS_SERVER_NAME", "tls.server_name"),
     ("FN_HEALTH_INTERVAL_MSECS", "health_interval_ms"),
     ("FN_RESPONSE_HEAD_BYTES", "response_head_bytes"),
+    ("FN_SYNC_DEADLINE_MARGIN_MSECS", "sync_deadline_margin_ms"),
+    ("FN_RUNNER_KEEPALIVE_MSECS", "runner_keepalive_ms"),
+    ("FN_RUNNER_KEEPALIVE_TIMEOUT_MSECS", "runner_keepalive_timeout_ms"),
     ("FN_LOG_LEVEL", "log_level"),
     ("FN_LOG_FORMAT", "log_format"),
 ];
@@ -99,6 +103,13 @@ pub struct LbSettings {
     /// them gets its exact error status; after them a late failure aborts the body. Set it above
     /// the runners' `FN_MAX_RESPONSE_SIZE` to get Fn's 502 for every oversized response.
     pub response_head_bytes: u64,
+    /// Added to the fn timeout to bound a committed sync call on the LB, ms: a runner silent past
+    /// it gets the call answered 504 (Fn has no bound). 0 = unbounded.
+    pub sync_deadline_margin_ms: u64,
+    /// HTTP/2 ping interval on runner connections, ms.
+    pub runner_keepalive_ms: u64,
+    /// How long a ping may go unanswered before the connection (and its calls) is dropped, ms.
+    pub runner_keepalive_timeout_ms: u64,
     /// Default log level when `RUST_LOG` is unset.
     pub log_level: String,
     /// Log line format.
@@ -125,6 +136,9 @@ impl Default for LbSettings {
             tls: TlsSettings::default(),
             health_interval_ms: crate::pool::health::DEFAULT_INTERVAL.as_millis() as u64,
             response_head_bytes: crate::engage::HEAD_BUFFER as u64,
+            sync_deadline_margin_ms: crate::engage::DEFAULT_SYNC_DEADLINE_MARGIN.as_millis() as u64,
+            runner_keepalive_ms: ChannelOptions::default().keepalive_interval.as_millis() as u64,
+            runner_keepalive_timeout_ms: ChannelOptions::default().keepalive_timeout.as_millis() as u64,
             log_level: "info".into(),
             log_format: LogFormat::Human,
         }
@@ -135,6 +149,15 @@ impl LbSettings {
     /// Loads the layers.
     pub fn load(file: Option<&Path>, env: &EnvSource, flags: &Flags) -> Result<Self, ConfigError> {
         load(file, env, ENV_MAP, flags)
+    }
+
+    /// Runner connection tuning.
+    pub fn channel_options(&self) -> ChannelOptions {
+        ChannelOptions {
+            keepalive_interval: Duration::from_millis(self.runner_keepalive_ms.max(1)),
+            keepalive_timeout: Duration::from_millis(self.runner_keepalive_timeout_ms.max(1)),
+            ..ChannelOptions::default()
+        }
     }
 
     /// The placer timing.
@@ -220,5 +243,8 @@ mod tests {
         .unwrap();
         assert_eq!(d.port, 8080);
         assert_eq!(d.placer, "naive");
+        assert_eq!(d.sync_deadline_margin_ms, 30_000);
+        assert_eq!(d.channel_options().keepalive_interval, Duration::from_secs(5));
+        assert_eq!(d.channel_options().keepalive_timeout, Duration::from_secs(5));
     }
 }

@@ -1,6 +1,7 @@
 //! The client side of Engage: one attempt on one runner. It sends the TryCall and the body in
-//! frames of at most 10 KiB, classifies the runner's answer (NACK or failed open -> try the next
-//! runner; anything after commitment is final) and turns the result into an HTTP response.
+//! frames of at most 10 KiB, classifies the runner's answer (NACK, or an open that failed before the
+//! TryCall left the LB -> try the next runner; anything after commitment is final), bounds a
+//! committed sync call by its deadline and turns the result into an HTTP response.
 //!
 //! Two modes. With Fn runners (or a mixed pool) the body is buffered for replay and the response is
 //! buffered until the call ends, as Fn does. When every runner advertises the accept-ack capability,
@@ -10,13 +11,16 @@
 //! exact error statuses.
 
 use std::collections::HashMap;
+use std::error::Error as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -37,8 +41,11 @@ pub const HEAD_BUFFER: usize = 64 * 1024;
 /// Frames queued towards the runner or the client: with 10 KiB frames, a bounded window.
 const WINDOW_FRAMES: usize = 4;
 
-/// Fn's text for a stream that ended without CallFinished.
+/// Fn's text for a stream that ended without CallFinished (logs and metrics).
 const NO_EOF: &str = "Purerunner missing EOF response";
+/// Default margin added to a sync call's fn timeout for its deadline on the LB (queueing for a slot,
+/// cold start, image pull).
+pub const DEFAULT_SYNC_DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 
 /// The request body across attempts.
 #[derive(Debug)]
@@ -65,6 +72,9 @@ pub struct EngageCall {
     pub detached: bool,
     /// gRPC deadline of a detached call's stream (Fn: 30 s + fn timeout + headroom).
     pub detached_deadline: Duration,
+    /// Bound on a sync attempt from its open to CallFinished (fn timeout + margin):
+    /// past it the LB gives up on a silent runner with 504. `None`: unbounded (Fn's behaviour).
+    pub sync_deadline: Option<Duration>,
     /// W3C `traceparent` passed as gRPC metadata.
     pub traceparent: Option<String>,
     /// The body.
@@ -90,6 +100,151 @@ fn internal(what: &str, runner: &Runner, detail: impl std::fmt::Display) -> FnEr
     tracing::warn!(runner = %runner.addr(), error = %detail, "{what}");
     metrics::counter!("lb_engage_errors_total", "stage" => what.to_owned()).increment(1);
     FnError::internal()
+}
+
+/// Message of a committed call whose runner connection broke (Fn answers 500 there).
+pub const CONNECTION_LOST: &str = "runner connection lost before the call finished";
+/// Start of the message of a committed call whose runner answered a gRPC error status instead of
+/// CallFinished (Fn: 500).
+pub const STREAM_ABORTED: &str = "runner aborted the call stream";
+/// Message of a committed call whose stream ended without CallFinished (Fn: 500).
+pub const NO_RESULT: &str = "runner ended the call without a result";
+
+/// 502 for a committed call the runner side broke off: the stream failed (transport error, or an
+/// error status instead of CallFinished) or ended without a result.
+fn upstream_failure(
+    stage: &str,
+    runner: &Runner,
+    detail: impl std::fmt::Display,
+    message: impl Into<std::borrow::Cow<'static, str>>,
+) -> FnError {
+    let message = message.into();
+    tracing::warn!(runner = %runner.addr(), error = %detail, stage, "{message}");
+    metrics::counter!("lb_engage_errors_total", "stage" => stage.to_owned()).increment(1);
+    FnError::new(502, message, false)
+}
+
+/// A broken committed stream: 502. A transport failure is a lost connection; a status the runner
+/// sent instead of CallFinished is passed on in the message.
+fn stream_broken(stage: &str, runner: &Runner, s: &tonic::Status) -> FnError {
+    match s.source() {
+        Some(src) => upstream_failure(stage, runner, format!("{s} ({src})"), CONNECTION_LOST),
+        None => upstream_failure(
+            stage,
+            runner,
+            s,
+            format!("{STREAM_ABORTED}: {:?}: {}", s.code(), s.message()),
+        ),
+    }
+}
+
+/// 504 for a committed sync call the runner did not finish within its deadline.
+fn deadline_passed(runner: &Runner, call: &EngageCall) -> FnError {
+    let bound = call.sync_deadline.unwrap_or_default();
+    tracing::warn!(runner = %runner.addr(), ?bound, "runner did not finish the call within its deadline");
+    metrics::counter!("lb_engage_errors_total", "stage" => "deadline").increment(1);
+    FnError::new(
+        504,
+        format!(
+            "no result from the runner within {}s (fn timeout plus the LB's margin); the runner is unresponsive",
+            bound.as_secs()
+        ),
+        false,
+    )
+}
+
+/// How an Engage open (the stream, and the TryCall behind it) that failed is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// Fn's "too busy" answer (`grpc-status: 503`): try the next runner; this one stays up.
+    Nack,
+    /// The call never reached the runner: the transport failed before the TryCall left the LB
+    /// (connect refused or timed out, name resolution, TLS handshake, closed connection, whatever the
+    /// gRPC code), or HTTP/2 says the runner did not process the stream (REFUSED_STREAM, a stream
+    /// beyond a GOAWAY). Try the next runner and mark this one down until the health loop sees it.
+    Unreached,
+    /// The runner itself answered UNAVAILABLE (shutting down): try the next runner.
+    Refused,
+    /// The TryCall left the LB and the runner may have started the call, or the runner rejected the
+    /// stream with another status: final, never sent to a second runner.
+    Committed,
+}
+
+impl OpenFailure {
+    /// True when the next runner may be tried (Fn's `placed == false`).
+    pub fn retry(self) -> bool {
+        self != OpenFailure::Committed
+    }
+}
+
+/// True for a status the LB's transport made (connect, TLS, HTTP/2, keepalive): tonic keeps the
+/// cause as the source. A status the runner sent has none.
+pub fn is_transport_failure(s: &tonic::Status) -> bool {
+    s.source().is_some()
+}
+
+/// True when an HTTP/2 error in the status' cause chain guarantees the runner did not process the
+/// stream: REFUSED_STREAM, or a GOAWAY from the runner whose last stream precedes ours.
+pub fn unprocessed_by_runner(s: &tonic::Status) -> bool {
+    let mut cause = s.source();
+    while let Some(e) = cause {
+        if let Some(h2e) = e.downcast_ref::<h2::Error>()
+            && (h2e.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2e.is_go_away() && h2e.is_remote()))
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Classifies a failed Engage open. `try_sent` says whether the transport took the TryCall from
+/// the LB's outbound queue (the point of commitment, as Fn's successful `Send(TryCall)`).
+pub fn classify_open_failure(s: &tonic::Status, try_sent: bool) -> OpenFailure {
+    if status_is_too_busy(s) {
+        OpenFailure::Nack
+    } else if is_transport_failure(s) {
+        if !try_sent || unprocessed_by_runner(s) {
+            OpenFailure::Unreached
+        } else {
+            OpenFailure::Committed
+        }
+    } else if s.code() == Code::Unavailable {
+        OpenFailure::Refused
+    } else {
+        OpenFailure::Committed
+    }
+}
+
+/// A failed receive on an Engage stream.
+#[derive(Debug)]
+enum RecvFailure {
+    /// The stream broke: a transport error or an error status from the runner.
+    Status(tonic::Status),
+    /// The sync call's deadline passed.
+    Deadline,
+}
+
+/// The next runner message, bounded by the call's deadline.
+async fn recv(
+    stream: &mut tonic::Streaming<RunnerMsg>,
+    deadline: Option<Instant>,
+) -> Result<Option<RunnerMsg>, RecvFailure> {
+    match deadline {
+        Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
+            Ok(r) => r.map_err(RecvFailure::Status),
+            Err(_) => Err(RecvFailure::Deadline),
+        },
+        None => stream.message().await.map_err(RecvFailure::Status),
+    }
+}
+
+/// The final error of a committed call whose receive failed.
+fn recv_failed(stage: &str, runner: &Runner, call: &EngageCall, f: RecvFailure) -> FnError {
+    match f {
+        RecvFailure::Status(s) => stream_broken(stage, runner, &s),
+        RecvFailure::Deadline => deadline_passed(runner, call),
+    }
 }
 
 /// Fn's `isTooBusy` for a gRPC status: code 503 travels as a non-standard `grpc-status`, which tonic
@@ -129,6 +284,11 @@ pub async fn read_limited(body: Body, max: u64) -> Result<Bytes, FnError> {
 /// Runs one attempt of `call` on `runner`.
 pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallResponse, FnError> {
     let in_flight = runner.begin_call();
+    // Detached calls carry their bound as the gRPC deadline instead.
+    let deadline = call
+        .sync_deadline
+        .filter(|_| !call.detached)
+        .map(|d| Instant::now() + d);
     // Ack mode needs the runner's capability; a body already buffered is simply replayed.
     let mut ack_mode = false;
     {
@@ -166,7 +326,14 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
     if tx.send(try_msg).await.is_err() {
         return Attempt::NotPlaced(FnError::server_busy());
     }
-    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    // The transport polls the TryCall (always the first message) out of the queue only once the
+    // stream is open on a live connection: until then a failure cannot have reached the runner.
+    let try_sent = Arc::new(AtomicBool::new(false));
+    let outbound = {
+        let try_sent = try_sent.clone();
+        ReceiverStream::new(rx).inspect(move |_| try_sent.store(true, Ordering::Release))
+    };
+    let mut req = tonic::Request::new(outbound);
     if let Ok(v) = MetadataValue::try_from(call.call_id.as_str()) {
         req.metadata_mut().insert("fn_request_id", v);
     }
@@ -203,20 +370,49 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
     let mut sender_guard = sender.map(AbortOnDrop);
 
     let mut client = runner.client();
-    let mut stream = match client.engage(req).await {
+    // An Fn runner sends its response headers only with its first message, so for a sync call the
+    // open can last as long as the function: the deadline bounds it too.
+    let opened = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, client.engage(req)).await {
+            Ok(r) => r,
+            Err(_) if try_sent.load(Ordering::Acquire) => {
+                return Attempt::Placed(Err(deadline_passed(&runner, call)));
+            }
+            Err(_) => {
+                tracing::info!(runner = %runner.addr(), "engage open timed out before the TryCall left; trying the next runner");
+                runner.set_state(RunnerState::Down);
+                return Attempt::NotPlaced(FnError::server_busy());
+            }
+        },
+        None => client.engage(req).await,
+    };
+    let mut stream = match opened {
         Ok(resp) => resp.into_inner(),
-        Err(s) if s.code() == Code::Unavailable => {
-            // The stream could not be opened: the runner never saw the TryCall.
-            tracing::info!(runner = %runner.addr(), error = %s.message(), "engage open failed; trying the next runner");
-            runner.set_state(RunnerState::Down);
-            return Attempt::NotPlaced(FnError::server_busy());
+        Err(s) => {
+            let sent = try_sent.load(Ordering::Acquire);
+            let class = classify_open_failure(&s, sent);
+            let cause = s.source().map(ToString::to_string).unwrap_or_default();
+            tracing::info!(runner = %runner.addr(), code = ?s.code(), error = %s.message(), %cause,
+                try_sent = sent, ?class, "engage open failed");
+            return match class {
+                OpenFailure::Nack => nack(&runner),
+                OpenFailure::Unreached => {
+                    // Skip it at once; the health loop brings it back when it answers again.
+                    runner.set_state(RunnerState::Down);
+                    metrics::counter!("lb_engage_open_retries_total", "class" => "unreached").increment(1);
+                    Attempt::NotPlaced(FnError::server_busy())
+                }
+                OpenFailure::Refused => {
+                    metrics::counter!("lb_engage_open_retries_total", "class" => "refused").increment(1);
+                    Attempt::NotPlaced(FnError::server_busy())
+                }
+                OpenFailure::Committed => Attempt::Placed(Err(stream_broken("engage open", &runner, &s))),
+            };
         }
-        Err(s) if status_is_too_busy(&s) => return nack(&runner),
-        Err(s) => return Attempt::Placed(Err(internal("engage open", &runner, s))),
     };
 
     if ack_mode {
-        return ack_flow(runner, call, tx, stream, in_flight).await;
+        return ack_flow(runner, call, tx, stream, in_flight, deadline).await;
     }
     drop(tx);
 
@@ -226,11 +422,18 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
     let mut started = false;
     let mut body = BytesMut::new();
     loop {
-        let msg = match stream.message().await {
+        let msg = match recv(&mut stream, deadline).await {
             Ok(Some(m)) => m,
-            Ok(None) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "stream ended"))),
-            Err(s) if !started && status_is_too_busy(&s) => return nack(&runner),
-            Err(s) => return Attempt::Placed(Err(internal("engage receive", &runner, s))),
+            Ok(None) => {
+                return Attempt::Placed(Err(upstream_failure(
+                    "engage receive",
+                    &runner,
+                    NO_EOF,
+                    NO_RESULT,
+                )));
+            }
+            Err(RecvFailure::Status(s)) if !started && status_is_too_busy(&s) => return nack(&runner),
+            Err(f) => return Attempt::Placed(Err(recv_failed("engage receive", &runner, call, f))),
         };
         match msg.body {
             Some(runner_msg::Body::ResultStart(rs)) => {
@@ -274,7 +477,7 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
                     return Attempt::Placed(Err(err));
                 }
                 // Fn reads on to the end of the stream; extra messages are a protocol error.
-                match stream.message().await {
+                match recv(&mut stream, deadline).await {
                     Ok(None) | Err(_) => {}
                     Ok(Some(_)) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "extra message"))),
                 }
@@ -385,9 +588,10 @@ async fn ack_flow(
     tx: mpsc::Sender<ClientMsg>,
     mut stream: tonic::Streaming<RunnerMsg>,
     in_flight: InFlight,
+    deadline: Option<Instant>,
 ) -> Attempt<CallResponse, FnError> {
     // 1. Wait for the ack (a zero-length data frame) or a refusal.
-    match stream.message().await {
+    match recv(&mut stream, deadline).await {
         Ok(Some(RunnerMsg {
             body: Some(runner_msg::Body::Data(d)),
         })) if d.data.is_empty() => {}
@@ -440,9 +644,16 @@ async fn ack_flow(
                 format!("unexpected message before ack: {other:?}"),
             )));
         }
-        Ok(None) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "stream ended before ack"))),
-        Err(s) if status_is_too_busy(&s) => return nack(&runner),
-        Err(s) => return Attempt::Placed(Err(internal("engage receive", &runner, s))),
+        Ok(None) => {
+            return Attempt::Placed(Err(upstream_failure(
+                "ack",
+                &runner,
+                "stream ended before ack",
+                NO_RESULT,
+            )));
+        }
+        Err(RecvFailure::Status(s)) if status_is_too_busy(&s) => return nack(&runner),
+        Err(f) => return Attempt::Placed(Err(recv_failed("ack", &runner, call, f))),
     }
     // 2. Committed: the body streams in behind the ack.
     let body = take_body(call).await;
@@ -457,7 +668,7 @@ async fn ack_flow(
     let mut pump_running = true;
     loop {
         let msg = tokio::select! {
-            m = stream.message() => m,
+            m = recv(&mut stream, deadline) => m,
             r = &mut over_rx, if pump_running => match r {
                 Ok(err) => return Attempt::Placed(Err(err)),
                 // The pump finished the body normally.
@@ -469,8 +680,15 @@ async fn ack_flow(
         };
         let msg = match msg {
             Ok(Some(m)) => m,
-            Ok(None) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "stream ended"))),
-            Err(s) => return Attempt::Placed(Err(internal("engage receive", &runner, s))),
+            Ok(None) => {
+                return Attempt::Placed(Err(upstream_failure(
+                    "engage receive",
+                    &runner,
+                    NO_EOF,
+                    NO_RESULT,
+                )));
+            }
+            Err(f) => return Attempt::Placed(Err(recv_failed("engage receive", &runner, call, f))),
         };
         match msg.body {
             Some(runner_msg::Body::ResultStart(rs)) => {
@@ -503,7 +721,15 @@ async fn ack_flow(
                 if head.len() >= call.head_limit {
                     let (btx, brx) = mpsc::channel::<Result<Bytes, std::io::Error>>(WINDOW_FRAMES);
                     let head = head.freeze();
-                    tokio::spawn(stream_rest(stream, head, btx, pump, in_flight, runner.clone()));
+                    tokio::spawn(stream_rest(
+                        stream,
+                        head,
+                        btx,
+                        pump,
+                        in_flight,
+                        runner.clone(),
+                        deadline,
+                    ));
                     let status = if status == 0 { 200 } else { status };
                     let body = Body::from_stream(ReceiverStream::new(brx));
                     return Attempt::Placed(Ok(CallResponse {
@@ -543,12 +769,13 @@ async fn stream_rest(
     _pump: AbortOnDrop,
     _in_flight: InFlight,
     runner: Arc<Runner>,
+    deadline: Option<Instant>,
 ) {
     if out.send(Ok(head)).await.is_err() {
         return; // client gone: dropping the stream cancels the call on the runner
     }
     loop {
-        let item = match stream.message().await {
+        let item = match recv(&mut stream, deadline).await {
             Ok(Some(RunnerMsg {
                 body: Some(runner_msg::Body::Data(d)),
             })) => Ok(d.data),
@@ -564,8 +791,15 @@ async fn stream_rest(
                 Err(std::io::Error::other(f.error_str))
             }
             Ok(Some(_)) => continue,
-            Ok(None) => Err(std::io::Error::other(NO_EOF)),
-            Err(s) => Err(std::io::Error::other(s.to_string())),
+            Ok(None) => Err(std::io::Error::other(NO_RESULT)),
+            Err(RecvFailure::Status(s)) => {
+                tracing::warn!(runner = %runner.addr(), error = %s, "{CONNECTION_LOST}; aborting the streamed body");
+                Err(std::io::Error::other(CONNECTION_LOST))
+            }
+            Err(RecvFailure::Deadline) => {
+                tracing::warn!(runner = %runner.addr(), "call deadline passed while streaming; aborting the body");
+                Err(std::io::Error::other("call deadline passed"))
+            }
         };
         let failed = item.is_err();
         if out.send(item).await.is_err() || failed {
@@ -585,6 +819,52 @@ mod tests {
         )));
         assert!(!status_is_too_busy(&tonic::Status::unknown("boom")));
         assert!(!status_is_too_busy(&tonic::Status::internal("server too busy")));
+    }
+
+    #[test]
+    fn open_failures_before_the_try_call_left_are_retried_whatever_the_code() {
+        // A connect timeout reaches us as UNKNOWN "transport error" with the cause as source.
+        let timeout = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )));
+        assert_eq!(timeout.code(), Code::Unknown);
+        assert!(is_transport_failure(&timeout));
+        assert_eq!(classify_open_failure(&timeout, false), OpenFailure::Unreached);
+        // The same failure once the TryCall went out: the runner may run the call.
+        assert_eq!(classify_open_failure(&timeout, true), OpenFailure::Committed);
+        assert!(!OpenFailure::Committed.retry());
+        let refused = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )));
+        assert_eq!(classify_open_failure(&refused, false), OpenFailure::Unreached);
+        assert!(OpenFailure::Unreached.retry());
+    }
+
+    #[test]
+    fn http2_refusals_are_retried_even_after_the_try_call_left() {
+        let refused = tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert!(unprocessed_by_runner(&refused), "{refused:?}");
+        assert_eq!(classify_open_failure(&refused, true), OpenFailure::Unreached);
+        // A reset for another reason after the TryCall left is final.
+        let reset = tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR)));
+        assert!(!unprocessed_by_runner(&reset));
+        assert_eq!(classify_open_failure(&reset, true), OpenFailure::Committed);
+        assert_eq!(classify_open_failure(&reset, false), OpenFailure::Unreached);
+    }
+
+    #[test]
+    fn runner_statuses_at_open() {
+        // Sent by the runner (no transport cause): UNAVAILABLE is a refusal, too busy a NACK,
+        // anything else final.
+        let unavailable = tonic::Status::unavailable("shutting down");
+        assert!(!is_transport_failure(&unavailable));
+        assert_eq!(classify_open_failure(&unavailable, true), OpenFailure::Refused);
+        let busy = tonic::Status::unknown("Timed out - server too busy");
+        assert_eq!(classify_open_failure(&busy, true), OpenFailure::Nack);
+        let denied = tonic::Status::permission_denied("no");
+        assert_eq!(classify_open_failure(&denied, false), OpenFailure::Committed);
     }
 
     #[tokio::test]

@@ -20,6 +20,49 @@ pub struct IofsConfig {
     pub root: PathBuf,
     /// `FN_IOFS_DOCKER_PATH`: the same parent as the Docker daemon sees it (runner in a container).
     pub docker_root: Option<PathBuf>,
+    /// Start of every dir name this runner creates (see [`dir_prefix`]): several runners may share
+    /// `root`, and a restarted runner removes exactly its own leftovers.
+    pub prefix: String,
+}
+
+/// The iofs dir name prefix of the runner called `runner_name`: `iofs-<name>-`, the name reduced to
+/// at most 24 safe characters so the socket path stays far below the 108-byte `sun_path` limit.
+pub fn dir_prefix(runner_name: &str) -> String {
+    let safe: String = runner_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(24)
+        .collect();
+    format!("iofs-{safe}-")
+}
+
+/// Removes the dirs a crashed earlier process of this runner left under the root (their
+/// containers are swept by label at the same moment). Returns how many were removed.
+pub fn sweep_leftovers(cfg: &IofsConfig) -> usize {
+    let Ok(entries) = std::fs::read_dir(&cfg.root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let own = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&cfg.prefix));
+        if own && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(path = %entry.path().display(), error = %e,
+                    "cannot remove leftover iofs dir"),
+            }
+        }
+    }
+    removed
 }
 
 /// A failure of the iofs dir or of its readiness check.
@@ -57,10 +100,10 @@ impl std::fmt::Debug for IofsDir {
 }
 
 impl IofsDir {
-    /// Creates `<root>/iofs<random>` with mode 0777 and arms the watch on it, before any container
+    /// Creates `<root>/<prefix><random>` with mode 0777 and arms the watch on it, before any container
     /// exists, so that the socket's creation cannot be missed.
     pub fn create(cfg: &IofsConfig) -> Result<Self, IofsError> {
-        let name = format!("iofs{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let name = format!("{}{:012x}", cfg.prefix, rand::random::<u64>() & 0xffff_ffff_ffff);
         let host = cfg.root.join(&name);
         std::fs::create_dir_all(&cfg.root).map_err(|source| IofsError::Create {
             path: cfg.root.clone(),
@@ -190,6 +233,7 @@ mod tests {
         IofsConfig {
             root: dir.path().join("iofs"),
             docker_root: None,
+            prefix: dir_prefix("test"),
         }
     }
 
@@ -256,11 +300,32 @@ mod tests {
     }
 
     #[test]
+    fn sweep_removes_only_this_runners_leftover_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mine = cfg(&tmp);
+        let other = IofsConfig {
+            prefix: dir_prefix("other"),
+            ..cfg(&tmp)
+        };
+        let a = IofsDir::create(&mine).unwrap();
+        let b = IofsDir::create(&other).unwrap();
+        let (a_path, b_path) = (a.host_path().to_path_buf(), b.host_path().to_path_buf());
+        drop((a, b)); // a crash: the dirs stay
+        assert!(a_path.exists() && b_path.exists());
+        assert_eq!(sweep_leftovers(&mine), 1);
+        assert!(!a_path.exists(), "own leftover removed");
+        assert!(b_path.exists(), "another runner's dir is kept");
+        assert_eq!(dir_prefix("a b/c"), "iofs-a_b_c-");
+        assert!(dir_prefix(&"x".repeat(100)).len() <= 30);
+    }
+
+    #[test]
     fn docker_path_maps_under_docker_root() {
         let tmp = tempfile::tempdir().unwrap();
         let c = IofsConfig {
             root: tmp.path().to_path_buf(),
             docker_root: Some(PathBuf::from("/host/iofs")),
+            prefix: dir_prefix("test"),
         };
         let io = IofsDir::create(&c).unwrap();
         assert_eq!(io.docker_path().parent().unwrap(), Path::new("/host/iofs"));

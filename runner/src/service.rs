@@ -163,6 +163,7 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
             root: settings.iofs_root(),
             docker_root: (!settings.iofs_docker_path.is_empty())
                 .then(|| PathBuf::from(&settings.iofs_docker_path)),
+            prefix: crate::iofs::dir_prefix(&runner_name),
         },
         hot_start_timeout: Duration::from_millis(settings.hot_start_timeout_msecs),
         freeze_idle: settings.freeze_idle(),
@@ -173,6 +174,11 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
         max_log_bytes: settings.max_log_size_bytes as usize,
         capacity,
     };
+    // The containers of a crashed earlier process are gone (swept above): so are their socket dirs.
+    let stale_dirs = crate::iofs::sweep_leftovers(&agent_cfg.iofs);
+    if stale_dirs > 0 {
+        tracing::info!(removed = stale_dirs, runner = %runner_name, "removed leftover iofs dirs");
+    }
     let agent = Agent::new(driver.clone(), agent_cfg);
     let counters = Arc::new(Counters::default());
     let draining = CancellationToken::new();
@@ -456,6 +462,7 @@ mod tests {
             iofs: IofsConfig {
                 root: tmp.path().to_path_buf(),
                 docker_root: None,
+                prefix: crate::iofs::dir_prefix("test"),
             },
             hot_start_timeout: Duration::from_secs(1),
             freeze_idle: None,

@@ -213,6 +213,8 @@ pub mod fake_runner {
         pub response_size: Option<usize>,
         /// Time the "function" runs after the body is in (a detached call has already been acked).
         pub run_ms: u64,
+        /// After the body, end the stream cleanly without CallFinished (a broken runner).
+        pub end_without_finish: bool,
     }
 
     impl Default for Behaviour {
@@ -230,6 +232,7 @@ pub mod fake_runner {
                 discard: false,
                 response_size: None,
                 run_ms: 0,
+                end_without_finish: false,
             }
         }
     }
@@ -376,6 +379,9 @@ pub mod fake_runner {
                 }
                 _ => return,
             }
+        }
+        if b.end_without_finish {
+            return;
         }
         if b.hang {
             tx.closed().await;

@@ -227,6 +227,38 @@ impl RunnerProc {
     pub async fn restart(dir: TempDir, name: &str, env: &[(&str, &str)]) -> Result<Self> {
         Self::start_in(dir, name, env, &[], true).await
     }
+
+    /// The end of every runner test: drains the runner with SIGTERM and checks that it exits 0 and
+    /// leaves neither a container nor an iofs dir behind (leftover containers are still removed).
+    pub async fn drain_and_check(mut self, docker: &Docker) -> Result<()> {
+        self.sigterm()?;
+        let status = self.wait_exit(Duration::from_secs(60)).await?;
+        let iofs_left: Vec<_> = std::fs::read_dir(self.iofs_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let left = containers_of(docker, &self.name).await?;
+        if !left.is_empty() {
+            remove_containers_of(docker, &self.name).await?;
+        }
+        if !status.success() {
+            bail!("runner exit status {status}; log:\n{}", self.logs());
+        }
+        if !left.is_empty() {
+            bail!("containers left after drain: {left:?}");
+        }
+        if !iofs_left.is_empty() {
+            bail!("iofs dirs left behind: {iofs_left:?}");
+        }
+        Ok(())
+    }
+}
+
+/// Connects to Docker, makes sure the testfn image exists, and starts a runner with `env`.
+pub async fn start_with_testfn(env: &[(&str, &str)]) -> Result<(Docker, RunnerProc)> {
+    let docker = crate::docker::connect().await?;
+    crate::images::ensure_image(&docker, crate::images::FnImage::Testfn).await?;
+    let runner = RunnerProc::start(env).await?;
+    Ok((docker, runner))
 }
 
 impl Drop for RunnerProc {

@@ -696,3 +696,237 @@ async fn detached_body_still_flows_after_an_early_202() {
     );
     lb.stop().await;
 }
+
+/// A TCP listener that accepts connections and reads them but never writes: a runner whose
+/// process hangs, or (for TLS) a handshake that never completes.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            held.push(tokio::spawn(async move {
+                let mut buf = vec![0_u8; 4096];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            }));
+        }
+    });
+    (addr, task)
+}
+
+/// An LB over `addrs` (any `host:port`) with app and fn of timeout `fn_timeout` s.
+async fn setup_addrs(
+    addrs: Vec<String>,
+    fn_timeout: u32,
+    tune: impl FnOnce(&mut ferrofn_lb::LbSettings),
+) -> (LbProc, Value) {
+    let lb = LbProc::start(|s| {
+        s.runner_addresses = addrs;
+        tune(s);
+    })
+    .await
+    .unwrap();
+    let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "fapp"})))
+        .await
+        .unwrap()
+        .json();
+    let f = call(
+        "POST",
+        &lb.url("/v2/fns"),
+        Some(json!({"app_id": app["id"], "name": "ffn", "image": "local/f:1", "timeout": fn_timeout})),
+    )
+    .await
+    .unwrap()
+    .json();
+    (lb, f)
+}
+
+#[tokio::test]
+async fn open_failure_on_a_stopped_runner_tries_the_next_and_marks_it_down() {
+    use ferrofn_lb::pool::RunnerState;
+    let a = FakeRunner::start(Behaviour::default()).await.unwrap();
+    let b = FakeRunner::start(Behaviour::default()).await.unwrap();
+    // Probes once a minute: only the failed open can mark the stopped runner down.
+    let (lb, f) = setup_addrs(vec![a.address(), b.address()], 30, |s| {
+        s.health_interval_ms = 60_000;
+    })
+    .await;
+    let pool = lb.handle.pool.clone();
+    a.stop();
+    let addr = a.addr;
+    let mut closed = false;
+    for _ in 0..250 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the stopped runner's port still accepts");
+    assert_eq!(pool.runners()[0].state(), RunnerState::Up, "not probed since");
+    // A connection opened before the stop may still serve a stream or two.
+    let a_before = a.engaged();
+    // Naive placement starts at a random runner: call until the stopped one was tried.
+    let mut calls = 0;
+    while pool.runners()[0].state() == RunnerState::Up && calls < 30 {
+        let resp = call("POST", &lb.url(&invoke_path(&f)), Some(json!({"n": calls})))
+            .await
+            .unwrap();
+        assert_eq!(
+            (resp.status, resp.json()),
+            (200, json!({"n": calls})),
+            "call {calls}"
+        );
+        calls += 1;
+    }
+    assert_eq!(
+        pool.runners()[0].state(),
+        RunnerState::Down,
+        "marked down by the failed open"
+    );
+    assert_eq!(
+        a.engaged() - a_before + b.engaged(),
+        calls,
+        "every call ran exactly once"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn connect_timeout_to_a_runner_is_retried_on_the_next_one() {
+    use ferrofn_common::certs::{ClusterCertOptions, generate_cluster};
+    use ferrofn_common::tls::{ReloadingServerTls, TlsFiles};
+    use ferrofn_lb::pool::RunnerState;
+    ferrofn_common::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ClusterCertOptions {
+        runner_names: vec!["r1".into()],
+        ..ClusterCertOptions::default()
+    };
+    let certs = generate_cluster(dir.path(), &opts).unwrap();
+    let server_tls = ReloadingServerTls::new(TlsFiles::runner_in(dir.path(), "r1")).unwrap();
+    let good = FakeRunner::start_tls(Behaviour::default(), Some(server_tls))
+        .await
+        .unwrap();
+    // TCP connects, the TLS handshake never answers: tonic's connect timeout (500 ms), which it
+    // reports as UNKNOWN "transport error".
+    let (hole, _task) = black_hole().await;
+    let lb_files = certs.lb.clone();
+    let (lb, f) = setup_addrs(vec![hole, good.address()], 30, |s| {
+        s.plaintext = false;
+        s.tls.ca = lb_files.ca.clone();
+        s.tls.cert = lb_files.cert.clone();
+        s.tls.key = lb_files.key.clone();
+        s.health_interval_ms = 60_000;
+    })
+    .await;
+    let pool = lb.handle.pool.clone();
+    let mut tried = 0;
+    for n in 0..30 {
+        // The start-up probe found it down; pretend the health loop has not noticed yet.
+        pool.runners()[0].set_state(RunnerState::Up);
+        let started = Instant::now();
+        let resp = call("POST", &lb.url(&invoke_path(&f)), Some(json!({"n": n})))
+            .await
+            .unwrap();
+        assert_eq!((resp.status, resp.json()), (200, json!({"n": n})), "call {n}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        if pool.runners()[0].state() == RunnerState::Down {
+            tried += 1;
+            if tried == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        tried, 2,
+        "the silent runner was tried first in two calls and marked down"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_runner_connection_fails_the_committed_call_with_502_after_keepalive() {
+    use ferrofn_lb::pool::RunnerState;
+    let (hole, _task) = black_hole().await;
+    let (lb, f) = setup_addrs(vec![hole], 30, |s| {
+        s.health_interval_ms = 60_000;
+        s.runner_keepalive_ms = 300;
+        s.runner_keepalive_timeout_ms = 300;
+    })
+    .await;
+    lb.handle.pool.runners()[0].set_state(RunnerState::Up);
+    let started = Instant::now();
+    let resp = call("POST", &lb.url(&invoke_path(&f)), None).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        (resp.status, resp.json()["message"].clone()),
+        (502, json!(ferrofn_lb::engage::CONNECTION_LOST)),
+        "after {took:?}"
+    );
+    assert_eq!(resp.header("fn-call-id").len(), 26);
+    assert!(took < Duration::from_secs(5), "keepalive noticed late: {took:?}");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_runner_that_never_finishes_gets_504_at_the_call_deadline() {
+    for accept_ack in [false, true] {
+        let r = FakeRunner::start(Behaviour {
+            hang: true,
+            accept_ack,
+            ..Behaviour::default()
+        })
+        .await
+        .unwrap();
+        // fn timeout 1 s + 1 s margin.
+        let (lb, f) = setup_addrs(vec![r.address()], 1, |s| s.sync_deadline_margin_ms = 1000).await;
+        let started = Instant::now();
+        let resp = call("POST", &lb.url(&invoke_path(&f)), Some(json!({"x": 1})))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(resp.status, 504, "ack {accept_ack}: {}", resp.text());
+        let msg = resp.json()["message"].as_str().unwrap().to_owned();
+        assert!(msg.contains("within 2s"), "{msg}");
+        assert_eq!(resp.header("fn-call-id").len(), 26);
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+            "ack {accept_ack}: {took:?}"
+        );
+        let cancelled = || r.shared.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 1;
+        assert!(
+            eventually(Duration::from_secs(5), cancelled).await,
+            "the runner saw the call cancelled"
+        );
+        assert_eq!(r.engaged(), 1, "not retried");
+        lb.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_ending_without_call_finished_is_a_clear_502() {
+    for accept_ack in [false, true] {
+        let r = FakeRunner::start(Behaviour {
+            end_without_finish: true,
+            accept_ack,
+            ..Behaviour::default()
+        })
+        .await
+        .unwrap();
+        let (lb, f) = setup_addrs(vec![r.address()], 30, |_| {}).await;
+        let resp = call("POST", &lb.url(&invoke_path(&f)), None).await.unwrap();
+        assert_eq!(
+            (resp.status, resp.json()["message"].clone()),
+            (502, json!(ferrofn_lb::engage::NO_RESULT)),
+            "ack {accept_ack}"
+        );
+        assert_eq!(resp.header("fn-call-id").len(), 26);
+        assert_eq!(r.engaged(), 1, "committed: not retried");
+        lb.stop().await;
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use ferrofn_tests::images::{FnImage, TESTFN_IMAGE, ensure_image};
 use ferrofn_tests::lb_proc::{LbProc, json as call, request};
-use ferrofn_tests::runner_proc::{RunnerProc, containers_of, remove_containers_of};
+use ferrofn_tests::runner_proc::RunnerProc;
 
 async fn setup(env: &[(&str, &str)]) -> Result<(Docker, RunnerProc, LbProc, Value, Value)> {
     let docker = ferrofn_tests::docker::connect().await?;
@@ -37,17 +37,9 @@ async fn setup(env: &[(&str, &str)]) -> Result<(Docker, RunnerProc, LbProc, Valu
     Ok((docker, runner, lb, app, f))
 }
 
-async fn finish(docker: &Docker, mut runner: RunnerProc, lb: LbProc) -> Result<()> {
+async fn finish(docker: &Docker, runner: RunnerProc, lb: LbProc) -> Result<()> {
     lb.stop().await;
-    runner.sigterm()?;
-    let status = runner.wait_exit(Duration::from_secs(60)).await?;
-    let left = containers_of(docker, &runner.name).await?;
-    if !left.is_empty() {
-        remove_containers_of(docker, &runner.name).await?;
-    }
-    assert!(status.success(), "runner exit {status}; log:\n{}", runner.logs());
-    assert!(left.is_empty(), "containers left: {left:?}");
-    Ok(())
+    runner.drain_and_check(docker).await
 }
 
 #[tokio::test]

@@ -7,38 +7,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bollard::Docker;
-use ferrofn_tests::images::{FnImage, TESTFN_IMAGE, ensure_image};
+use ferrofn_tests::images::TESTFN_IMAGE;
 use ferrofn_tests::runner_proc::{
-    EngageOpts, RunnerProc, call_json, containers_of, engage, remove_containers_of,
+    EngageOpts, RunnerProc, call_json, containers_of, engage, start_with_testfn as setup,
 };
-
-async fn setup(env: &[(&str, &str)]) -> Result<(Docker, RunnerProc)> {
-    let docker = ferrofn_tests::docker::connect().await?;
-    ensure_image(&docker, FnImage::Testfn).await?;
-    let runner = RunnerProc::start(env).await?;
-    Ok((docker, runner))
-}
-
-/// Drains the runner with SIGTERM and checks that it exits 0 and leaves no container behind.
-async fn finish(docker: &Docker, mut runner: RunnerProc) -> Result<()> {
-    runner.sigterm()?;
-    let status = runner.wait_exit(Duration::from_secs(60)).await?;
-    let iofs_left: Vec<_> = std::fs::read_dir(runner.iofs_dir())
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(iofs_left.is_empty(), "iofs dirs left behind: {iofs_left:?}");
-    let left = containers_of(docker, &runner.name).await?;
-    if !left.is_empty() {
-        remove_containers_of(docker, &runner.name).await?;
-    }
-    assert!(
-        status.success(),
-        "runner exit status {status}; log:\n{}",
-        runner.logs()
-    );
-    assert!(left.is_empty(), "containers left after drain: {left:?}");
-    Ok(())
-}
 
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| b'a' + (i % 26) as u8).collect()
@@ -711,4 +683,9 @@ async fn warm_engage_latency_printout() -> Result<()> {
         );
     }
     finish(&docker, runner).await
+}
+
+/// Drains the runner and checks it left nothing behind.
+async fn finish(docker: &Docker, runner: RunnerProc) -> Result<()> {
+    runner.drain_and_check(docker).await
 }

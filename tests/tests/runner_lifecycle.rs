@@ -14,8 +14,7 @@ use ferrofn_proto::health::health_check_response::ServingStatus;
 use ferrofn_proto::health::{HealthCheckRequest, health_client::HealthClient};
 use ferrofn_tests::images::{FnImage, STATUS_IMAGE, TESTFN_IMAGE, ensure_image};
 use ferrofn_tests::runner_proc::{
-    EngageOpts, RunnerProc, call_json, containers_of, engage, ensure_runner_binary, eventually,
-    remove_containers_of, unique_name,
+    EngageOpts, RunnerProc, call_json, containers_of, engage, ensure_runner_binary, eventually, unique_name,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,22 +24,6 @@ async fn docker_with(images: &[FnImage]) -> Result<Docker> {
         ensure_image(&docker, *i).await?;
     }
     Ok(docker)
-}
-
-async fn finish(docker: &Docker, mut runner: RunnerProc) -> Result<()> {
-    runner.sigterm()?;
-    let status = runner.wait_exit(Duration::from_secs(60)).await?;
-    let left = containers_of(docker, &runner.name).await?;
-    if !left.is_empty() {
-        remove_containers_of(docker, &runner.name).await?;
-    }
-    assert!(
-        status.success(),
-        "runner exit status {status}; log:\n{}",
-        runner.logs()
-    );
-    assert!(left.is_empty(), "containers left after drain: {left:?}");
-    Ok(())
 }
 
 async fn health(runner: &RunnerProc) -> Result<i32> {
@@ -461,4 +444,9 @@ async fn a_runner_dropped_without_drain_leaves_no_container() -> Result<()> {
         "containers of a dropped runner leaked"
     );
     Ok(())
+}
+
+/// Drains the runner and checks it left nothing behind.
+async fn finish(docker: &Docker, runner: RunnerProc) -> Result<()> {
+    runner.drain_and_check(docker).await
 }

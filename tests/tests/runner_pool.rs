@@ -8,31 +8,8 @@ use anyhow::Result;
 use bollard::Docker;
 use ferrofn_tests::images::{FnImage, TESTFN_IMAGE, ensure_image};
 use ferrofn_tests::runner_proc::{
-    EngageOpts, RunnerProc, call_json, containers_of, engage, eventually, remove_containers_of,
+    EngageOpts, RunnerProc, call_json, containers_of, engage, eventually, start_with_testfn as setup,
 };
-
-async fn setup(env: &[(&str, &str)]) -> Result<(Docker, RunnerProc)> {
-    let docker = ferrofn_tests::docker::connect().await?;
-    ensure_image(&docker, FnImage::Testfn).await?;
-    let runner = RunnerProc::start(env).await?;
-    Ok((docker, runner))
-}
-
-async fn finish(docker: &Docker, mut runner: RunnerProc) -> Result<()> {
-    runner.sigterm()?;
-    let status = runner.wait_exit(Duration::from_secs(60)).await?;
-    let left = containers_of(docker, &runner.name).await?;
-    if !left.is_empty() {
-        remove_containers_of(docker, &runner.name).await?;
-    }
-    assert!(
-        status.success(),
-        "runner exit status {status}; log:\n{}",
-        runner.logs()
-    );
-    assert!(left.is_empty(), "containers left after drain: {left:?}");
-    Ok(())
-}
 
 async fn count(docker: &Docker, runner: &RunnerProc) -> usize {
     containers_of(docker, &runner.name)
@@ -370,4 +347,9 @@ async fn containers_join_the_configured_docker_network() -> Result<()> {
     .await;
     docker.remove_network(&net).await?;
     result
+}
+
+/// Drains the runner and checks it left nothing behind.
+async fn finish(docker: &Docker, runner: RunnerProc) -> Result<()> {
+    runner.drain_and_check(docker).await
 }

@@ -65,13 +65,13 @@ pub async fn run_call(
         BodyState::Buffered(read_limited(body, st.max_request).await?)
     };
     let model = build_call(req, app, f);
+    let fn_timeout = Duration::from_secs(u64::try_from(f.timeout_secs()).unwrap_or(30));
     let call = EngageCall {
         call_id,
         model_json: model.to_json(),
         detached,
-        detached_deadline: DEFAULT_DETACHED_PLACER_TIMEOUT
-            + Duration::from_secs(u64::try_from(f.timeout_secs()).unwrap_or(30))
-            + st.execution_headroom,
+        detached_deadline: DEFAULT_DETACHED_PLACER_TIMEOUT + fn_timeout + st.execution_headroom,
+        sync_deadline: st.sync_deadline_margin.map(|m| fn_timeout + m),
         traceparent: Some(traceparent(request_headers)),
         body: std::sync::Arc::new(Mutex::new(body_state)),
         max_request: st.max_request,

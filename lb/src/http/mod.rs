@@ -47,6 +47,8 @@ pub struct LbState {
     pub execution_headroom: Duration,
     /// Response head buffered before streaming, with accept-ack runners.
     pub response_head: usize,
+    /// Added to the fn timeout to bound a committed sync call (504 past it); `None`: unbounded.
+    pub sync_deadline_margin: Option<Duration>,
 }
 
 /// Shared state handle.

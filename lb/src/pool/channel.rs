@@ -12,7 +12,9 @@ use ferrofn_common::tls::{ClientTls, connect_channel_lazy, runner_endpoint};
 pub struct ChannelOptions {
     /// TCP connect (plus handshake) budget. Fn uses 100 ms; a little more tolerates a loaded host.
     pub connect_timeout: Duration,
-    /// HTTP/2 ping interval (Fn's system tests: 60 s; shorter finds dead runners sooner).
+    /// HTTP/2 ping interval (Fn's system tests: 60 s). Short, so that a runner cut off the
+    /// network (no RST) is found within interval + timeout: its calls fail and the channel
+    /// reconnects.
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered.
     pub keepalive_timeout: Duration,
@@ -22,8 +24,8 @@ impl Default for ChannelOptions {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_millis(500),
-            keepalive_interval: Duration::from_secs(20),
-            keepalive_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -145,6 +145,7 @@ fn fixture(memory_mb: u64, freeze: Option<Duration>) -> Fixture {
         iofs: IofsConfig {
             root: tmp.path().to_path_buf(),
             docker_root: None,
+            prefix: crate::iofs::dir_prefix("test"),
         },
         hot_start_timeout: Duration::from_millis(500),
         freeze_idle: freeze,
