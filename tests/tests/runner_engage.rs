@@ -9,7 +9,7 @@ use anyhow::Result;
 use bollard::Docker;
 use ferrofn_tests::images::TESTFN_IMAGE;
 use ferrofn_tests::runner_proc::{
-    EngageOpts, RunnerProc, call_json, containers_of, engage, start_with_testfn as setup,
+    EngageOpts, RunnerProc, call_json, containers_of, engage, eventually, start_with_testfn as setup,
 };
 
 fn pattern(n: usize) -> Vec<u8> {
@@ -156,6 +156,56 @@ async fn timeout_gives_504_and_a_fresh_container() -> Result<()> {
 fn docker_id(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     v["data"]["DockerId"].as_str().unwrap_or_default().to_string()
+}
+
+/// A function that exits after answering (fn-test-utils' `isShutdown`): the call succeeds, the runner
+/// notices the exit (docker wait), and the next call runs in a new container.
+#[tokio::test]
+async fn exit_between_calls_gives_the_next_call_a_new_container() -> Result<()> {
+    let (docker, runner) = setup(&[]).await?;
+    let mut client = runner.client().await?;
+    // The delay lets the reply leave before the process ends, as with fn-test-utils.
+    let call = || {
+        call_json(
+            TESTFN_IMAGE,
+            &fn_id(31),
+            &[("ENABLE_EXIT_DELAY_MSEC", "100")],
+            |_| {},
+        )
+    };
+    let r = engage(
+        &mut client,
+        &call(),
+        &knobs(serde_json::json!({"isDebug": true, "isShutdown": true})),
+        EngageOpts::default(),
+    )
+    .await?;
+    assert!(r.finished().success, "{:?}", r.finished());
+    let first = docker_id(&r.body);
+    assert!(
+        !first.is_empty(),
+        "no DockerId in {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // The runner sees the exit through docker wait and removes the container.
+    let name = runner.name.clone();
+    eventually("the exited container is removed", Duration::from_secs(20), || {
+        let (docker, name) = (docker.clone(), name.clone());
+        async move { containers_of(&docker, &name).await.is_ok_and(|c| c.is_empty()) }
+    })
+    .await?;
+    let r = engage(
+        &mut client,
+        &call(),
+        &knobs(serde_json::json!({"isDebug": true})),
+        EngageOpts::default(),
+    )
+    .await?;
+    assert!(r.finished().success, "call after the exit: {:?}", r.finished());
+    let second = docker_id(&r.body);
+    assert!(!second.is_empty());
+    assert_ne!(first, second, "an exited container must not serve again");
+    finish(&docker, runner).await
 }
 
 #[tokio::test]

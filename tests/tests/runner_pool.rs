@@ -182,6 +182,35 @@ async fn containers_are_hardened_and_labelled() -> Result<()> {
     let mut client = runner.client().await?;
     let call = call_json(TESTFN_IMAGE, &fn_id(6), &[], |_| {});
     let k = serde_json::json!({"createFile": "/etc/x", "readFile": "/proc/self/status"});
+    // Separate calls for the other file knobs (one path each per call).
+    for (knob, expect_error) in [
+        (
+            serde_json::json!({"createFile": "/tmp/x", "createFileSize": 1024}),
+            false,
+        ),
+        (serde_json::json!({"readFile": "/var/run/docker.sock"}), true),
+        (serde_json::json!({"readFile": "/run/docker.sock"}), true),
+    ] {
+        let r = engage(
+            &mut client,
+            &call_json(TESTFN_IMAGE, &fn_id(6), &[], |_| {}),
+            knob.to_string().as_bytes(),
+            EngageOpts::default(),
+        )
+        .await?;
+        assert!(r.finished().success, "{:?}", r.finished());
+        let doc: serde_json::Value = serde_json::from_slice(&r.body)?;
+        let errors: Vec<_> = doc["data"]
+            .as_object()
+            .map(|m| m.keys().filter(|k| k.ends_with("_error")).cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            !errors.is_empty(),
+            expect_error,
+            "{knob}: data {} (/tmp must be writable, the Docker socket invisible)",
+            doc["data"]
+        );
+    }
     let r = engage(
         &mut client,
         &call,
