@@ -82,7 +82,7 @@ impl RunnerProc {
             .prefix("ffr")
             .tempdir()
             .context("temp dir")?;
-        Self::start_in(dir, name, env, args, true).await
+        Self::start_in(dir, name, env, args, true, 0).await
     }
 
     /// Starts a runner serving mTLS (`args` must carry `--tls-ca/--tls-cert/--tls-key`).
@@ -91,7 +91,7 @@ impl RunnerProc {
             .prefix("ffr")
             .tempdir()
             .context("temp dir")?;
-        Self::start_in(dir, name, env, args, false).await
+        Self::start_in(dir, name, env, args, false, 0).await
     }
 
     /// Starts a runner with a fresh unique name.
@@ -105,27 +105,36 @@ impl RunnerProc {
         env: &[(&str, &str)],
         args: &[&str],
         plaintext: bool,
+        grpc_port: u16,
     ) -> Result<Self> {
         let bin = ensure_runner_binary().await?;
         let iofs = dir.path().join("iofs");
         let log_path = dir.path().join("runner.log");
         let log = std::fs::File::create(&log_path).context("runner log file")?;
         let mut cmd = Command::new(&bin);
-        cmd.args(["--listen-address", "127.0.0.1", "--grpc-port", "0", "--port", "0"])
-            .args(if plaintext { &["--plaintext"][..] } else { &[][..] })
-            .arg("--runner-name")
-            .arg(name)
-            .arg("--iofs-path")
-            .arg(&iofs)
-            .args(args)
-            .env("RUST_LOG", "info,ferrofn_runner=debug")
-            // Plain log lines, so tests can search them.
-            .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
+        let grpc_port = grpc_port.to_string();
+        cmd.args([
+            "--listen-address",
+            "127.0.0.1",
+            "--grpc-port",
+            grpc_port.as_str(),
+            "--port",
+            "0",
+        ])
+        .args(if plaintext { &["--plaintext"][..] } else { &[][..] })
+        .arg("--runner-name")
+        .arg(name)
+        .arg("--iofs-path")
+        .arg(&iofs)
+        .args(args)
+        .env("RUST_LOG", "info,ferrofn_runner=debug")
+        // Plain log lines, so tests can search them.
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
@@ -225,7 +234,19 @@ impl RunnerProc {
 
     /// Restarts a runner of the same name in `dir` (after [`RunnerProc::kill`]).
     pub async fn restart(dir: TempDir, name: &str, env: &[(&str, &str)]) -> Result<Self> {
-        Self::start_in(dir, name, env, &[], true).await
+        Self::start_in(dir, name, env, &[], true, 0).await
+    }
+
+    /// Restarts an mTLS runner of the same name in `dir` (after [`RunnerProc::kill`]) on the given
+    /// gRPC port, e.g. its old one, so that an LB with a static runner list finds it again.
+    pub async fn restart_tls(
+        dir: TempDir,
+        name: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        grpc_port: u16,
+    ) -> Result<Self> {
+        Self::start_in(dir, name, env, args, false, grpc_port).await
     }
 
     /// The end of every runner test: drains the runner with SIGTERM and checks that it exits 0 and
