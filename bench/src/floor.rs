@@ -154,6 +154,9 @@ pub struct FloorResult {
     pub image: String,
     /// Warm `POST /call` over the unix socket, one keep-alive connection.
     pub call: SeqResult,
+    /// The function container's cgroup CPU per warm call (engine stats; absent if unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_cpu_us_per_call: Option<f64>,
     /// Streaming over the unix socket.
     pub stream: StreamResult,
     pub startup: StartupFloor,
@@ -508,9 +511,9 @@ pub async fn measure(launcher: &Launcher, opts: &FloorOptions) -> Result<FloorRe
     let (hot, _) = launcher
         .launch(&opts.image, opts.memory_mb, opts.ready_timeout)
         .await?;
-    let hot_result = measure_hot(&hot, opts).await;
+    let hot_result = measure_hot(launcher, &hot, opts).await;
     let removed = launcher.remove(hot).await;
-    let (call, stream) = hot_result?;
+    let (call, call_cpu_us_per_call, stream) = hot_result?;
     removed?;
 
     let (progress, line) = Progress::start("floor startup", Some(opts.startup_runs as u64));
@@ -547,12 +550,17 @@ pub async fn measure(launcher: &Launcher, opts: &FloorOptions) -> Result<FloorRe
     Ok(FloorResult {
         image: opts.image.clone(),
         call,
+        call_cpu_us_per_call,
         stream,
         startup,
     })
 }
 
-async fn measure_hot(hot: &Hot, opts: &FloorOptions) -> Result<(SeqResult, StreamResult), FloorError> {
+async fn measure_hot(
+    launcher: &Launcher,
+    hot: &Hot,
+    opts: &FloorOptions,
+) -> Result<(SeqResult, Option<f64>, StreamResult), FloorError> {
     let endpoint = Endpoint::Unix(hot.socket.clone());
     let target = CallTarget {
         endpoint: endpoint.clone(),
@@ -560,8 +568,16 @@ async fn measure_hot(hot: &Hot, opts: &FloorOptions) -> Result<(SeqResult, Strea
         body: opts.body.clone(),
     };
     let (progress, line) = Progress::start("floor calls", Some(opts.n as u64));
+    // The warm-up calls run inside the CPU window too, so they are counted in the divisor.
+    let cpu_before = crate::cpu::container_cpu_ns(&launcher.docker, &hot.id).await;
     let call = load::sequential(&target, opts.n, opts.warmup, None, &progress).await?;
+    let cpu_after = crate::cpu::container_cpu_ns(&launcher.docker, &hot.id).await;
     line.finish();
+    let made = (call.latency.calls + call.errors.total()) as usize + call.warmup;
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if made > 0 => Some(a.saturating_sub(b) as f64 / 1e3 / made as f64),
+        _ => None,
+    };
     let (progress, line) = Progress::start("floor stream", Some(opts.stream_runs as u64));
     let stream = stream::stream(
         &endpoint,
@@ -573,7 +589,7 @@ async fn measure_hot(hot: &Hot, opts: &FloorOptions) -> Result<(SeqResult, Strea
     )
     .await?;
     line.finish();
-    Ok((call, stream))
+    Ok((call, cpu, stream))
 }
 
 #[cfg(test)]

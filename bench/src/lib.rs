@@ -7,12 +7,14 @@
 
 pub mod client;
 pub mod cold;
+pub mod cpu;
 pub mod floor;
 pub mod load;
 pub mod pattern;
 pub mod progress;
 pub mod report;
 pub mod rss;
+pub mod sim;
 pub mod stats;
 pub mod stream;
 pub mod units;

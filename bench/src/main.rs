@@ -9,11 +9,13 @@ use clap::{Args, Parser, Subcommand};
 use ferrofn_bench::{
     client::{BaseUrl, CallTemplate},
     cold::{self, ColdOptions},
+    cpu::{self, ContainerCpu, CpuFigure},
     floor::{self, FloorOptions, Launcher},
     load::{self, CallTarget},
     progress::Progress,
     report::{Report, TargetInfo},
     rss::{RssTarget, RssWatch},
+    sim::{self, SimOptions},
     stream::{self, BodyMode},
     units::{parse_duration, parse_size},
 };
@@ -34,6 +36,10 @@ struct Cli {
     /// Sample VmRSS/VmHWM of this process during each scenario: LABEL=PID or PID (repeatable).
     #[arg(long = "rss-pid", global = true, value_name = "LABEL=PID")]
     rss_pid: Vec<RssTarget>,
+    /// During `conc`, also measure the cgroup CPU of the running containers with this label
+    /// (`key=value`, e.g. `ferrofn.runner=NAME` for one runner's function containers; repeatable).
+    #[arg(long = "fn-cpu-label", global = true, value_name = "KEY=VALUE")]
+    fn_cpu_label: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +60,46 @@ enum Command {
     Floor(FloorArgs),
     /// floor + seq + sparse + conc + stream (+ cold with --api-url), with the contract's checks.
     All(AllArgs),
+    /// Placement simulator: the LB's placers on a simulated pool under Zipf traffic (no cluster).
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Distinct fns.
+    #[arg(long, default_value_t = 1000)]
+    functions: usize,
+    /// Zipf exponent of the fns' popularity (0 = uniform).
+    #[arg(long, default_value_t = 1.0)]
+    zipf_s: f64,
+    #[arg(long, default_value_t = 8)]
+    runners: usize,
+    /// Containers (warm or busy) each runner can hold.
+    #[arg(long, default_value_t = 32)]
+    capacity: usize,
+    /// Counted calls.
+    #[arg(long, default_value_t = 200_000)]
+    calls: usize,
+    /// Uncounted calls first, to fill the runners.
+    #[arg(long, default_value_t = 20_000)]
+    warmup_calls: usize,
+    /// Mean arrival rate over the pool (calls/s, Poisson).
+    #[arg(long, default_value_t = 400.0)]
+    rate: f64,
+    /// Mean call duration (ms, exponential).
+    #[arg(long, default_value_t = 100.0)]
+    duration_ms: f64,
+    /// Extra duration of a call that starts a container (ms).
+    #[arg(long, default_value_t = 200.0)]
+    cold_start_ms: f64,
+    /// ch-bounded's load factor c.
+    #[arg(long, default_value_t = 1.25)]
+    load_factor: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Placers to compare (comma-separated).
+    #[arg(long, default_value = "naive,ch,ch-bounded", value_delimiter = ',')]
+    placers: Vec<String>,
 }
 
 /// Where calls go.
@@ -303,21 +349,49 @@ async fn sparse(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn conc(
     report: &mut Report,
     rss: &[RssTarget],
+    fn_cpu_labels: &[String],
     t: &TargetArgs,
     clients: usize,
     duration: Duration,
     warmup: usize,
 ) -> Result<()> {
     let target = t.call_target()?;
+    let mut groups = Vec::new();
+    for label in fn_cpu_labels {
+        groups.push(ContainerCpu::connect(label).await?);
+    }
+    let mut groups_before = Vec::new();
+    for g in &groups {
+        groups_before.push(g.snapshot().await?);
+    }
+    let procs_before = cpu::snapshot(rss);
     let (progress, line) = Progress::start("conc", None);
     let result = watched(report, rss, "conc", async {
         Ok(load::concurrent(&target, clients, duration, warmup, &progress).await?)
     })
     .await?;
     line.finish();
+    let procs_after = cpu::snapshot(rss);
+    // Every call the LB saw: measured ones, failures, and each client's warm-up calls.
+    let calls = result.latency.calls + result.errors.total() + (clients * warmup) as u64;
+    report.cpu.extend(cpu::process_figures(
+        rss,
+        &procs_before,
+        &procs_after,
+        "conc",
+        calls,
+    ));
+    for (g, before) in groups.iter().zip(&groups_before) {
+        let after = g.snapshot().await?;
+        let used = cpu::containers_delta_ms(before, &after);
+        report
+            .cpu
+            .push(CpuFigure::new(&format!("fn {}", g.label()), "conc", used, calls));
+    }
     report.conc = Some(result);
     Ok(())
 }
@@ -393,7 +467,36 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
     match &cli.command {
         Command::Seq(a) => seq(report, rss, &a.target, a.n, a.warmup).await,
         Command::Sparse(a) => sparse(report, rss, &a.target, a.gap_ms, a.n, a.warmup).await,
-        Command::Conc(a) => conc(report, rss, &a.target, a.clients, a.duration, a.warmup).await,
+        Command::Conc(a) => {
+            conc(
+                report,
+                rss,
+                &cli.fn_cpu_label,
+                &a.target,
+                a.clients,
+                a.duration,
+                a.warmup,
+            )
+            .await
+        }
+        Command::Sim(a) => {
+            let opts = SimOptions {
+                functions: a.functions,
+                zipf_s: a.zipf_s,
+                runners: a.runners,
+                capacity: a.capacity,
+                calls: a.calls,
+                warmup_calls: a.warmup_calls,
+                rate_per_s: a.rate,
+                mean_duration_ms: a.duration_ms,
+                cold_start_ms: a.cold_start_ms,
+                load_factor: a.load_factor,
+                seed: a.seed,
+            };
+            let placers: Vec<&str> = a.placers.iter().map(|p| p.trim()).collect();
+            report.sim = Some(sim::run(&opts, &placers)?);
+            Ok(())
+        }
         Command::Cold(a) => {
             let opts = ColdOptions {
                 app: a.app.clone(),
@@ -440,7 +543,7 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
             let t = &a.target;
             seq(report, rss, t, a.seq_n, a.warmup).await?;
             sparse(report, rss, t, a.gap_ms, a.sparse_n, a.warmup.min(5)).await?;
-            conc(report, rss, t, a.clients, a.duration, 2).await?;
+            conc(report, rss, &cli.fn_cpu_label, t, a.clients, a.duration, 2).await?;
             stream_scenario(report, rss, &t.url, &t.fn_id, a.size, a.body_mode, a.stream_runs).await?;
             if let Some(api_url) = &a.api_url {
                 let opts = ColdOptions {
@@ -472,7 +575,7 @@ fn target_info(command: &Command) -> Option<TargetInfo> {
             url: a.url.clone().unwrap_or_else(|| a.api_url.clone()),
             fn_id: None,
         }),
-        Command::Floor(_) => None,
+        Command::Floor(_) | Command::Sim(_) => None,
     }
 }
 

@@ -7,9 +7,11 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::{
     cold::ColdResult,
+    cpu::CpuFigure,
     floor::FloorResult,
     load::{ConcResult, SeqResult},
     rss::RssFigure,
+    sim::SimReport,
     stats::{ErrorTally, LatencySummary},
     stream::StreamResult,
 };
@@ -96,6 +98,11 @@ pub struct Report {
     pub stream: Option<StreamResult>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rss: Vec<RssFigure>,
+    /// CPU used per call by the watched processes and the function containers (`conc`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<CpuFigure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim: Option<SimReport>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Check>,
 }
@@ -318,6 +325,13 @@ impl Report {
             out.push_str(&rss.render());
         }
 
+        if let Some(text) = self.render_cpu() {
+            out.push_str(&text);
+        }
+        if let Some(sim) = &self.sim {
+            out.push('\n');
+            out.push_str(&sim.render());
+        }
         if !self.checks.is_empty() {
             let mut checks = Table::new(&["target", "measured", "limit", "result", "formula"]);
             for c in &self.checks {
@@ -333,6 +347,58 @@ impl Report {
             out.push_str(&checks.render());
         }
         out
+    }
+}
+
+impl Report {
+    /// CPU per call: each watched process and container group, the LB + runner(s) sum, and the
+    /// function's own CPU per call (from the floor's warm calls, and from the containers in `conc`).
+    fn render_cpu(&self) -> Option<String> {
+        let floor_fn = self.floor.as_ref().and_then(|f| f.call_cpu_us_per_call);
+        if self.cpu.is_empty() && floor_fn.is_none() {
+            return None;
+        }
+        let mut t = Table::new(&["cpu", "scenario", "cpu ms", "calls", "us/call"]);
+        for f in &self.cpu {
+            t.row(vec![
+                f.label.clone(),
+                f.scenario.clone(),
+                format!("{:.0}", f.cpu_ms),
+                f.calls.to_string(),
+                format!("{:.1}", f.cpu_us_per_call),
+            ]);
+        }
+        if let Some(per_call) = self.overhead_cpu_us_per_call() {
+            t.row(vec![
+                "LB + runners".into(),
+                "conc".into(),
+                String::new(),
+                String::new(),
+                format!("{per_call:.1}"),
+            ]);
+        }
+        if let Some(us) = floor_fn {
+            t.row(vec![
+                "function (floor)".into(),
+                "floor /call".into(),
+                String::new(),
+                String::new(),
+                format!("{us:.1}"),
+            ]);
+        }
+        let mut out = String::from("\ncpu per call\n");
+        out.push_str(&t.render());
+        Some(out)
+    }
+
+    /// The summed CPU per call of the watched processes (the LB and runners) in `conc`.
+    pub fn overhead_cpu_us_per_call(&self) -> Option<f64> {
+        let procs: Vec<&CpuFigure> = self
+            .cpu
+            .iter()
+            .filter(|f| f.scenario == "conc" && !f.label.starts_with("fn "))
+            .collect();
+        (!procs.is_empty()).then(|| procs.iter().map(|f| f.cpu_us_per_call).sum())
     }
 }
 
@@ -479,6 +545,7 @@ mod tests {
         r.floor = Some(FloorResult {
             image: "ferrofn/testfn:latest".into(),
             call: seq(0.2, 0.5),
+            call_cpu_us_per_call: Some(40.0),
             stream: stream(1000.0),
             startup: StartupFloor {
                 cold: latency(300.0, 400.0),
