@@ -36,6 +36,13 @@ pub fn unpause(elapsed: Duration) {
     metrics::histogram!("ferrofn_runner_unpause_seconds").record(elapsed.as_secs_f64());
 }
 
+/// One Docker API operation (create+attach+start is `start`) finished, successfully or not.
+pub fn docker_op(op: &'static str, elapsed: Duration, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::histogram!("ferrofn_runner_docker_op_seconds", "op" => op, "result" => result)
+        .record(elapsed.as_secs_f64());
+}
+
 /// Engage streams now running.
 pub fn inflight(n: i64) {
     metrics::gauge!("ferrofn_runner_inflight_calls").set(n as f64);

@@ -259,6 +259,11 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
     );
     assert!(text.contains("ferrofn_runner_calls_total"), "{text}");
     assert!(text.contains("ferrofn_runner_nacks_total"), "{text}");
+    assert!(text.contains("ferrofn_runner_cold_starts_total"), "{text}");
+    assert!(
+        text.contains("ferrofn_runner_docker_op_seconds_count{op=\"start\",result=\"ok\"}"),
+        "Docker operation latencies: {text}"
+    );
     assert!(
         text.contains("ferrofn_runner_containers_by_state{state=\"idle\"}"),
         "{text}"

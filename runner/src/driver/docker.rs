@@ -471,27 +471,39 @@ impl DockerDriver {
     }
 }
 
+/// Runs one Docker operation and records its latency (`ferrofn_runner_docker_op_seconds{op}`).
+async fn timed<T>(
+    op: &'static str,
+    call: impl std::future::Future<Output = Result<T, DriverError>>,
+) -> Result<T, DriverError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    crate::metrics::docker_op(op, started.elapsed(), result.is_ok());
+    result
+}
+
 impl Driver for DockerDriver {
     fn ensure_image<'a>(&'a self, image: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.ensure_image_impl(image))
+        Box::pin(timed("ensure_image", self.ensure_image_impl(image)))
     }
     fn start<'a>(
         &'a self,
         spec: &'a ContainerSpec,
     ) -> DriverFuture<'a, Result<StartedContainer, DriverError>> {
-        Box::pin(self.start_impl(spec))
+        Box::pin(timed("start", self.start_impl(spec)))
     }
+    // Not timed: it lasts as long as the container lives.
     fn wait<'a>(&'a self, id: &'a str) -> DriverFuture<'a, Result<i64, DriverError>> {
         Box::pin(self.wait_impl(id))
     }
     fn pause<'a>(&'a self, id: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.pause_impl(id))
+        Box::pin(timed("pause", self.pause_impl(id)))
     }
     fn unpause<'a>(&'a self, id: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.unpause_impl(id))
+        Box::pin(timed("unpause", self.unpause_impl(id)))
     }
     fn remove<'a>(&'a self, id: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.remove_impl(id))
+        Box::pin(timed("remove", self.remove_impl(id)))
     }
     fn sweep(&self) -> DriverFuture<'_, Result<usize, DriverError>> {
         Box::pin(self.sweep_impl())
