@@ -159,6 +159,27 @@ pub async fn json(method: &str, url: &str, body: Option<serde_json::Value>) -> R
     request(method, url, &headers, body).await
 }
 
+/// Registers app `app` and a fn in it through the v2 API of the LB at `base` (e.g.
+/// `http://127.0.0.1:8080`); `fn_body` is the fn's JSON without `app_id`. Returns (app, fn).
+pub async fn register(
+    base: &str,
+    app: &str,
+    mut fn_body: serde_json::Value,
+) -> Result<(serde_json::Value, serde_json::Value)> {
+    let a = json(
+        "POST",
+        &format!("{base}/v2/apps"),
+        Some(serde_json::json!({"name": app})),
+    )
+    .await?;
+    anyhow::ensure!(a.status == 200, "POST /v2/apps: {} {}", a.status, a.text());
+    let a = a.json();
+    fn_body["app_id"] = a["id"].clone();
+    let f = json("POST", &format!("{base}/v2/fns"), Some(fn_body)).await?;
+    anyhow::ensure!(f.status == 200, "POST /v2/fns: {} {}", f.status, f.text());
+    Ok((a, f.json()))
+}
+
 /// A scripted gRPC runner for LB tests: speaks Fn's Engage protocol (optionally ferrofn's accept
 /// ack), answers Status and (optionally) `grpc.health.v1`, and records what the LB sent.
 pub mod fake_runner {

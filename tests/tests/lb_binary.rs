@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
-use ferrofn_tests::lb_proc::{LbBinary, json as call, lb_binary};
+use ferrofn_tests::lb_proc::{LbBinary, json as call, lb_binary, register};
 
 #[tokio::test]
 async fn print_config_layers_env_and_flags() {
@@ -115,18 +115,9 @@ async fn sighup_rereads_the_runner_list_and_sigterm_stops() {
     let mut lb = LbBinary::start(&["--plaintext", "--config", cfg.to_str().unwrap()], &[])
         .await
         .unwrap();
-    let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "hup"})))
+    let (_app, f) = register(&lb.url(""), "hup", json!({"name": "f", "image": "i"}))
         .await
-        .unwrap()
-        .json();
-    let f = call(
-        "POST",
-        &lb.url("/v2/fns"),
-        Some(json!({"app_id": app["id"], "name": "f", "image": "i"})),
-    )
-    .await
-    .unwrap()
-    .json();
+        .unwrap();
     let path = format!("/invoke/{}", f["id"].as_str().unwrap());
     assert_eq!(call("POST", &lb.url(&path), None).await.unwrap().text(), "from-a");
 
@@ -171,18 +162,9 @@ async fn sigterm_lets_a_running_detached_call_finish() {
     )
     .await
     .unwrap();
-    let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "drain"})))
+    let (_app, f) = register(&lb.url(""), "drain", json!({"name": "f", "image": "i"}))
         .await
-        .unwrap()
-        .json();
-    let f = call(
-        "POST",
-        &lb.url("/v2/fns"),
-        Some(json!({"app_id": app["id"], "name": "f", "image": "i"})),
-    )
-    .await
-    .unwrap()
-    .json();
+        .unwrap();
     let headers = std::collections::BTreeMap::from([("fn-invoke-type", "detached")]);
     let path = format!("/invoke/{}", f["id"].as_str().unwrap());
     let resp = ferrofn_tests::lb_proc::request("POST", &lb.url(&path), &headers, "x")

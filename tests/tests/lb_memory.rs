@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use ferrofn_proto::health::health_check_response::ServingStatus;
 use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
-use ferrofn_tests::lb_proc::{LbBinary, json as call};
+use ferrofn_tests::lb_proc::{LbBinary, register};
 
 const SIZE: usize = 64 << 20;
 const MIB: u64 = 1 << 20;
@@ -84,18 +84,9 @@ async fn peak_growth(accept_ack: bool) -> u64 {
     )
     .await
     .unwrap();
-    let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "mem"})))
+    let (_app, f) = register(&lb.url(""), "mem", json!({"name": "f", "image": "i"}))
         .await
-        .unwrap()
-        .json();
-    let f = call(
-        "POST",
-        &lb.url("/v2/fns"),
-        Some(json!({"app_id": app["id"], "name": "f", "image": "i"})),
-    )
-    .await
-    .unwrap()
-    .json();
+        .unwrap();
     let path = format!("/invoke/{}", f["id"].as_str().unwrap());
     // Warm up (allocator pools, first connections), then take the baseline.
     let (status, _) = transfer(lb.addr, &path, 1 << 20).await;
