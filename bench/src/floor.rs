@@ -108,6 +108,10 @@ pub struct FloorOptions {
     pub warmup: usize,
     /// Body of the warm calls.
     pub body: Bytes,
+    /// Calls of the sparse floor (the `sparse` pattern on the socket); 0 skips it.
+    pub sparse_n: usize,
+    /// Idle time between sparse calls.
+    pub sparse_gap: Duration,
     pub stream_size: u64,
     pub stream_runs: usize,
     /// Must match the LB stream's mode for the two to be compared.
@@ -154,6 +158,10 @@ pub struct FloorResult {
     pub image: String,
     /// Warm `POST /call` over the unix socket, one keep-alive connection.
     pub call: SeqResult,
+    /// The same spaced by an idle gap (`sparse`'s pattern): the function's and the machine's
+    /// own wake-up cost after idle, which the LB path pays too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<SeqResult>,
     /// The function container's cgroup CPU per warm call (engine stats; absent if unreadable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_cpu_us_per_call: Option<f64>,
@@ -513,7 +521,7 @@ pub async fn measure(launcher: &Launcher, opts: &FloorOptions) -> Result<FloorRe
         .await?;
     let hot_result = measure_hot(launcher, &hot, opts).await;
     let removed = launcher.remove(hot).await;
-    let (call, call_cpu_us_per_call, stream) = hot_result?;
+    let (call, call_cpu_us_per_call, sparse, stream) = hot_result?;
     removed?;
 
     let (progress, line) = Progress::start("floor startup", Some(opts.startup_runs as u64));
@@ -550,6 +558,7 @@ pub async fn measure(launcher: &Launcher, opts: &FloorOptions) -> Result<FloorRe
     Ok(FloorResult {
         image: opts.image.clone(),
         call,
+        sparse,
         call_cpu_us_per_call,
         stream,
         startup,
@@ -560,7 +569,7 @@ async fn measure_hot(
     launcher: &Launcher,
     hot: &Hot,
     opts: &FloorOptions,
-) -> Result<(SeqResult, Option<f64>, StreamResult), FloorError> {
+) -> Result<(SeqResult, Option<f64>, Option<SeqResult>, StreamResult), FloorError> {
     let endpoint = Endpoint::Unix(hot.socket.clone());
     let target = CallTarget {
         endpoint: endpoint.clone(),
@@ -578,6 +587,15 @@ async fn measure_hot(
         (Some(b), Some(a)) if made > 0 => Some(a.saturating_sub(b) as f64 / 1e3 / made as f64),
         _ => None,
     };
+    let sparse = if opts.sparse_n > 0 {
+        let (progress, line) = Progress::start("floor sparse", Some(opts.sparse_n as u64));
+        let warmup = opts.warmup.min(5);
+        let r = load::sequential(&target, opts.sparse_n, warmup, Some(opts.sparse_gap), &progress).await?;
+        line.finish();
+        Some(r)
+    } else {
+        None
+    };
     let (progress, line) = Progress::start("floor stream", Some(opts.stream_runs as u64));
     let stream = stream::stream(
         &endpoint,
@@ -589,7 +607,7 @@ async fn measure_hot(
     )
     .await?;
     line.finish();
-    Ok((call, cpu, stream))
+    Ok((call, cpu, sparse, stream))
 }
 
 #[cfg(test)]

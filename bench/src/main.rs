@@ -212,6 +212,11 @@ struct FloorArgs {
     warmup: usize,
     #[arg(long, default_value = DEFAULT_BODY)]
     body: String,
+    /// Sparse floor: calls spaced by `--gap-ms` idle (0 skips it).
+    #[arg(long, default_value_t = 50)]
+    sparse_n: usize,
+    #[arg(long, default_value_t = 200)]
+    gap_ms: u64,
     /// Streaming echo size.
     #[arg(long, default_value = "64MiB", value_parser = size_arg)]
     size: u64,
@@ -517,6 +522,8 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
                 n: a.n,
                 warmup: a.warmup,
                 body: Bytes::from(a.body.clone()),
+                sparse_n: a.sparse_n,
+                sparse_gap: Duration::from_millis(a.gap_ms),
                 stream_size: a.size,
                 stream_runs: a.runs,
                 stream_mode: a.body_mode,
@@ -532,6 +539,8 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
                 n: a.seq_n,
                 warmup: a.warmup,
                 body: Bytes::from(a.target.body.clone()),
+                sparse_n: a.sparse_n,
+                sparse_gap: Duration::from_millis(a.gap_ms),
                 stream_size: a.size,
                 stream_runs: a.stream_runs,
                 stream_mode: a.body_mode,

@@ -155,6 +155,22 @@ impl Report {
                 SPARSE_OVER_SEQ_RATIO,
                 "x",
             ));
+            // The LB and runner's own share: what they add to a call after idle, against what they
+            // add to a warm one. The function's (and the machine's) wake-up after idle is in the
+            // floor's sparse figure, so it cancels out of both differences.
+            if let Some((floor_sparse, floor_seq)) =
+                floor.and_then(|f| f.sparse.as_ref().map(|s| (s, &f.call)))
+            {
+                checks.push(Check::new(
+                    "added after idle vs warm",
+                    "(sparse p50 - floor sparse p50) / (seq p50 - floor /call p50)",
+                    (sparse.latency.p50_ms - floor_sparse.latency.p50_ms)
+                        / (seq.latency.p50_ms - floor_seq.latency.p50_ms),
+                    "<=",
+                    SPARSE_OVER_SEQ_RATIO,
+                    "x",
+                ));
+            }
         }
         if let (Some(cold), Some(floor)) = (&self.cold, floor) {
             checks.push(Check::new(
@@ -221,6 +237,10 @@ impl Report {
                 &f.call.errors,
                 "direct to the FDK",
             );
+            if let Some(s) = &f.sparse {
+                let note = format!("gap {} ms, direct to the FDK", s.gap_ms.unwrap_or(0));
+                latency.latency_row("floor sparse (uds)", &s.latency, &s.errors, &note);
+            }
             latency.latency_row(
                 "floor cold",
                 &f.startup.cold,
@@ -545,6 +565,10 @@ mod tests {
         r.floor = Some(FloorResult {
             image: "ferrofn/testfn:latest".into(),
             call: seq(0.2, 0.5),
+            sparse: Some(SeqResult {
+                gap_ms: Some(200),
+                ..seq(0.25, 0.6)
+            }),
             call_cpu_us_per_call: Some(40.0),
             stream: stream(1000.0),
             startup: StartupFloor {
@@ -596,6 +620,9 @@ mod tests {
         assert_eq!(p99.measured, 3.0);
         assert!(p99.pass);
         assert_eq!(by_name("sparse").measured, 1.25);
+        // Added after idle 0.5 - 0.25, added warm 0.4 - 0.2: 1.25x.
+        let idle = by_name("added after idle");
+        assert!((idle.measured - 1.25).abs() < 1e-9 && idle.pass);
         let cold = by_name("cold");
         assert_eq!(cold.measured, 30.0);
         assert!(!cold.pass);
@@ -604,7 +631,7 @@ mod tests {
         assert!(!streaming.pass);
         let rss = by_name("idle RSS lb");
         assert!(rss.pass && (rss.measured - 11.71875).abs() < 1e-9);
-        assert_eq!(r.checks.len(), 6);
+        assert_eq!(r.checks.len(), 7);
     }
 
     #[test]

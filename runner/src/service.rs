@@ -129,6 +129,13 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
         .await;
 }
 
+/// HTTP/2 receive window per Engage stream, explicit rather than hyper's server default (1 MiB):
+/// streamed request bodies measured faster with it (BENCHMARKS.md, "Round 2"); the LB's channel
+/// sets the same.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// HTTP/2 receive window per connection (one LB connection carries all its calls).
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// The gRPC services on one port: `RunnerProtocol`, `grpc.health.v1` and reflection (v1).
 pub fn grpc_router(
     service: RunnerService,
@@ -140,6 +147,8 @@ pub fn grpc_router(
         .build_v1()
         .map_err(StartError::Reflection)?;
     Ok(tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(health)
         .add_service(reflection)
         .add_service(RunnerProtocolServer::new(service)))

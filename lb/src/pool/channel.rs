@@ -7,6 +7,14 @@ use tonic::transport::Channel;
 
 use ferrofn_common::tls::{ClientTls, connect_channel_lazy, runner_endpoint};
 
+/// HTTP/2 receive window per stream, explicit rather than hyper's defaults (client 2 MiB stream /
+/// 5 MiB connection); the runner's server sets the same (its defaults: 1 MiB / 1 MiB). Streaming
+/// through LB and runner measured faster with these (BENCHMARKS.md, "Round 2"). Memory stays
+/// bounded: a window is credit, filled only while the reader falls behind.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// HTTP/2 receive window per connection (all calls to one runner share it).
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// Connection tuning shared by every runner channel.
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelOptions {
@@ -56,6 +64,8 @@ pub fn runner_channel(
         .http2_keep_alive_interval(opts.keepalive_interval)
         .keep_alive_timeout(opts.keepalive_timeout)
         .keep_alive_while_idle(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true);
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     Ok(connect_channel_lazy(endpoint, tls, host))
