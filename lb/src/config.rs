@@ -26,6 +26,8 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("FN_DB_URL", "db_url"),
     ("FN_EXECUTION_HEADROOM", "execution_headroom_ms"),
     ("FN_RUNNER_PLAINTEXT", "plaintext"),
+    // The runner's name for the same choice, so one variable switches a whole cluster.
+    ("FERROFN_PLAINTEXT", "plaintext"),
     ("FN_TLS_CA", "tls.ca"),
     ("FN_TLS_CERT", "tls.cert"),
     ("FN_TLS_KEY", "tls.key"),
@@ -243,6 +245,13 @@ mod tests {
         .unwrap();
         assert_eq!(d.port, 8080);
         assert_eq!(d.placer, "naive");
+        let p = LbSettings::load(
+            None,
+            &EnvSource::from_pairs([("FERROFN_PLAINTEXT", "1")]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert!(p.plaintext, "FERROFN_PLAINTEXT, as on the runner");
         assert_eq!(d.sync_deadline_margin_ms, 30_000);
         assert_eq!(d.channel_options().keepalive_interval, Duration::from_secs(5));
         assert_eq!(d.channel_options().keepalive_timeout, Duration::from_secs(5));
