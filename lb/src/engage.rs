@@ -28,7 +28,8 @@ use tonic::metadata::MetadataValue;
 use ferrofn_common::error::FnError;
 use ferrofn_common::frames::chunks;
 use ferrofn_proto::{
-    CallFinished, ClientMsg, DataFrame, RunnerMsg, TryCall, call_result_start, client_msg, runner_msg,
+    CallFinished, CallResultStart, ClientMsg, DataFrame, RunnerMsg, TryCall, call_result_start, client_msg,
+    runner_msg,
 };
 
 use crate::placer::Attempt;
@@ -438,27 +439,12 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
         };
         match msg.body {
             Some(runner_msg::Body::ResultStart(rs)) => {
-                if let Some(call_result_start::Meta::Http(h)) = rs.meta {
-                    if h.status_code > 0 {
-                        status = u16::try_from(h.status_code).unwrap_or(500);
-                    }
-                    headers.extend(h.headers.into_iter().map(|hh| (hh.key, hh.value)));
-                }
+                apply_result_start(rs, &mut status, &mut headers);
                 if call.detached && !started {
-                    // The runner's result start is the detached ack: answer now, let the call run.
-                    let status = if status == 0 { 202 } else { status };
                     // The body may still be on its way (Fn acks when the call gets a slot, before
                     // the function has read its input): the sender lives on with the stream.
                     let sender = sender_guard.take();
-                    tokio::spawn(async move {
-                        let _sender = sender;
-                        drain_detached(stream, in_flight, runner).await;
-                    });
-                    return Attempt::Placed(Ok(CallResponse {
-                        status,
-                        headers,
-                        body: Body::empty(),
-                    }));
+                    return detached_ack(sender, stream, in_flight, runner, status, headers);
                 }
                 started = true;
             }
@@ -524,6 +510,39 @@ impl Drop for AbortOnDrop {
 
 /// After a detached ack the stream must stay open until the function ends (closing it would cancel
 /// the call on the runner).
+/// Applies a runner's ResultStart to the response being built: its status when > 0 (as Fn's LB
+/// does) and its headers, one entry per value.
+fn apply_result_start(rs: CallResultStart, status: &mut u16, headers: &mut Vec<(String, String)>) {
+    if let Some(call_result_start::Meta::Http(h)) = rs.meta {
+        if h.status_code > 0 {
+            *status = u16::try_from(h.status_code).unwrap_or(500);
+        }
+        headers.extend(h.headers.into_iter().map(|hh| (hh.key, hh.value)));
+    }
+}
+
+/// A detached call's ack (the runner's first ResultStart): answers the client now (202 unless the
+/// runner gave a status) and lets the call run to its end in the background, keeping `guard` (what
+/// still feeds the request body) alive with the stream.
+fn detached_ack<G: Send + 'static>(
+    guard: G,
+    stream: tonic::Streaming<RunnerMsg>,
+    in_flight: InFlight,
+    runner: Arc<Runner>,
+    status: u16,
+    headers: Vec<(String, String)>,
+) -> Attempt<CallResponse, FnError> {
+    tokio::spawn(async move {
+        let _guard = guard;
+        drain_detached(stream, in_flight, runner).await;
+    });
+    Attempt::Placed(Ok(CallResponse {
+        status: if status == 0 { 202 } else { status },
+        headers,
+        body: Body::empty(),
+    }))
+}
+
 async fn drain_detached(mut stream: tonic::Streaming<RunnerMsg>, _in_flight: InFlight, runner: Arc<Runner>) {
     loop {
         match stream.message().await {
@@ -693,23 +712,9 @@ async fn ack_flow(
         };
         match msg.body {
             Some(runner_msg::Body::ResultStart(rs)) => {
-                if let Some(call_result_start::Meta::Http(h)) = rs.meta {
-                    if h.status_code > 0 {
-                        status = u16::try_from(h.status_code).unwrap_or(500);
-                    }
-                    headers.extend(h.headers.into_iter().map(|hh| (hh.key, hh.value)));
-                }
+                apply_result_start(rs, &mut status, &mut headers);
                 if call.detached && !started {
-                    let status = if status == 0 { 202 } else { status };
-                    tokio::spawn(async move {
-                        let _pump = pump;
-                        drain_detached(stream, in_flight, runner).await;
-                    });
-                    return Attempt::Placed(Ok(CallResponse {
-                        status,
-                        headers,
-                        body: Body::empty(),
-                    }));
+                    return detached_ack(pump, stream, in_flight, runner, status, headers);
                 }
                 started = true;
             }
