@@ -28,6 +28,8 @@ pub const ENV_MAP: &[(&str, &str)] = &[
     ("FN_MAX_TOTAL_CPU_MCPUS", "max_total_cpu_mcpus"),
     ("FN_FREEZE_IDLE_MSECS", "freeze_idle_msecs"),
     ("FN_HOT_START_TIMEOUT_MSECS", "hot_start_timeout_msecs"),
+    ("FN_HOT_POLL_MSECS", "hot_poll_msecs"),
+    ("FERROFN_MAX_STARTING_CONTAINERS", "max_starting_containers"),
     ("FN_MAX_RESPONSE_SIZE", "max_response_size"),
     ("FN_MAX_HDR_RESPONSE_SIZE", "max_hdr_response_size"),
     ("FN_MAX_LOG_SIZE_BYTES", "max_log_size_bytes"),
@@ -66,6 +68,12 @@ pub struct RunnerSettings {
     pub freeze_idle_msecs: i64,
     /// Bound on container start -> FDK socket ready.
     pub hot_start_timeout_msecs: u64,
+    /// How often a call waiting for a slot reconsiders a launch (Fn's hot poll).
+    pub hot_poll_msecs: u64,
+    /// Containers starting at once on this runner, all functions together (0 = no limit). A burst
+    /// of calls then waits for the first containers instead of starting one per call at once, which
+    /// on a small host makes every start slow enough to miss the hot-start timeout.
+    pub max_starting_containers: u64,
     /// Response body cap in bytes (0 = unlimited).
     pub max_response_size: u64,
     /// Response header cap in bytes (0 = 10 MiB, Go's default).
@@ -108,6 +116,8 @@ impl Default for RunnerSettings {
             max_total_cpu_mcpus: 0,
             freeze_idle_msecs: DEFAULT_FREEZE_IDLE_MSECS,
             hot_start_timeout_msecs: 5000,
+            hot_poll_msecs: 200,
+            max_starting_containers: 8,
             max_response_size: 0,
             max_hdr_response_size: 0,
             max_log_size_bytes: 1024 * 1024,

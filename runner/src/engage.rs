@@ -154,6 +154,7 @@ async fn run_stream(
             let _ = tx
                 .send(Err(tonic::Status::unknown(FnError::expected_try().message())))
                 .await;
+            drain_later(inbound);
             return false;
         }
         Err(status) => {
@@ -161,6 +162,7 @@ async fn run_stream(
             return false;
         }
     };
+    crate::metrics::try_call();
     let t0 = Instant::now();
     let (finished, outcome) = handle_try(ctx, try_call, inbound, tx, meta).await;
     let nack = !finished.success && finished.error_code == 503;
@@ -262,6 +264,7 @@ async fn handle_try(
                 .api_error()
                 .unwrap_or_else(|| FnError::new(0, e.to_string(), false));
             let r = Err(err);
+            drain_later(inbound);
             return (finished("", "", &r, &times), outcome_label(&r));
         }
     };
@@ -292,6 +295,7 @@ async fn handle_try(
             Ok(c) => c,
             Err(e) => {
                 let r = Err(e);
+                drain_later(inbound);
                 return (finished(&call_id, &image, &r, &times), outcome_label(&r));
             }
         };
@@ -308,8 +312,36 @@ async fn handle_try(
     .await
 }
 
+/// How long the runner keeps reading an Engage stream after its call ended, waiting for the LB to
+/// close its side. A ferrofn LB half-closes right after its eof frame (or at once on a NACK); a Go
+/// LB cancels the stream as soon as it has our CallFinished and trailers. Only a peer that does
+/// neither is cut off here, with the reset HTTP/2 then sends (counted against h2's local reset
+/// limit, which is the protection against such peers).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Reads and discards what the LB still sends until it half-closes or resets the stream (bounded by
+/// [`DRAIN_LIMIT`]). Dropping a request stream the peer is still sending on makes HTTP/2 reset it,
+/// and frames already in flight then hit a closed stream: h2 counts each such stream as a local
+/// error and sends GOAWAY once 1024 of them accumulate on one connection (engage-protocol.md).
+async fn drain_inbound(mut inbound: tonic::Streaming<ClientMsg>) {
+    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+    if drained.is_err() {
+        debug!("LB kept the call stream open after the call ended; resetting it");
+        crate::metrics::stream_drain_timeout();
+    }
+}
+
+/// Drains `inbound` in the background (a call that ended before its body was read).
+fn drain_later(inbound: tonic::Streaming<ClientMsg>) {
+    tokio::spawn(drain_inbound(inbound));
+}
+
 /// Feeds LB data frames into the function's body channel until `eof`. Sets `protocol_error` and
-/// cancels the call when the LB sends something else or the stream breaks.
+/// cancels the call when the LB sends something else or the stream breaks. Once the call is over
+/// (`cancel`), it reads the rest of the stream to its end (see [`drain_inbound`]).
 async fn feed_body(
     mut inbound: tonic::Streaming<ClientMsg>,
     body: mpsc::Sender<Bytes>,
@@ -318,39 +350,50 @@ async fn feed_body(
     cancel: CancellationToken,
 ) {
     let mut body = Some(body);
+    let mut eof = false;
     loop {
         let m = tokio::select! {
             m = inbound.message() => m,
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
         };
         match m {
             Ok(Some(ClientMsg {
-                body: Some(client_msg::Body::Data(DataFrame { data, eof })),
-            })) => {
+                body: Some(client_msg::Body::Data(DataFrame { data, eof: last })),
+            })) if !eof => {
                 if let Some(b) = &body
                     && !data.is_empty()
                 {
                     // Waits while the function does not read: back-pressure to the LB via HTTP/2.
                     let sent = tokio::select! {
                         r = b.send(data) => r.is_ok(),
-                        _ = cancel.cancelled() => return,
+                        _ = cancel.cancelled() => break,
                     };
                     if !sent {
                         // The function stopped reading (it answered or died): drop the rest.
                         body = None;
                     }
                 }
-                if eof {
+                if last {
+                    eof = true;
                     eof_seen.send_replace(true);
                     drop(body.take());
-                    // Hold the inbound half open until the call ends: a Go LB never half-closes.
-                    cancel.cancelled().await;
-                    return;
+                    // Keep reading: a ferrofn LB half-closes now, a Go LB only after the call ends.
                 }
             }
-            Ok(Some(_)) | Ok(None) => {
+            // Anything after the eof frame is ignored (Fn's runner stops reading there).
+            Ok(Some(_)) if eof => {}
+            Ok(Some(_)) => {
                 protocol_error.store(true, Ordering::SeqCst);
                 cancel.cancel();
+                break;
+            }
+            // The LB closed its side: after the eof frame that is the normal end; before it, Fn's
+            // "expected data" protocol failure. Either way the stream is read to its end.
+            Ok(None) => {
+                if !eof {
+                    protocol_error.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                }
                 return;
             }
             Err(status) => {
@@ -360,6 +403,8 @@ async fn feed_body(
             }
         }
     }
+    drop(body);
+    drain_inbound(inbound).await;
 }
 
 async fn run_call(

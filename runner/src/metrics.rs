@@ -59,3 +59,18 @@ pub fn pool(stats: crate::agent::QueueStats) {
     }
     metrics::gauge!("ferrofn_runner_waiting_calls").set(stats.waiting as f64);
 }
+
+/// A TryCall arrived (with NACKs, the ratio TryCalls per served call shows retry traffic).
+pub fn try_call() {
+    metrics::counter!("ferrofn_runner_trycalls_total").increment(1);
+}
+
+/// An LB kept an Engage stream open past the drain limit after its call ended (the runner reset it).
+pub fn stream_drain_timeout() {
+    metrics::counter!("ferrofn_runner_stream_drain_timeouts_total").increment(1);
+}
+
+/// The gRPC server accepted a connection (an LB that loses its connection reconnects: this grows).
+pub fn grpc_connection() {
+    metrics::counter!("ferrofn_runner_grpc_connections_total").increment(1);
+}

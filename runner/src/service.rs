@@ -13,6 +13,7 @@ use ferrofn_proto::runner_protocol_server::{RunnerProtocol, RunnerProtocolServer
 use ferrofn_proto::{
     ClientMsg, ConfigMsg, ConfigStatus, LogRequestMsg, LogResponseMsg, RunnerMsg, RunnerStatus,
 };
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -136,6 +137,22 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// HTTP/2 receive window per connection (one LB connection carries all its calls).
 const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
+/// Streams one LB connection may carry at once. Calls waiting for a slot are cheap on the runner
+/// (no container, a few KiB of state), and a limit below the LB's concurrency would park calls in
+/// the LB's HTTP/2 layer, invisible to both sides' metrics and deadlines; memory, not this, bounds
+/// what runs.
+const MAX_CONCURRENT_STREAMS: u32 = 4096;
+/// Server-side HTTP/2 pings: a dead LB's streams (and the slots its calls wait for) are released
+/// within interval + timeout. The LB pings every 5 s on its own.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// h2's limits on resets are kept at their defaults on purpose: at most 1024 streams reset by the
+/// runner's own HTTP/2 layer (protocol errors) per connection, and 20 streams the peer resets
+/// before they are accepted (rapid reset). In normal operation the runner resets nothing: every
+/// Engage stream is read to its end (see `engage::drain_inbound`), so these only stop hostile or
+/// broken peers.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// The gRPC services on one port: `RunnerProtocol`, `grpc.health.v1` and reflection (v1).
 pub fn grpc_router(
     service: RunnerService,
@@ -149,6 +166,10 @@ pub fn grpc_router(
     Ok(tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .add_service(health)
         .add_service(reflection)
         .add_service(RunnerProtocolServer::new(service)))
@@ -175,6 +196,11 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
             prefix: crate::iofs::dir_prefix(&runner_name),
         },
         hot_start_timeout: Duration::from_millis(settings.hot_start_timeout_msecs),
+        hot_poll: Duration::from_millis(settings.hot_poll_msecs.max(1)),
+        max_starting: match settings.max_starting_containers {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
         freeze_idle: settings.freeze_idle(),
         fdk_limits: FdkLimits {
             max_body: settings.max_response_size,
@@ -240,8 +266,13 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
         let stop = stop_servers.clone();
         tokio::spawn(async move {
             // Without TCP_NODELAY small response frames wait for delayed ACKs (tens of ms per call).
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+                .with_nodelay(Some(true))
+                .inspect(|c| {
+                    if c.is_ok() {
+                        crate::metrics::grpc_connection();
+                    }
+                });
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
@@ -265,7 +296,11 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
         info!(%grpc_addr, "serving gRPC over mTLS");
         let stop = stop_servers.clone();
         tokio::spawn(async move {
-            let incoming = tls.incoming(grpc_listener);
+            let incoming = tls.incoming(grpc_listener).inspect(|c| {
+                if c.is_ok() {
+                    crate::metrics::grpc_connection();
+                }
+            });
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
@@ -474,6 +509,8 @@ mod tests {
                 prefix: crate::iofs::dir_prefix("test"),
             },
             hot_start_timeout: Duration::from_secs(1),
+            hot_poll: Duration::from_millis(200),
+            max_starting: 8,
             freeze_idle: None,
             fdk_limits: FdkLimits::default(),
             max_log_bytes: 1024,

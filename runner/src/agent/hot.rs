@@ -176,6 +176,8 @@ pub(crate) struct LaunchRequest {
     pub init_tx: oneshot::Sender<Result<(), FnError>>,
     /// The token of the first idle entry: the triggering waiter recognises its container by it.
     pub first_token: u64,
+    /// When the launch was decided (for the queue's mean launch time).
+    pub decided_at: Instant,
 }
 
 fn driver_error(e: &DriverError) -> FnError {
@@ -205,6 +207,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
         reservation,
         init_tx,
         first_token,
+        decided_at,
     } = req;
     let gone = CancellationToken::new();
     let t_prep = Instant::now();
@@ -212,7 +215,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
         Ok(d) => d,
         Err(e) => {
             warn!(error = %e, "iofs");
-            queue.launch_ended(None);
+            queue.launch_ended(None, decided_at.elapsed());
             let _ = init_tx.send(Err(FnError::new(500, e.to_string(), false)));
             return;
         }
@@ -225,7 +228,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
     if let Err(e) = inner.driver.ensure_image(&spec.image).await {
         warn!(error = %e, image = %spec.image, "image not available");
         iofs.remove();
-        queue.launch_ended(None);
+        queue.launch_ended(None, decided_at.elapsed());
         let _ = init_tx.send(Err(driver_error(&e)));
         return;
     }
@@ -236,7 +239,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
         Err(e) => {
             warn!(error = %e, "container start failed");
             iofs.remove();
-            queue.launch_ended(None);
+            queue.launch_ended(None, decided_at.elapsed());
             let _ = init_tx.send(Err(driver_error(&e)));
             return;
         }
@@ -296,7 +299,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
     match ready {
         Err(e) => {
             info!(container = %started.id, error = %e.message(), "container init failed");
-            queue.launch_ended(None);
+            queue.launch_ended(None, decided_at.elapsed());
             let _ = init_tx.send(Err(e));
         }
         Ok(()) => {
@@ -311,6 +314,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
                 &gone,
                 &reservation,
                 first_token,
+                decided_at,
             )
             .await;
             drop(init_tx);
@@ -349,6 +353,7 @@ async fn serve(
     gone: &CancellationToken,
     reservation: &Reservation,
     first_token: u64,
+    decided_at: Instant,
 ) {
     let (done_tx, done_rx) = oneshot::channel();
     let slot = Slot {
@@ -357,8 +362,10 @@ async fn serve(
         fdk: Some(conn),
         done: Some(done_tx),
         launched_for_this_call: true,
+        token: first_token,
+        held_since: None,
     };
-    queue.launch_ended(Some((first_token, slot)));
+    queue.launch_ended(Some(slot), decided_at.elapsed());
     let (mut token, mut done_rx) = (first_token, done_rx);
     // Once fired, eviction stays pending: a container taken just before it leaves at its next idle.
     let evict = CancellationToken::new();

@@ -1,6 +1,8 @@
 //! The agent: turns an accepted call into a slot on a hot container. It keeps one [`SlotQueue`] per
-//! slot key, decides launches (waiters > idle + starting), reserves resources without blocking
-//! (evicting other functions' idle containers when short, else 503), and drains on shutdown.
+//! slot key, decides launches (calls waiting beyond what starting containers will serve, and longer
+//! than a launch takes), reserves resources without blocking (evicting other functions' idle
+//! containers when short; a call with nothing else to wait for is then NACKed with 503), and drains
+//! on shutdown.
 
 pub mod evictor;
 pub mod hot;
@@ -8,8 +10,9 @@ pub mod resources;
 pub mod slots;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferrofn_common::call::CallModel;
 use ferrofn_common::error::FnError;
@@ -27,6 +30,10 @@ pub use evictor::Evictor;
 pub use resources::{Capacity, Resources};
 pub use slots::{QueueStats, Slot, SlotKey, SlotQueue};
 
+/// Assumed time from a launch decision to the container's first slot, until a queue has measured
+/// its own (a warm image on a small host: 0.2-0.3 s, BENCHMARKS.md "cold").
+const DEFAULT_LAUNCH_ESTIMATE: Duration = Duration::from_millis(250);
+
 /// Settings of the agent (from the runner's configuration).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -34,6 +41,10 @@ pub struct AgentConfig {
     pub iofs: IofsConfig,
     /// Socket wait bound (`FN_HOT_START_TIMEOUT_MSECS`).
     pub hot_start_timeout: Duration,
+    /// How often a waiting call reconsiders a launch (`FN_HOT_POLL_MSECS`).
+    pub hot_poll: Duration,
+    /// Containers starting at once, all queues together (`FERROFN_MAX_STARTING_CONTAINERS`).
+    pub max_starting: usize,
     /// Idle time before `docker pause` (`FN_FREEZE_IDLE_MSECS`); `None` disables freezing.
     pub freeze_idle: Option<Duration>,
     /// Response caps.
@@ -65,6 +76,8 @@ pub(crate) struct AgentInner {
     pub(crate) queues: Mutex<HashMap<SlotKey, Arc<SlotQueue>>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// Containers starting now, all queues together.
+    pub(crate) starting: Arc<AtomicUsize>,
 }
 
 /// The agent handle (cheap to clone).
@@ -94,6 +107,7 @@ impl Agent {
                 queues: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                starting: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -141,7 +155,7 @@ impl Agent {
         }
         queues
             .entry(key.clone())
-            .or_insert_with(|| SlotQueue::new(key.clone()))
+            .or_insert_with(|| SlotQueue::with_node(key.clone(), self.inner.starting.clone()))
             .clone()
     }
 
@@ -169,77 +183,98 @@ impl Agent {
             .map(|q| q.stats())
     }
 
-    /// Waits for a slot for `call`: an idle container (most recent first), or a new one. Errors: 503
-    /// when there is no room (nothing evictable) or the agent is shutting down; the launch's own error
+    /// Waits for a slot for `call`: an idle container (most recent first), a busy one of the same
+    /// function when it comes back (oldest waiter first), or a new one when the launch decision of
+    /// [`SlotQueue::should_launch`] says so (re-made every `hot_poll`). Errors, all before the call
+    /// holds a slot: 503 (Fn's NACK) when a launch finds no room on the node (nothing evictable) and
+    /// no container of this function is busy or starting that could serve the call instead, when
+    /// the wait outlasts the call's timeout, or when the agent shuts down; the launch's own error
     /// (init timeout 504, init failure 502, ...) when the container this call launched fails.
     pub async fn get_slot(&self, call: &PreparedCall) -> Result<Slot, FnError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(FnError::server_busy());
         }
         let queue = self.queue_for(&call.key);
-        let mut changed = queue.subscribe();
-        let mut waiter = queue.add_waiter();
+        let cfg = &self.inner.cfg;
+        let policy = slots::LaunchPolicy {
+            max_starting: cfg.max_starting,
+            default_launch: DEFAULT_LAUNCH_ESTIMATE,
+        };
+        let wait_limit = Duration::from_secs(u64::try_from(call.model.timeout).unwrap_or(0).max(1));
+        let give_up = tokio::time::Instant::now() + wait_limit;
+        let mut waiter = queue.join();
         let mut launches = FuturesUnordered::new();
+        let mut poll = tokio::time::interval(cfg.hot_poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            changed.borrow_and_update();
-            match queue.next(&mut waiter) {
-                slots::Next::Take(mut slot) => {
+            tokio::select! {
+                biased;
+                mut slot = waiter.slot() => {
                     if let Err(e) = slot.container.thaw().await {
                         tracing::warn!(error = %e, "unpause failed, destroying the container");
                         slot.release(false);
-                        waiter.rejoin();
+                        waiter = queue.join();
                         continue;
                     }
                     slot.launched_for_this_call = slot.launched_for_this_call && !launches.is_empty();
+                    slot.held_since = Some(Instant::now());
                     return Ok(slot);
                 }
-                slots::Next::Launch => match self.launch(&queue, call).await {
-                    Ok(rx) => launches.push(rx),
-                    // A container this call launched earlier is still starting: wait for it rather
-                    // than fail because a second one (asked for by a transient count) does not fit.
-                    Err(_) if !launches.is_empty() => queue.launch_aborted(),
-                    Err(e) => {
-                        // Leave the queue before waking the others, so none of them counts this
-                        // call as a waiter and launches on its behalf.
-                        drop(waiter);
-                        queue.launch_aborted();
+                _ = self.inner.shutdown.cancelled() => return Err(FnError::server_busy()),
+                Some(r) = launches.next(), if !launches.is_empty() => {
+                    // A launch this call made failed: Fn gives that error to the call that asked.
+                    if let Ok(Err(e)) = r {
                         return Err(e);
                     }
-                },
-                slots::Next::Wait => {}
-            }
-            if self.inner.shutdown.is_cancelled() {
-                return Err(FnError::server_busy());
-            }
-            tokio::select! {
-                r = changed.changed() => { if r.is_err() { return Err(FnError::internal()); } }
-                Some(r) = launches.next(), if !launches.is_empty() => {
-                    if let Ok(Err(e)) = r { return Err(e); }
+                    continue;
                 }
-                _ = self.inner.shutdown.cancelled() => return Err(FnError::server_busy()),
+                _ = tokio::time::sleep_until(give_up) => {
+                    crate::metrics::nack("slot wait timeout");
+                    return Err(FnError::server_busy());
+                }
+                _ = poll.tick() => {}
+            }
+            if !queue.should_launch(Instant::now(), policy) {
+                continue;
+            }
+            match self.launch(&queue, call).await {
+                Ok(rx) => launches.push(rx),
+                Err(e) => {
+                    queue.launch_aborted(Instant::now() + cfg.hot_poll);
+                    // No room for another container. A call that a busy or starting container of
+                    // its function will serve keeps waiting for it; only a call that nothing could
+                    // serve but a launch is NACKed (Fn: the call whose launch failed).
+                    if launches.is_empty() && !queue.containers_coming() {
+                        crate::metrics::nack("no capacity");
+                        // Leave the queue before answering, so no other waiter counts this call.
+                        drop(waiter);
+                        return Err(e);
+                    }
+                }
             }
         }
     }
 
-    /// Reserves resources (evicting if needed) and spawns the hot container task.
+    /// Reserves resources (evicting if needed) and spawns the hot container task. Fails with 503
+    /// when there is no room (nothing evictable).
     async fn launch(
         &self,
         queue: &Arc<SlotQueue>,
         call: &PreparedCall,
     ) -> Result<oneshot::Receiver<Result<(), FnError>>, FnError> {
+        let decided_at = Instant::now();
         let m = &call.model;
         let memory = m.memory + u64::from(m.tmpfs_size);
         let reservation = match self.inner.resources.try_reserve(memory, m.cpus.0) {
             Ok(r) => r,
             Err(short) => {
                 if !self.inner.evictor.evict_for(&call.key, short).await {
-                    crate::metrics::nack("no capacity");
                     return Err(FnError::server_busy());
                 }
-                self.inner.resources.try_reserve(memory, m.cpus.0).map_err(|_| {
-                    crate::metrics::nack("no capacity after eviction");
-                    FnError::server_busy()
-                })?
+                self.inner
+                    .resources
+                    .try_reserve(memory, m.cpus.0)
+                    .map_err(|_| FnError::server_busy())?
             }
         };
         let spec = ContainerSpec {
@@ -264,6 +299,7 @@ impl Agent {
             reservation,
             init_tx,
             first_token: slots::next_token(),
+            decided_at,
         };
         self.inner.tasks.spawn(hot::run(self.inner.clone(), req));
         Ok(init_rx)

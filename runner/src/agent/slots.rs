@@ -1,14 +1,16 @@
-//! Per-function slot queues: a LIFO stack of idle hot containers, the waiter and starting counts
-//! behind the launch decision, and the [`Slot`] lease a call holds on one container (one call at a
-//! time). Taking and withdrawing an idle slot happen under the queue lock, so exactly one side wins.
+//! Per-function slot queues: a LIFO stack of idle hot containers, a FIFO of waiting calls (a
+//! returned slot goes straight to the oldest one), the counts and timings behind the launch
+//! decision, and the [`Slot`] lease a call holds on one container (one call at a time). Taking and
+//! withdrawing an idle slot happen under the queue lock, so exactly one side wins.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ferrofn_common::call::CallModel;
 use sha2::{Digest, Sha256};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::hot::ContainerHandle;
 use crate::fdk::FdkConn;
@@ -79,6 +81,10 @@ pub struct Slot {
     pub(crate) done: Option<oneshot::Sender<SlotReturn>>,
     /// Set for the call that triggered this container's launch (its timings go in CallFinished).
     pub(crate) launched_for_this_call: bool,
+    /// The idle-entry token under which the container task knows this slot.
+    pub(crate) token: u64,
+    /// When a call started using the slot (for the queue's mean hold time).
+    pub(crate) held_since: Option<Instant>,
 }
 
 impl Slot {
@@ -97,10 +103,14 @@ impl Slot {
         self.launched_for_this_call
     }
 
-    /// Ends the lease: the container goes back on top of its queue's idle stack at once, or is
-    /// destroyed when `keep` is false (or it died, or the agent is draining).
+    /// Ends the lease: the container goes to the longest-waiting call of its queue, or back on top of
+    /// the idle stack, at once; or it is destroyed when `keep` is false (or it died, or the agent is
+    /// draining).
     pub fn release(mut self, keep: bool) {
         self.container.end_call();
+        if let Some(since) = self.held_since.take() {
+            self.queue.record_hold(since.elapsed());
+        }
         let Some(done) = self.done.take() else { return };
         if keep
             && self.container.can_serve_again()
@@ -114,9 +124,12 @@ impl Slot {
                 fdk: Some(fdk),
                 done: Some(next_tx),
                 launched_for_this_call: false,
+                token,
+                held_since: None,
             };
-            self.queue.offer(token, slot);
+            // Tell the container task first: the next call may hand the slot back at once.
             let _ = done.send(SlotReturn::Reoffered { token, done: next_rx });
+            self.queue.offer(slot, true);
             return;
         }
         self.queue.retired_after_call();
@@ -139,12 +152,24 @@ struct IdleEntry {
     slot: Slot,
 }
 
+struct WaiterEntry {
+    id: u64,
+    tx: oneshot::Sender<Slot>,
+}
+
 #[derive(Default)]
 struct QueueState {
     idle: Vec<IdleEntry>,
-    waiting: usize,
+    /// Calls waiting for a slot, oldest first: a returned slot goes to the front one directly.
+    waiters: VecDeque<WaiterEntry>,
     starting: usize,
     busy: usize,
+    /// Mean time a call holds a slot (moving average), once a call has returned one.
+    hold: Option<Duration>,
+    /// Mean time from a launch decision to the container's first slot (moving average).
+    launch: Option<Duration>,
+    /// No launch before this instant: the last one found no room on the node.
+    blocked_until: Option<Instant>,
 }
 
 /// Counts of one queue, for metrics, tests and the launch decision.
@@ -160,21 +185,21 @@ pub struct QueueStats {
     pub busy: usize,
 }
 
-/// What a waiter should do after looking at the queue.
-pub(crate) enum Next {
-    /// A slot was taken.
-    Take(Slot),
-    /// Launch one more container (the starting count is already raised).
-    Launch,
-    /// Wait for a change.
-    Wait,
+/// What the launch decision needs besides the queue's own state.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LaunchPolicy {
+    /// Containers starting at once on the node, all queues together.
+    pub max_starting: usize,
+    /// Assumed launch time until this queue has measured one.
+    pub default_launch: Duration,
 }
 
 /// One function's queue.
 pub struct SlotQueue {
     key: SlotKey,
     state: Mutex<QueueState>,
-    changed: watch::Sender<u64>,
+    /// Containers starting on the node (shared by every queue of the agent).
+    node_starting: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for SlotQueue {
@@ -188,18 +213,31 @@ impl std::fmt::Debug for SlotQueue {
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
-/// A fresh idle-entry token.
+/// A fresh idle-entry token (also used for waiter ids).
 pub(crate) fn next_token() -> u64 {
     NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Weight of the newest sample in the moving averages.
+fn ewma(old: Option<Duration>, sample: Duration) -> Duration {
+    match old {
+        None => sample,
+        Some(o) => (o * 7 + sample) / 8,
+    }
+}
+
 impl SlotQueue {
-    /// An empty queue.
+    /// An empty queue with its own count of starting containers.
     pub fn new(key: SlotKey) -> Arc<Self> {
+        Self::with_node(key, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// An empty queue sharing the node's count of starting containers.
+    pub(crate) fn with_node(key: SlotKey, node_starting: Arc<AtomicUsize>) -> Arc<Self> {
         Arc::new(SlotQueue {
             key,
             state: Mutex::new(QueueState::default()),
-            changed: watch::channel(0).0,
+            node_starting,
         })
     }
 
@@ -213,77 +251,133 @@ impl SlotQueue {
         let s = self.state.lock().expect("queue lock");
         QueueStats {
             idle: s.idle.len(),
-            waiting: s.waiting,
+            waiting: s.waiters.len(),
             starting: s.starting,
             busy: s.busy,
         }
     }
 
-    /// A receiver that changes whenever a slot is offered or a launch ends.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    fn bump(&self) {
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    /// Registers a waiter; the guard unregisters it.
-    pub(crate) fn add_waiter(self: &Arc<Self>) -> WaiterGuard {
-        self.state.lock().expect("queue lock").waiting += 1;
-        WaiterGuard {
-            queue: self.clone(),
-            counted: true,
-        }
-    }
-
-    /// Takes the most recently idled slot, or decides to launch (`waiting > idle + starting`). A
-    /// waiter that takes a slot stops counting as waiting in the same step, so that no other waiter
-    /// woken by the same change launches a container on its behalf.
-    pub(crate) fn next(&self, waiter: &mut WaiterGuard) -> Next {
+    /// Registers a call: it gets the most recently idled slot at once if there is one (then nobody
+    /// else is waiting), else it joins the back of the waiters.
+    pub(crate) fn join(self: &Arc<Self>) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        let id = next_token();
         let mut s = self.state.lock().expect("queue lock");
-        if waiter.counted
-            && let Some(e) = s.idle.pop()
-        {
+        if let Some(e) = s.idle.pop() {
             s.busy += 1;
-            s.waiting = s.waiting.saturating_sub(1);
-            waiter.counted = false;
-            return Next::Take(e.slot);
+            // The receiver is alive: this cannot fail.
+            let _ = tx.send(e.slot);
+        } else {
+            s.waiters.push_back(WaiterEntry { id, tx });
         }
-        if s.waiting > s.starting {
-            s.starting += 1;
-            return Next::Launch;
+        drop(s);
+        Waiter {
+            queue: self.clone(),
+            id,
+            rx,
         }
-        Next::Wait
     }
 
-    /// A launch the waiter decided on did not happen (no capacity).
-    pub(crate) fn launch_aborted(&self) {
+    /// Whether a waiting call should launch one more container now; if so the starting counts are
+    /// raised. A launch is made when calls wait that no starting container will serve, the node has
+    /// fewer than `max_starting` starting, and either no container of this queue is busy (none will
+    /// come back), nothing is known yet of how long calls hold a slot (Fn's rule: one container per
+    /// uncovered waiter), or the last uncovered waiter would wait longer for a busy container to come
+    /// back (uncovered x mean hold / busy) than for a launch.
+    pub(crate) fn should_launch(&self, now: Instant, policy: LaunchPolicy) -> bool {
+        let mut s = self.state.lock().expect("queue lock");
+        if s.blocked_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        let uncovered = s.waiters.len().saturating_sub(s.starting);
+        if uncovered == 0 {
+            return false;
+        }
+        let needed = match (s.busy, s.hold) {
+            (0, _) | (_, None) => true,
+            (busy, Some(hold)) => {
+                let wait = hold.saturating_mul(uncovered as u32) / busy as u32;
+                wait > s.launch.unwrap_or(policy.default_launch)
+            }
+        };
+        if !needed {
+            return false;
+        }
+        let reserved = self
+            .node_starting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < policy.max_starting).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return false;
+        }
+        s.starting += 1;
+        true
+    }
+
+    /// A launch decided by [`SlotQueue::should_launch`] did not happen (no room on the node).
+    /// Waiters of this queue do not try again before `retry_at`.
+    pub(crate) fn launch_aborted(&self, retry_at: Instant) {
         let mut s = self.state.lock().expect("queue lock");
         s.starting = s.starting.saturating_sub(1);
-        drop(s);
-        self.bump();
+        s.blocked_until = Some(retry_at);
+        self.node_starting.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// A launch ended: on success its first slot is offered in the same step, so no waiter sees
-    /// neither a starting nor an idle container in between.
-    pub(crate) fn launch_ended(&self, first: Option<(u64, Slot)>) {
+    /// True while a container of this queue is busy or starting: a waiting call will be served
+    /// without a launch of its own.
+    pub(crate) fn containers_coming(&self) -> bool {
+        let s = self.state.lock().expect("queue lock");
+        s.busy > 0 || s.starting > 0
+    }
+
+    /// A launch ended after `took`: on success its first slot goes to the oldest waiter or the idle
+    /// stack in the same step, so no waiter sees neither a starting nor an idle container between.
+    pub(crate) fn launch_ended(&self, first: Option<Slot>, took: Duration) {
         let mut s = self.state.lock().expect("queue lock");
         s.starting = s.starting.saturating_sub(1);
-        if let Some((token, slot)) = first {
-            s.idle.push(IdleEntry { token, slot });
+        self.node_starting.fetch_sub(1, Ordering::AcqRel);
+        if let Some(slot) = first {
+            s.launch = Some(ewma(s.launch, took));
+            s.blocked_until = None;
+            Self::offer_locked(&mut s, slot, false);
         }
-        drop(s);
-        self.bump();
     }
 
-    /// Offers an idle slot (after a call).
-    pub(crate) fn offer(&self, token: u64, slot: Slot) {
+    /// Hands `slot` to the oldest waiter, else pushes it on the idle stack. `busy` says whether the
+    /// slot was counted busy (a call returned it) or is new (a launch).
+    fn offer_locked(s: &mut QueueState, mut slot: Slot, busy: bool) {
+        while let Some(w) = s.waiters.pop_front() {
+            match w.tx.send(slot) {
+                Ok(()) => {
+                    if !busy {
+                        s.busy += 1;
+                    }
+                    return;
+                }
+                // That waiter is leaving (its guard removes nothing now): try the next one.
+                Err(back) => slot = back,
+            }
+        }
+        if busy {
+            s.busy = s.busy.saturating_sub(1);
+        }
+        s.idle.push(IdleEntry {
+            token: slot.token,
+            slot,
+        });
+    }
+
+    /// Offers a slot a call returned (`busy`) or never used.
+    pub(crate) fn offer(&self, slot: Slot, busy: bool) {
         let mut s = self.state.lock().expect("queue lock");
-        s.busy = s.busy.saturating_sub(1);
-        s.idle.push(IdleEntry { token, slot });
-        drop(s);
-        self.bump();
+        Self::offer_locked(&mut s, slot, busy);
+    }
+
+    /// Adds a call's slot hold time to the queue's moving average.
+    pub(crate) fn record_hold(&self, held: Duration) {
+        let mut s = self.state.lock().expect("queue lock");
+        s.hold = Some(ewma(s.hold, held));
     }
 
     /// A call returned its slot and the container will not be offered again.
@@ -329,31 +423,41 @@ impl SlotQueue {
     /// True when nothing uses the queue (it may be dropped from the map).
     pub(crate) fn is_unused(&self) -> bool {
         let s = self.state.lock().expect("queue lock");
-        s.idle.is_empty() && s.waiting == 0 && s.starting == 0 && s.busy == 0
+        s.idle.is_empty() && s.waiters.is_empty() && s.starting == 0 && s.busy == 0
     }
 }
 
-/// Unregisters a waiter on drop (the call got a slot, failed, or was cancelled).
-pub(crate) struct WaiterGuard {
+/// A call waiting in a queue. Dropping it leaves the queue; a slot handed to it meanwhile goes on to
+/// the next waiter (or back to the idle stack) rather than being lost.
+pub(crate) struct Waiter {
     queue: Arc<SlotQueue>,
-    counted: bool,
+    id: u64,
+    rx: oneshot::Receiver<Slot>,
 }
 
-impl WaiterGuard {
-    /// Counts the call as waiting again (the slot it took was unusable).
-    pub(crate) fn rejoin(&mut self) {
-        if !self.counted {
-            self.queue.state.lock().expect("queue lock").waiting += 1;
-            self.counted = true;
+impl Waiter {
+    /// Waits for the slot handed to this call.
+    pub(crate) async fn slot(&mut self) -> Slot {
+        match (&mut self.rx).await {
+            Ok(slot) => slot,
+            // The sender lives in the queue until it sends; the queue outlives the waiter.
+            Err(_) => std::future::pending().await,
         }
     }
 }
 
-impl Drop for WaiterGuard {
+impl Drop for Waiter {
     fn drop(&mut self) {
-        if self.counted {
+        {
             let mut s = self.queue.state.lock().expect("queue lock");
-            s.waiting = s.waiting.saturating_sub(1);
+            if let Some(pos) = s.waiters.iter().position(|w| w.id == self.id) {
+                s.waiters.remove(pos);
+            }
+        }
+        if let Ok(slot) = self.rx.try_recv() {
+            // Handed over just before this call left: never used, it goes on to the next call
+            // under a new token, so that the container's idle timers start afresh.
+            slot.release(true);
         }
     }
 }
@@ -393,17 +497,23 @@ mod tests {
         assert_ne!(SlotKey::for_call(&c4, &env), k);
     }
 
+    const POLICY: LaunchPolicy = LaunchPolicy {
+        max_starting: 8,
+        default_launch: Duration::from_millis(250),
+    };
+
     #[test]
     fn launch_decision_counts_waiters_and_starting() {
         let q = SlotQueue::new(SlotKey(vec![1]));
-        let mut w1 = q.add_waiter();
-        assert!(matches!(q.next(&mut w1), Next::Launch));
+        let now = Instant::now();
+        let w1 = q.join();
+        assert!(q.should_launch(now, POLICY), "nothing to wait for: launch");
         assert!(
-            matches!(q.next(&mut w1), Next::Wait),
+            !q.should_launch(now, POLICY),
             "one waiter, one starting: no second launch"
         );
-        let mut w2 = q.add_waiter();
-        assert!(matches!(q.next(&mut w2), Next::Launch));
+        let w2 = q.join();
+        assert!(q.should_launch(now, POLICY));
         assert_eq!(
             q.stats(),
             QueueStats {
@@ -413,9 +523,53 @@ mod tests {
                 busy: 0
             }
         );
-        q.launch_aborted();
+        q.launch_aborted(now + Duration::from_millis(200));
+        assert!(
+            !q.should_launch(now, POLICY),
+            "no launch retried before the block ends"
+        );
+        assert!(q.should_launch(now + Duration::from_millis(200), POLICY));
         drop((w1, w2));
         assert_eq!(q.stats().waiting, 0);
-        assert_eq!(q.stats().starting, 1);
+        assert_eq!(q.stats().starting, 2);
+    }
+
+    #[test]
+    fn node_wide_cap_on_starting_containers() {
+        let node = Arc::new(AtomicUsize::new(0));
+        let policy = LaunchPolicy {
+            max_starting: 2,
+            ..POLICY
+        };
+        let a = SlotQueue::with_node(SlotKey(vec![1]), node.clone());
+        let b = SlotQueue::with_node(SlotKey(vec![2]), node.clone());
+        let now = Instant::now();
+        let _wa = (a.join(), a.join());
+        let _wb = b.join();
+        assert!(a.should_launch(now, policy));
+        assert!(a.should_launch(now, policy));
+        assert!(!b.should_launch(now, policy), "two starting on the node already");
+        a.launch_ended(None, Duration::from_millis(300));
+        assert!(b.should_launch(now, policy), "room again after a launch ended");
+        assert_eq!(node.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn no_launch_when_a_busy_container_comes_back_sooner() {
+        let q = SlotQueue::new(SlotKey(vec![1]));
+        let now = Instant::now();
+        {
+            let mut s = q.state.lock().unwrap();
+            s.busy = 4;
+            s.hold = Some(Duration::from_millis(2));
+            s.launch = Some(Duration::from_millis(300));
+        }
+        let waiters: Vec<_> = (0..100).map(|_| q.join()).collect();
+        // 100 uncovered waiters x 2 ms / 4 busy = 50 ms < 300 ms launch: wait for the busy ones.
+        assert!(!q.should_launch(now, POLICY));
+        q.state.lock().unwrap().hold = Some(Duration::from_millis(20));
+        // 100 x 20 ms / 4 = 500 ms > 300 ms: a launch pays off.
+        assert!(q.should_launch(now, POLICY));
+        drop(waiters);
     }
 }

@@ -148,6 +148,8 @@ fn fixture(memory_mb: u64, freeze: Option<Duration>) -> Fixture {
             prefix: crate::iofs::dir_prefix("test"),
         },
         hot_start_timeout: Duration::from_millis(500),
+        hot_poll: Duration::from_millis(50),
+        max_starting: 8,
         freeze_idle: freeze,
         fdk_limits: FdkLimits::default(),
         max_log_bytes: 1024,
@@ -258,19 +260,39 @@ async fn concurrent_calls_get_their_own_containers() {
 }
 
 #[tokio::test]
-async fn full_node_nacks_then_evicts_other_functions() {
+async fn full_node_waits_for_own_busy_containers_nacks_others_then_evicts() {
     let f = fixture(256, None);
     let a = call("fa", "echo", 128, 30);
     let s1 = f.agent.get_slot(&a).await.unwrap();
     let s2 = f.agent.get_slot(&a).await.unwrap();
-    // Both busy, same function: nothing evictable -> 503.
-    let e = f.agent.get_slot(&a).await.unwrap_err();
-    assert_eq!((e.code(), e.message()), (503, "Timed out - server too busy"));
+    // Both busy, same function, no room for a third: the call waits for one of them (Fn NACKs
+    // only the call that nothing but a launch could serve).
+    let third = {
+        let (agent, a) = (f.agent.clone(), a.clone());
+        tokio::spawn(async move { agent.get_slot(&a).await })
+    };
+    eventually("the third call waits", || {
+        f.agent.queue_stats(&a.key).unwrap().waiting == 1
+    })
+    .await;
     let b = call("fb", "echo", 128, 30);
     let e = f.agent.get_slot(&b).await.unwrap_err();
-    assert_eq!(e.code(), 503, "busy containers are not evictable");
+    assert_eq!(
+        (e.code(), e.message()),
+        (503, "Timed out - server too busy"),
+        "a function with no container and no room is NACKed at once (busy ones are not evictable)"
+    );
+    let s1_id = s1.container().id.clone();
     s1.release(true);
+    let s3 = third.await.unwrap().unwrap();
+    assert_eq!(
+        s3.container().id,
+        s1_id,
+        "the returned slot went to the waiting call"
+    );
+    assert_eq!(f.driver.started.load(Ordering::SeqCst), 2, "no third container");
     s2.release(true);
+    s3.release(true);
     // fa's containers are idle now: fb evicts one of them.
     let mut sb = f.agent.get_slot(&b).await.unwrap();
     assert_eq!(invoke(&mut sb, "b").await, "c1:b");
@@ -280,6 +302,54 @@ async fn full_node_nacks_then_evicts_other_functions() {
     // Impossible sizes are a 400 at admission.
     let big = CallModel::from_json(r#"{"id":"x","image":"echo","memory":512}"#).unwrap();
     assert_eq!(f.agent.prepare(big, "").unwrap_err().code(), 400);
+    f.agent.shutdown();
+    f.agent.wait_drained().await;
+}
+
+#[tokio::test]
+async fn a_waiter_that_leaves_passes_its_slot_on() {
+    let f = fixture(128, None);
+    let a = call("fa", "echo", 128, 30);
+    let s1 = f.agent.get_slot(&a).await.unwrap();
+    let spawn_waiter = || {
+        let (agent, a) = (f.agent.clone(), a.clone());
+        tokio::spawn(async move { agent.get_slot(&a).await })
+    };
+    let w1 = spawn_waiter();
+    eventually("first waiter queued", || {
+        f.agent.queue_stats(&a.key).unwrap().waiting == 1
+    })
+    .await;
+    let w2 = spawn_waiter();
+    eventually("second waiter queued", || {
+        f.agent.queue_stats(&a.key).unwrap().waiting == 2
+    })
+    .await;
+    // The first waiter goes away (its LB cancelled the call): the slot must reach the second.
+    w1.abort();
+    let _ = w1.await;
+    s1.release(true);
+    let s2 = w2.await.unwrap().unwrap();
+    assert_eq!(f.driver.started.load(Ordering::SeqCst), 1);
+    assert_eq!(f.driver.removed.load(Ordering::SeqCst), 0, "nothing destroyed");
+    s2.release(true);
+    assert_eq!(f.agent.queue_stats(&a.key).unwrap().idle, 1);
+    f.agent.shutdown();
+    f.agent.wait_drained().await;
+    assert_eq!(f.driver.live(), 0);
+}
+
+#[tokio::test]
+async fn a_call_waiting_longer_than_its_timeout_is_nacked() {
+    let f = fixture(128, None);
+    let mut a = call("fa", "echo", 128, 30);
+    a.model.timeout = 1;
+    let s1 = f.agent.get_slot(&a).await.unwrap();
+    let t = std::time::Instant::now();
+    let e = f.agent.get_slot(&a).await.unwrap_err();
+    assert_eq!(e.code(), 503);
+    assert!(t.elapsed() >= Duration::from_secs(1));
+    s1.release(true);
     f.agent.shutdown();
     f.agent.wait_drained().await;
 }
