@@ -585,7 +585,7 @@ impl Service<Uri> for RunnerConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
         let host_override = self.host.clone();
-        Box::pin(async move {
+        let connecting = async move {
             let host = uri
                 .host()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
@@ -604,8 +604,49 @@ impl Service<Uri> for RunnerConnector {
                     Ok(TokioIo::new(Either::Right(conn)))
                 }
             }
+        };
+        Box::pin(async move {
+            connecting
+                .await
+                .map_err(|e: io::Error| io::Error::new(e.kind(), ConnectFailed(e)))
         })
     }
+}
+
+/// The error of a connection attempt to a runner (TCP connect, name resolution, TLS handshake), as
+/// opposed to the loss of an established connection: a client can tell the two apart by finding
+/// this type in an error's source chain.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to the runner failed: {0}")]
+pub struct ConnectFailed(#[source] pub io::Error);
+
+/// True when `err`'s source chain holds a [`ConnectFailed`] or a connect timeout.
+pub fn is_connect_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<ConnectFailed>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            // io::Error's `source` skips the error it wraps: look at that one directly.
+            match io.get_ref() {
+                Some(inner) if inner.is::<ConnectFailed>() => return true,
+                // The channel's connect timeout wraps the connector: TimedOut around tokio's Elapsed.
+                Some(inner)
+                    if io.kind() == io::ErrorKind::TimedOut && inner.is::<tokio::time::error::Elapsed>() =>
+                {
+                    return true;
+                }
+                Some(inner) => {
+                    cause = Some(inner);
+                    continue;
+                }
+                None => {}
+            }
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// An `http://host:port` endpoint for a runner address given as `host:port` (or an `http://` URI).

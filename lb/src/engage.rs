@@ -160,11 +160,15 @@ fn deadline_passed(runner: &Runner, call: &EngageCall) -> FnError {
 pub enum OpenFailure {
     /// Fn's "too busy" answer (`grpc-status: 503`): try the next runner; this one stays up.
     Nack,
-    /// The call never reached the runner: the transport failed before the TryCall left the LB
-    /// (connect refused or timed out, name resolution, TLS handshake, closed connection, whatever the
-    /// gRPC code), or HTTP/2 says the runner did not process the stream (REFUSED_STREAM, a stream
-    /// beyond a GOAWAY). Try the next runner and mark this one down until the health loop sees it.
-    Unreached,
+    /// No connection could be made (connect refused or timed out, name resolution, TLS handshake):
+    /// try the next runner and mark this one down until the health loop sees it again.
+    ConnectFailed,
+    /// An established connection was lost (GOAWAY, reset, closed) while the call had not been
+    /// accepted: the TryCall never left the LB, HTTP/2 says the runner did not process the stream
+    /// (REFUSED_STREAM, a stream beyond a GOAWAY), or the runner had not acknowledged it (accept-ack
+    /// mode: the function never started). Place the call again; the runner stays in the pool and the
+    /// channel reconnects on the next attempt.
+    ConnectionLost,
     /// The runner itself answered UNAVAILABLE (shutting down): try the next runner.
     Refused,
     /// The TryCall left the LB and the runner may have started the call, or the runner rejected the
@@ -200,14 +204,23 @@ pub fn unprocessed_by_runner(s: &tonic::Status) -> bool {
     false
 }
 
+/// True when the status comes from a failed connection attempt (not from a lost connection).
+pub fn is_connect_failure(s: &tonic::Status) -> bool {
+    s.source().is_some_and(ferrofn_common::tls::is_connect_failure)
+}
+
 /// Classifies a failed Engage open. `try_sent` says whether the transport took the TryCall from
-/// the LB's outbound queue (the point of commitment, as Fn's successful `Send(TryCall)`).
-pub fn classify_open_failure(s: &tonic::Status, try_sent: bool) -> OpenFailure {
+/// the LB's outbound queue (the point of commitment, as Fn's successful `Send(TryCall)`);
+/// `ack_mode` whether the runner only starts the function after acknowledging (so that a call it
+/// never acknowledged never ran).
+pub fn classify_open_failure(s: &tonic::Status, try_sent: bool, ack_mode: bool) -> OpenFailure {
     if status_is_too_busy(s) {
         OpenFailure::Nack
     } else if is_transport_failure(s) {
-        if !try_sent || unprocessed_by_runner(s) {
-            OpenFailure::Unreached
+        if is_connect_failure(s) {
+            OpenFailure::ConnectFailed
+        } else if !try_sent || ack_mode || unprocessed_by_runner(s) {
+            OpenFailure::ConnectionLost
         } else {
             OpenFailure::Committed
         }
@@ -215,6 +228,61 @@ pub fn classify_open_failure(s: &tonic::Status, try_sent: bool) -> OpenFailure {
         OpenFailure::Refused
     } else {
         OpenFailure::Committed
+    }
+}
+
+/// An Engage response stream. Once the runner's CallFinished has arrived, dropping the stream
+/// before its end reads the rest (the trailers) in the background instead of resetting it, so that
+/// no frame of a finished call ever meets a reset stream (h2 counts those against its reset limit
+/// and sends GOAWAY at 1024 per connection). Before CallFinished, dropping it resets the stream:
+/// that is how a client's cancel reaches the runner.
+#[derive(Debug)]
+struct RunnerStream {
+    inner: Option<tonic::Streaming<RunnerMsg>>,
+    finished: bool,
+}
+
+/// How long a finished call's stream is read for its trailers before it is dropped anyway.
+const TRAILERS_LIMIT: Duration = Duration::from_secs(10);
+
+impl RunnerStream {
+    fn new(s: tonic::Streaming<RunnerMsg>) -> Self {
+        Self {
+            inner: Some(s),
+            finished: false,
+        }
+    }
+
+    async fn message(&mut self) -> Result<Option<RunnerMsg>, tonic::Status> {
+        let Some(s) = self.inner.as_mut() else {
+            return Ok(None);
+        };
+        let r = s.message().await;
+        match &r {
+            Ok(Some(RunnerMsg {
+                body: Some(runner_msg::Body::Finished(_)),
+            })) => self.finished = true,
+            Ok(Some(_)) => {}
+            // The end, or a broken stream: nothing left to read either way.
+            Ok(None) | Err(_) => self.inner = None,
+        }
+        r
+    }
+}
+
+impl Drop for RunnerStream {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.inner.take()
+            && self.finished
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(TRAILERS_LIMIT, async {
+                    while let Ok(Some(_)) = s.message().await {}
+                })
+                .await;
+            });
+        }
     }
 }
 
@@ -229,7 +297,7 @@ enum RecvFailure {
 
 /// The next runner message, bounded by the call's deadline.
 async fn recv(
-    stream: &mut tonic::Streaming<RunnerMsg>,
+    stream: &mut RunnerStream,
     deadline: Option<Instant>,
 ) -> Result<Option<RunnerMsg>, RecvFailure> {
     match deadline {
@@ -389,21 +457,23 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
         None => client.engage(req).await,
     };
     let mut stream = match opened {
-        Ok(resp) => resp.into_inner(),
+        Ok(resp) => RunnerStream::new(resp.into_inner()),
         Err(s) => {
             let sent = try_sent.load(Ordering::Acquire);
-            let class = classify_open_failure(&s, sent);
+            let class = classify_open_failure(&s, sent, ack_mode);
             let cause = s.source().map(ToString::to_string).unwrap_or_default();
             tracing::info!(runner = %runner.addr(), code = ?s.code(), error = %s.message(), %cause,
                 try_sent = sent, ?class, "engage open failed");
             return match class {
                 OpenFailure::Nack => nack(&runner),
-                OpenFailure::Unreached => {
+                OpenFailure::ConnectFailed => {
                     // Skip it at once; the health loop brings it back when it answers again.
                     runner.set_state(RunnerState::Down);
-                    metrics::counter!("lb_engage_open_retries_total", "class" => "unreached").increment(1);
+                    metrics::counter!("lb_engage_open_retries_total", "class" => "connect_failed")
+                        .increment(1);
                     Attempt::NotPlaced(FnError::server_busy())
                 }
+                OpenFailure::ConnectionLost => connection_lost(&runner, &s),
                 OpenFailure::Refused => {
                     metrics::counter!("lb_engage_open_retries_total", "class" => "refused").increment(1);
                     Attempt::NotPlaced(FnError::server_busy())
@@ -435,6 +505,10 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
                 )));
             }
             Err(RecvFailure::Status(s)) if !started && status_is_too_busy(&s) => return nack(&runner),
+            // HTTP/2 says the runner never processed the stream: place the call again.
+            Err(RecvFailure::Status(s)) if !started && unprocessed_by_runner(&s) => {
+                return connection_lost(&runner, &s);
+            }
             Err(f) => return Attempt::Placed(Err(recv_failed("engage receive", &runner, call, f))),
         };
         match msg.body {
@@ -484,6 +558,15 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
     }
 }
 
+/// The connection to `runner` was lost before the call was accepted: place it again. The runner
+/// stays in the pool (only a failed connect or the health check mark it down); the channel
+/// reconnects on the next attempt.
+fn connection_lost(runner: &Runner, s: &tonic::Status) -> Attempt<CallResponse, FnError> {
+    tracing::info!(runner = %runner.addr(), error = %s, "connection lost before the runner accepted the call; placing it again");
+    metrics::counter!("lb_engage_open_retries_total", "class" => "connection_lost").increment(1);
+    Attempt::NotPlaced(FnError::server_busy())
+}
+
 fn nack(runner: &Runner) -> Attempt<CallResponse, FnError> {
     metrics::counter!("lb_engage_nacks_total", "runner" => runner.addr().to_owned()).increment(1);
     tracing::debug!(runner = %runner.addr(), "runner NACKed the call");
@@ -526,7 +609,7 @@ fn apply_result_start(rs: CallResultStart, status: &mut u16, headers: &mut Vec<(
 /// still feeds the request body) alive with the stream.
 fn detached_ack<G: Send + 'static>(
     guard: G,
-    stream: tonic::Streaming<RunnerMsg>,
+    stream: RunnerStream,
     in_flight: InFlight,
     runner: Arc<Runner>,
     status: u16,
@@ -543,7 +626,7 @@ fn detached_ack<G: Send + 'static>(
     }))
 }
 
-async fn drain_detached(mut stream: tonic::Streaming<RunnerMsg>, _in_flight: InFlight, runner: Arc<Runner>) {
+async fn drain_detached(mut stream: RunnerStream, _in_flight: InFlight, runner: Arc<Runner>) {
     loop {
         match stream.message().await {
             Ok(Some(RunnerMsg {
@@ -606,7 +689,7 @@ async fn ack_flow(
     runner: Arc<Runner>,
     call: &EngageCall,
     tx: mpsc::Sender<ClientMsg>,
-    mut stream: tonic::Streaming<RunnerMsg>,
+    mut stream: RunnerStream,
     in_flight: InFlight,
     deadline: Option<Instant>,
 ) -> Attempt<CallResponse, FnError> {
@@ -673,6 +756,8 @@ async fn ack_flow(
             )));
         }
         Err(RecvFailure::Status(s)) if status_is_too_busy(&s) => return nack(&runner),
+        // The connection broke before the ack: the runner never started the function.
+        Err(RecvFailure::Status(s)) if is_transport_failure(&s) => return connection_lost(&runner, &s),
         Err(f) => return Attempt::Placed(Err(recv_failed("ack", &runner, call, f))),
     }
     // 2. Committed: the body streams in behind the ack.
@@ -769,7 +854,7 @@ async fn ack_flow(
 /// Forwards the rest of a streamed response. A late failure aborts the body (the client sees a
 /// truncated response instead of a status, which is the price of not buffering).
 async fn stream_rest(
-    mut stream: tonic::Streaming<RunnerMsg>,
+    mut stream: RunnerStream,
     head: Bytes,
     out: mpsc::Sender<Result<Bytes, std::io::Error>>,
     _pump: AbortOnDrop,
@@ -832,32 +917,53 @@ mod tests {
         // A connect timeout reaches us as UNKNOWN "transport error" with the cause as source.
         let timeout = tonic::Status::from_error(Box::new(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            "connect timed out",
+            ferrofn_common::tls::ConnectFailed(std::io::Error::from(std::io::ErrorKind::TimedOut)),
         )));
         assert_eq!(timeout.code(), Code::Unknown);
         assert!(is_transport_failure(&timeout));
-        assert_eq!(classify_open_failure(&timeout, false), OpenFailure::Unreached);
-        // The same failure once the TryCall went out: the runner may run the call.
-        assert_eq!(classify_open_failure(&timeout, true), OpenFailure::Committed);
-        assert!(!OpenFailure::Committed.retry());
-        let refused = tonic::Status::from_error(Box::new(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "connection refused",
+        assert_eq!(
+            classify_open_failure(&timeout, false, false),
+            OpenFailure::ConnectFailed
+        );
+        assert_eq!(
+            classify_open_failure(&timeout, true, false),
+            OpenFailure::ConnectFailed
+        );
+        // A lost connection (not a failed connect) after the TryCall left: the runner may run it.
+        let lost = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
         )));
-        assert_eq!(classify_open_failure(&refused, false), OpenFailure::Unreached);
-        assert!(OpenFailure::Unreached.retry());
+        assert_eq!(classify_open_failure(&lost, true, false), OpenFailure::Committed);
+        assert!(!OpenFailure::Committed.retry());
+        assert_eq!(
+            classify_open_failure(&lost, false, false),
+            OpenFailure::ConnectionLost
+        );
+        // In accept-ack mode nothing runs before the ack: placed again.
+        assert_eq!(
+            classify_open_failure(&lost, true, true),
+            OpenFailure::ConnectionLost
+        );
+        assert!(OpenFailure::ConnectionLost.retry());
     }
 
     #[test]
     fn http2_refusals_are_retried_even_after_the_try_call_left() {
         let refused = tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
         assert!(unprocessed_by_runner(&refused), "{refused:?}");
-        assert_eq!(classify_open_failure(&refused, true), OpenFailure::Unreached);
+        assert_eq!(
+            classify_open_failure(&refused, true, false),
+            OpenFailure::ConnectionLost
+        );
         // A reset for another reason after the TryCall left is final.
         let reset = tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::INTERNAL_ERROR)));
         assert!(!unprocessed_by_runner(&reset));
-        assert_eq!(classify_open_failure(&reset, true), OpenFailure::Committed);
-        assert_eq!(classify_open_failure(&reset, false), OpenFailure::Unreached);
+        assert_eq!(classify_open_failure(&reset, true, false), OpenFailure::Committed);
+        assert_eq!(
+            classify_open_failure(&reset, false, false),
+            OpenFailure::ConnectionLost
+        );
     }
 
     #[test]
@@ -866,11 +972,17 @@ mod tests {
         // anything else final.
         let unavailable = tonic::Status::unavailable("shutting down");
         assert!(!is_transport_failure(&unavailable));
-        assert_eq!(classify_open_failure(&unavailable, true), OpenFailure::Refused);
+        assert_eq!(
+            classify_open_failure(&unavailable, true, false),
+            OpenFailure::Refused
+        );
         let busy = tonic::Status::unknown("Timed out - server too busy");
-        assert_eq!(classify_open_failure(&busy, true), OpenFailure::Nack);
+        assert_eq!(classify_open_failure(&busy, true, true), OpenFailure::Nack);
         let denied = tonic::Status::permission_denied("no");
-        assert_eq!(classify_open_failure(&denied, false), OpenFailure::Committed);
+        assert_eq!(
+            classify_open_failure(&denied, false, false),
+            OpenFailure::Committed
+        );
     }
 
     #[tokio::test]

@@ -97,11 +97,11 @@ pub async fn run_call(
             ("completed", Ok(resp))
         }
         Err(PlaceError::NoRunners) => {
-            tracing::warn!(fn_id = %f.id, "no runner up: answering 503");
+            tracing::warn!(fn_id = %f.id, "no runner configured: answering 503");
             ("server_busy", Err(FnError::server_busy()))
         }
         Err(PlaceError::TimedOut { attempts, .. }) => {
-            tracing::warn!(fn_id = %f.id, attempts, "every runner refused until the placer timeout");
+            tracing::warn!(fn_id = %f.id, attempts, "no runner took the call within the placer timeout");
             ("server_busy", Err(FnError::server_busy()))
         }
         Err(PlaceError::Failed(e)) => (if e.code() == 504 { "timeouts" } else { "errors" }, Err(e)),

@@ -90,8 +90,9 @@ pub enum Attempt<T, E> {
 /// Why a call was not placed.
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError<E> {
-    /// No runner is configured, or none is up: answered at once (Fn would spin until the timeout).
-    #[error("no runner available")]
+    /// No runner is configured: answered at once. (When runners are configured but none is up,
+    /// the call waits for one until the placer timeout, as in Fn.)
+    #[error("no runner configured")]
     NoRunners,
     /// Every runner refused until the placer timeout.
     #[error("timed out placing the call after {attempts} attempts")]
@@ -134,10 +135,12 @@ where
     loop {
         let pool = snapshot();
         let candidates: Vec<Candidate> = pool.iter().map(|(c, _)| *c).collect();
-        let order = placer.pass_order(fn_id, &candidates);
-        if order.is_empty() {
+        if candidates.is_empty() {
             return Err(PlaceError::NoRunners);
         }
+        // None up (all down or draining): like Fn's empty list, the call waits for one to come
+        // back until the placer timeout; the pause below keeps this from spinning.
+        let order = placer.pass_order(fn_id, &candidates);
         let mut handles: Vec<Option<R>> = pool.into_iter().map(|(_, r)| Some(r)).collect();
         for i in order {
             if Instant::now() >= deadline {
@@ -182,14 +185,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn empty_or_all_down_pool_fails_at_once() {
-        let cfg = PlacerConfig::default();
+    async fn empty_pool_fails_at_once_all_down_waits_for_a_runner() {
+        let cfg = PlacerConfig {
+            retry_delay: Duration::from_millis(10),
+            timeout: Duration::from_secs(5),
+            detached_timeout: Duration::from_secs(5),
+        };
         let r: Result<((), u32), PlaceError<()>> =
             place(&NaivePlacer, &cfg, false, "f", Vec::new, |_: usize| async {
                 Attempt::Placed(Ok(()))
             })
             .await;
         assert!(matches!(r, Err(PlaceError::NoRunners)));
+        // Three runners down; the third comes back after a few passes: the call is placed there.
+        let passes = RefCell::new(0_u32);
+        let snapshot = || {
+            *passes.borrow_mut() += 1;
+            let back = *passes.borrow() > 3;
+            (0..3_usize)
+                .map(|i| {
+                    (
+                        Candidate {
+                            eligible: back && i == 2,
+                            load: 0,
+                        },
+                        i,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let r: Result<(usize, u32), PlaceError<()>> =
+            place(&ChPlacer, &cfg, false, "f", snapshot, |i| async move {
+                Attempt::Placed(Ok(i))
+            })
+            .await;
+        assert_eq!(r.unwrap(), (2, 1));
+        assert_eq!(*passes.borrow(), 4);
+        // Nobody comes back: 503 at the placer timeout, not before.
+        let short = PlacerConfig {
+            timeout: Duration::from_millis(100),
+            ..cfg
+        };
         let down = || {
             vec![
                 (
@@ -202,11 +238,16 @@ mod tests {
                 3
             ]
         };
-        let r: Result<((), u32), PlaceError<()>> = place(&ChPlacer, &cfg, false, "f", down, |_| async {
+        let t = std::time::Instant::now();
+        let r: Result<((), u32), PlaceError<()>> = place(&NaivePlacer, &short, false, "f", down, |_| async {
             Attempt::Placed(Ok(()))
         })
         .await;
-        assert!(matches!(r, Err(PlaceError::NoRunners)));
+        assert!(
+            matches!(r, Err(PlaceError::TimedOut { attempts: 0, .. })),
+            "{r:?}"
+        );
+        assert!(t.elapsed() >= Duration::from_millis(90));
     }
 
     #[tokio::test]

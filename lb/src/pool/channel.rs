@@ -14,6 +14,15 @@ use ferrofn_common::tls::{ClientTls, connect_channel_lazy, runner_endpoint};
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// HTTP/2 receive window per connection (all calls to one runner share it).
 pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Streams the LB reset (a client that went away cancels its call this way) that HTTP/2 remembers,
+/// so that frames the runner had already sent on them are ignored rather than answered with a
+/// STREAM_CLOSED reset (h2 counts those as local errors; the default 10 is soon exceeded when many
+/// clients disconnect at once). A few dozen bytes each.
+pub const RESET_STREAMS_REMEMBERED: usize = 4096;
+/// h2's default limit of streams reset by the LB's own HTTP/2 layer (protocol errors) per
+/// connection, kept on purpose: in normal operation there are none (finished calls are read to
+/// their trailers, cancelled ones are remembered above), so reaching it means a broken runner.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Connection tuning shared by every runner channel.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +75,31 @@ pub fn runner_channel(
         .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .http2_max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     Ok(connect_channel_lazy(endpoint, tls, host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connect_is_told_apart_from_a_lost_connection() {
+        // A port nobody listens on: bind, note it, close.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let ch = runner_channel(&format!("127.0.0.1:{port}"), None, ChannelOptions::default()).unwrap();
+        let mut client = ferrofn_proto::runner_protocol_client::RunnerProtocolClient::new(ch);
+        let err = client.status2(prost_types::Struct::default()).await.unwrap_err();
+        assert!(crate::engage::is_connect_failure(&err), "{err:?}");
+        let lost = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(!crate::engage::is_connect_failure(&lost));
+    }
 }
