@@ -1,14 +1,24 @@
 //! HTTP request + fn + app -> the call model sent in `TryCall.models_call_json`: Fn's config merge
 //! and `FN_*` variables, annotations, headers (as received for invoke, renamed for HTTP triggers),
-//! the full request URL and method.
+//! the full request URL and method; and [`run_call`], the one call path behind the invoke and
+//! trigger routes: build the model, place it with the retry loop, record the outcome.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use http::HeaderMap;
+use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use ferrofn_common::call::{CallModel, TYPE_DETACHED, TYPE_SYNC};
 use ferrofn_common::datetime::DateTime;
+use ferrofn_common::error::FnError;
 use ferrofn_common::models::{App, Function};
+
+use crate::engage::{BodyState, CallResponse, EngageCall, try_runner};
+use crate::http::SharedState;
+use crate::placer::{DEFAULT_DETACHED_PLACER_TIMEOUT, PlaceError, place};
 
 /// Headers that never travel to a function (Go's hop-by-hop list).
 pub const HOP_BY_HOP: &[&str] = &[
@@ -138,6 +148,83 @@ pub fn build_call(req: CallRequest, app: &App, f: &Function) -> CallModel {
     }
 }
 
+/// A W3C `traceparent` for the call: the client's if it sent a valid one, else a new root.
+pub fn traceparent(headers: &HeaderMap) -> String {
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.split('-').collect();
+        if parts.len() == 4 && parts[1].len() == 32 && parts[2].len() == 16 {
+            return tp.to_owned();
+        }
+    }
+    format!(
+        "00-{:032x}-{:016x}-01",
+        rand::random::<u128>().max(1),
+        rand::random::<u64>().max(1)
+    )
+}
+
+/// Places and runs a built call; the response is the function's, or Fn's error JSON.
+pub async fn run_call(
+    st: &SharedState,
+    req: CallRequest,
+    app: &App,
+    f: &Function,
+    body: Body,
+    request_headers: &HeaderMap,
+) -> Result<CallResponse, FnError> {
+    let started = Instant::now();
+    let detached = req.detached;
+    let call_id = req.id.clone();
+    // Streamed or buffered: decided per attempt by the engage module (`engage::body_mode`).
+    let body_state = BodyState::Stream(body);
+    let model = build_call(req, app, f);
+    let fn_timeout = Duration::from_secs(u64::try_from(f.timeout_secs()).unwrap_or(30));
+    let call = EngageCall {
+        call_id,
+        model_json: model.to_json(),
+        detached,
+        detached_deadline: DEFAULT_DETACHED_PLACER_TIMEOUT + fn_timeout + st.execution_headroom,
+        sync_deadline: st.sync_deadline_margin.map(|m| fn_timeout + m),
+        traceparent: Some(traceparent(request_headers)),
+        body: std::sync::Arc::new(Mutex::new(body_state)),
+        max_request: st.max_request,
+        head_limit: st.response_head,
+    };
+    let pool = st.pool.clone();
+    let result = place(
+        &*st.placer,
+        &st.placer_config,
+        detached,
+        &f.id,
+        || pool.snapshot(),
+        |runner| {
+            tracing::debug!(runner = %runner.addr(), "trying runner");
+            try_runner(runner, &call)
+        },
+    )
+    .instrument(tracing::info_span!("call", call_id = %call.call_id, fn_id = %f.id, detached))
+    .await;
+    let (outcome, result) = match result {
+        Ok((resp, attempts)) => {
+            metrics::histogram!("lb_placer_attempts").record(f64::from(attempts));
+            ("completed", Ok(resp))
+        }
+        Err(PlaceError::NoRunners) => {
+            tracing::warn!(fn_id = %f.id, "no runner configured: answering 503");
+            ("server_busy", Err(FnError::server_busy()))
+        }
+        Err(PlaceError::TimedOut { attempts, .. }) => {
+            tracing::warn!(fn_id = %f.id, attempts, "no runner took the call within the placer timeout");
+            ("server_busy", Err(FnError::server_busy()))
+        }
+        Err(PlaceError::Failed(e)) => (if e.code() == 504 { "timeouts" } else { "errors" }, Err(e)),
+    };
+    metrics::counter!("lb_calls_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("lb_call_latency_seconds", "call_status" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +314,16 @@ mod tests {
         assert_eq!(json["app_name"], "myapp");
         assert_eq!(json["trigger_id"], "");
         assert!(json.get("cpus").is_none());
+    }
+
+    #[test]
+    fn traceparent_kept_or_made() {
+        let mut h = HeaderMap::new();
+        let made = traceparent(&h);
+        let p: Vec<&str> = made.split('-').collect();
+        assert_eq!((p.len(), p[0], p[1].len(), p[2].len()), (4, "00", 32, 16));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", tp.parse().unwrap());
+        assert_eq!(traceparent(&h), tp);
     }
 }

@@ -24,3 +24,19 @@ pub const MAX_DATA_CHUNK: usize = 10 * 1024;
 
 /// Full gRPC service name (no package).
 pub const SERVICE_NAME: &str = "RunnerProtocol";
+
+/// ferrofn's additions to the Engage protocol, carried in fields Fn already has (`TryCall.extensions`,
+/// `RunnerStatus.customStatus`), so that a Go LB or runner ignores them (decisions.md (2)).
+pub mod ext {
+    /// TryCall extension with which an LB asks the runner to acknowledge acceptance (a zero-length
+    /// DataFrame once the call holds a slot) before it streams the body; value [`ON`].
+    pub const ACCEPT_ACK: &str = "ferrofn-accept-ack";
+    /// The value that switches an extension on.
+    pub const ON: &str = "1";
+    /// `RunnerStatus.customStatus` key listing the runner's capabilities, comma separated.
+    pub const CAPABILITIES_KEY: &str = "ferrofn-capabilities";
+    /// Capability: the runner honours [`ACCEPT_ACK`].
+    pub const CAPABILITY_ACCEPT_ACK: &str = "accept-ack";
+    /// `RunnerStatus.customStatus` key with the runner's version.
+    pub const VERSION_KEY: &str = "ferrofn-version";
+}

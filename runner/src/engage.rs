@@ -21,16 +21,6 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::agent::{Agent, PreparedCall, Slot};
 use crate::fdk::{FdkError, FdkRequest};
 
-/// TryCall extension with which an LB asks for the accept acknowledgement.
-pub const EXT_ACCEPT_ACK: &str = "ferrofn-accept-ack";
-/// `RunnerStatus.customStatus` key listing this runner's capabilities (comma-separated), as the
-/// ferrofn LB reads it.
-pub const CAPABILITIES_KEY: &str = "ferrofn-capabilities";
-/// Capability: the runner acknowledges acceptance (a zero-length DataFrame) when asked.
-pub const CAPABILITY_ACCEPT_ACK: &str = "accept-ack";
-/// `RunnerStatus.customStatus` key with the runner's version.
-pub const VERSION_KEY: &str = "ferrofn-version";
-
 /// Body chunks buffered between the gRPC stream and the function (the back-pressure window). 64
 /// was measured (BENCHMARKS.md): no faster in release and a higher RSS, so it stays small.
 const BODY_WINDOW: usize = 4;
@@ -299,7 +289,10 @@ async fn handle_try(
                 return (finished(&call_id, &image, &r, &times), outcome_label(&r));
             }
         };
-        let want_ack = try_call.extensions.get(EXT_ACCEPT_ACK).is_some_and(|v| v == "1");
+        let want_ack = try_call
+            .extensions
+            .get(ferrofn_proto::ext::ACCEPT_ACK)
+            .is_some_and(|v| v == ferrofn_proto::ext::ON);
         let r = run_call(ctx, &call, inbound, tx, want_ack, traceparent, &mut times).await;
         if let Err(e) = &r {
             info!(code = e.code(), error = e.message(), "call failed");
@@ -578,6 +571,34 @@ async fn exchange(
         return Err(Exchange::Fn(FnError::premature_write(), false));
     }
     let gone = || Exchange::Fn(FnError::internal(), true);
+    // With FN_MAX_RESPONSE_SIZE set, an answer over it must be Fn's 502, never a cut body: so the
+    // relay starts only once the answer is known to fit. A declared length is checked at once; an
+    // undeclared one is held (up to the limit, so memory stays bounded by it) until it ends.
+    let limit = resp.max_body();
+    let mut held = Vec::new();
+    let mut complete = false;
+    if limit > 0 && !detached {
+        match resp.content_length() {
+            Some(n) if n > limit => {
+                slot.fdk().reset();
+                return Err(fdk_error(FdkError::BodyTooBig { max: limit }));
+            }
+            Some(_) => {}
+            None => loop {
+                match resp.next_chunk().await {
+                    Ok(Some(c)) => held.push(c),
+                    Ok(None) => {
+                        complete = true;
+                        break;
+                    }
+                    Err(e) => {
+                        slot.fdk().reset();
+                        return Err(fdk_error(e));
+                    }
+                }
+            },
+        }
+    }
     if !detached {
         let headers = resp
             .headers
@@ -597,8 +618,15 @@ async fn exchange(
             .await
             .map_err(|_| gone())?;
     }
+    let mut held = held.into_iter();
     loop {
-        let chunk = match resp.next_chunk().await {
+        let next = match held.next() {
+            Some(c) => Ok(Some(c)),
+            None if complete => Ok(None),
+            None => resp.next_chunk().await,
+        };
+        let chunk = match next {
+            Ok(Some(_)) if detached => continue,
             Ok(Some(c)) => c,
             Ok(None) => {
                 if duplex == Duplex::Full && !*eof_seen.borrow() {
@@ -614,9 +642,6 @@ async fn exchange(
                 return Err(fdk_error(e));
             }
         };
-        if detached {
-            continue;
-        }
         for piece in ferrofn_common::frames::chunks(chunk) {
             let frame = DataFrame {
                 data: piece,

@@ -137,6 +137,16 @@ pub struct FdkResponse {
 }
 
 impl FdkResponse {
+    /// The body's length when the function declared it (`Content-Length`).
+    pub fn content_length(&self) -> Option<u64> {
+        hyper::body::Body::size_hint(&self.body).exact()
+    }
+
+    /// `FN_MAX_RESPONSE_SIZE` (0 = unlimited).
+    pub fn max_body(&self) -> u64 {
+        self.max_body
+    }
+
     /// Next body chunk; `None` at the end; an error past `FN_MAX_RESPONSE_SIZE`.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, FdkError> {
         loop {

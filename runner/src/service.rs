@@ -568,7 +568,7 @@ mod tests {
         assert_eq!(
             status
                 .custom_status
-                .get(crate::engage::CAPABILITIES_KEY)
+                .get(ferrofn_proto::ext::CAPABILITIES_KEY)
                 .map(String::as_str),
             Some("accept-ack")
         );

@@ -14,8 +14,9 @@ use ferrofn_proto::RunnerStatus;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::agent::Agent;
-use crate::engage::{CAPABILITIES_KEY, CAPABILITY_ACCEPT_ACK, Counters, VERSION_KEY};
+use crate::engage::Counters;
 use crate::fdk::{FdkError, FdkRequest};
+use ferrofn_proto::ext::{CAPABILITIES_KEY, CAPABILITY_ACCEPT_ACK, VERSION_KEY};
 
 /// How long a status result is served from the cache (Fn: idle 1 s + 500 ms).
 pub const CACHE_DURATION: Duration = Duration::from_millis(1500);

@@ -84,6 +84,15 @@ struct Stack {
 
 impl Stack {
     async fn start(env_a: &[(&str, &str)], env_b: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(env_a, env_b, &[]).await
+    }
+
+    /// As [`Stack::start`], with extra LB settings.
+    async fn start_with(
+        env_a: &[(&str, &str)],
+        env_b: &[(&str, &str)],
+        lb_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let docker = ferrofn_tests::docker::connect().await?;
         ensure_image(&docker, FnImage::Testfn).await?;
         ferrofn_common::tls::install_crypto_provider();
@@ -108,22 +117,20 @@ impl Stack {
             lb_tls.key.display().to_string(),
         );
         let max = MAX_REQUEST.to_string();
-        let lb = LbBinary::start(
-            &[],
-            &[
-                ("FN_RUNNER_ADDRESSES", addrs.as_str()),
-                ("FN_DB_URL", db_url.as_str()),
-                ("FN_PLACER", "ch"),
-                ("FN_HEALTH_INTERVAL_MSECS", "200"),
-                ("FN_MAX_REQUEST_SIZE", max.as_str()),
-                ("FN_TLS_CA", ca.as_str()),
-                ("FN_TLS_CERT", cert.as_str()),
-                ("FN_TLS_KEY", key.as_str()),
-                ("RUST_LOG", "info,ferrofn_lb=debug"),
-                ("NO_COLOR", "1"),
-            ],
-        )
-        .await?;
+        let mut env = lb_env.to_vec();
+        env.extend_from_slice(&[
+            ("FN_RUNNER_ADDRESSES", addrs.as_str()),
+            ("FN_DB_URL", db_url.as_str()),
+            ("FN_PLACER", "ch"),
+            ("FN_HEALTH_INTERVAL_MSECS", "200"),
+            ("FN_MAX_REQUEST_SIZE", max.as_str()),
+            ("FN_TLS_CA", ca.as_str()),
+            ("FN_TLS_CERT", cert.as_str()),
+            ("FN_TLS_KEY", key.as_str()),
+            ("RUST_LOG", "info,ferrofn_lb=debug"),
+            ("NO_COLOR", "1"),
+        ]);
+        let lb = LbBinary::start(&[], &env).await?;
         let stack = Stack {
             docker,
             specs,
@@ -711,5 +718,49 @@ async fn nack_fail_over_and_killed_runner_routed_around() -> Result<()> {
     assert_eq!(stack.calls(0, "ok").await?, 1.0, "the restarted a served x");
     assert_eq!(stack.calls(1, "ok").await?, 4.0, "b did not");
 
+    stack.finish().await
+}
+
+/// Issue 10 (6): with `FN_MAX_RESPONSE_SIZE` on the runners, a response over it is Fn's 502 through
+/// the streaming LB, never a 200 with a cut body, whether the function declares its length or not,
+/// and even with a response head buffer far smaller than the response; responses that fit stream
+/// through whole.
+#[tokio::test]
+async fn response_over_the_runner_limit_is_an_error_never_a_cut_body() -> Result<()> {
+    const LIMIT: usize = 256 * 1024;
+    let limit = LIMIT.to_string();
+    let runner_env = [("FN_MAX_RESPONSE_SIZE", limit.as_str())];
+    let stack = Stack::start_with(&runner_env, &runner_env, &[("FN_RESPONSE_HEAD_BYTES", "1024")]).await?;
+    let app = stack.app("limits").await?;
+    let f = stack.function(&app, "big", 30).await?;
+    let path = format!("/invoke/{f}");
+    let too_large = json!({"message": "function response body too large"});
+    // Echo: the answer streams with no declared length (chunked) and is as long as the request.
+    for (len, fits) in [(LIMIT / 2, true), (2 * LIMIT, false)] {
+        let mut body = br#"{"echoBody":true}"#.to_vec();
+        body.resize(len, b'x');
+        let r = stack.post(&path, &[], body.clone()).await?;
+        if fits {
+            assert_eq!(r.status, 200, "echo of {len}: {}", r.text());
+            assert!(r.body == body, "echo of {len} came back whole");
+        } else {
+            assert_eq!((r.status, r.json()), (502, too_large.clone()), "echo of {len}");
+        }
+    }
+    // A declared length (testfn's responseSize sends Content-Length).
+    for (len, fits) in [(LIMIT, true), (LIMIT + 1, false)] {
+        let r = stack
+            .post(&path, &[], knobs(json!({"responseSize": len})))
+            .await?;
+        if fits {
+            assert_eq!((r.status, r.body.len()), (200, len), "responseSize {len}");
+        } else {
+            assert_eq!(
+                (r.status, r.json()),
+                (502, too_large.clone()),
+                "responseSize {len}"
+            );
+        }
+    }
     stack.finish().await
 }

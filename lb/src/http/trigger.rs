@@ -11,8 +11,9 @@ use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
 use ferrofn_common::models::TRIGGER_TYPE_HTTP;
 
-use super::invoke::{run_call, with_call_id};
+use super::invoke::with_call_id;
 use super::{ApiError, SharedState, error_response, full_url};
+use crate::call::run_call;
 use crate::call::{CallRequest, trigger_headers};
 use crate::engage::CallResponse;
 

@@ -16,11 +16,7 @@ use ferrofn_proto::health::health_client::HealthClient;
 
 use super::{Runner, RunnerPool, RunnerState};
 
-/// `customStatus` key listing a ferrofn runner's capabilities (comma-separated).
-pub const CAPABILITIES_KEY: &str = "ferrofn-capabilities";
-/// The capability: the runner acknowledges acceptance with a zero-length data frame when the
-/// TryCall carries the [`crate::engage::ACCEPT_ACK_EXTENSION`] extension.
-pub const ACCEPT_ACK_CAPABILITY: &str = "accept-ack";
+use ferrofn_proto::ext::{ACCEPT_ACK, CAPABILITIES_KEY, CAPABILITY_ACCEPT_ACK};
 
 /// Default probe period.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -33,10 +29,10 @@ pub fn advertises_accept_ack(status: &RunnerStatus) -> bool {
     let listed = status
         .custom_status
         .get(CAPABILITIES_KEY)
-        .is_some_and(|caps| caps.split(',').any(|c| c.trim() == ACCEPT_ACK_CAPABILITY));
+        .is_some_and(|caps| caps.split(',').any(|c| c.trim() == CAPABILITY_ACCEPT_ACK));
     let flag = status
         .custom_status
-        .get(crate::engage::ACCEPT_ACK_EXTENSION)
+        .get(ACCEPT_ACK)
         .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     listed || flag
 }

@@ -238,14 +238,6 @@ impl RunnerPool {
             }
         }
     }
-
-    /// True when every up runner can acknowledge acceptance (so the body need not be buffered for
-    /// replay). False for an empty pool.
-    pub fn all_support_accept_ack(&self) -> bool {
-        let rs = self.runners();
-        let mut up = rs.iter().filter(|r| r.state() == RunnerState::Up).peekable();
-        up.peek().is_some() && up.all(|r| r.supports_accept_ack())
-    }
 }
 
 #[cfg(test)]
@@ -288,9 +280,8 @@ mod tests {
         assert!(Arc::ptr_eq(&after[0], &rs[1]), "kept runner keeps its state");
         assert_eq!(after[0].state(), RunnerState::Draining);
         assert_eq!(after[1].addr(), "127.0.0.1:3");
-        assert!(!pool.all_support_accept_ack());
         after[1].set_accept_ack(true);
-        assert!(pool.all_support_accept_ack(), "only up runners count");
+        assert!(after[1].supports_accept_ack());
     }
 
     #[tokio::test]

@@ -1,14 +1,24 @@
-//! The client side of Engage: one attempt on one runner. It sends the TryCall and the body in
-//! frames of at most 10 KiB, classifies the runner's answer (NACK, or an open that failed before the
-//! TryCall left the LB -> try the next runner; anything after commitment is final), bounds a
-//! committed sync call by its deadline and turns the result into an HTTP response.
+//! The client side of Engage: one attempt on one runner. It opens the stream with the TryCall,
+//! classifies what happens before the runner accepts the call (a NACK, a failed connect, a lost
+//! connection -> try again; anything after acceptance is final), bounds a committed sync call by its
+//! deadline and turns the runner's answer into an HTTP response through one finish path.
 //!
-//! Two modes. With Fn runners (or a mixed pool) the body is buffered for replay and the response is
-//! buffered until the call ends, as Fn does. When every runner advertises the accept-ack capability,
-//! the LB asks for the ack (extension `ferrofn-accept-ack=1`), holds the body back until the runner's
-//! zero-length data frame says the call has started, then streams the body in and the response out
-//! through bounded buffers; only a head of [`HEAD_BUFFER`] bytes is held so short responses still get
-//! exact error statuses.
+//! Two modes, chosen per attempt in one place ([`body_mode`]):
+//! - [`buffered`]: Fn's. The body is held in memory and sent optimistically behind the TryCall (so
+//!   it can be replayed after a NACK); the response is held until CallFinished. Used with Fn runners,
+//!   and for detached calls, whose body must not depend on the client connection once answered.
+//! - [`streaming`]: with runners that advertise the accept-ack capability, the LB asks for the ack
+//!   (TryCall extension [`ferrofn_proto::ext::ACCEPT_ACK`]), sends the body only once the runner
+//!   says the call holds a slot, and streams both ways through bounded buffers; a head of
+//!   [`HEAD_BUFFER`] bytes is held so that short responses still get exact error statuses.
+//!
+//! Streams are ended, not reset: the LB half-closes its side after the body (or at once when the
+//! call ends early), and a finished call's stream is read to its trailers ([`RunnerStream`]); only a
+//! cancelled call (the client went away) resets its stream, which is how the cancel reaches the
+//! runner.
+
+mod buffered;
+mod streaming;
 
 use std::collections::HashMap;
 use std::error::Error as _;
@@ -19,14 +29,13 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
 use ferrofn_common::error::FnError;
-use ferrofn_common::frames::chunks;
 use ferrofn_proto::{
     CallFinished, CallResultStart, ClientMsg, DataFrame, RunnerMsg, TryCall, call_result_start, client_msg,
     runner_msg,
@@ -35,16 +44,14 @@ use ferrofn_proto::{
 use crate::placer::Attempt;
 use crate::pool::{InFlight, Runner, RunnerState};
 
-/// TryCall extension asking a ferrofn runner to acknowledge acceptance before the body is sent.
-pub const ACCEPT_ACK_EXTENSION: &str = "ferrofn-accept-ack";
 /// Default response bytes held before the LB commits to a status and starts streaming (ack mode).
 pub const HEAD_BUFFER: usize = 64 * 1024;
 /// Frames queued towards the runner or the client: with 10 KiB frames, a bounded window. 64 was
 /// measured (BENCHMARKS.md): no faster in release and a higher RSS, so the window stays small.
-const WINDOW_FRAMES: usize = 4;
+pub(crate) const WINDOW_FRAMES: usize = 4;
 
 /// Fn's text for a stream that ended without CallFinished (logs and metrics).
-const NO_EOF: &str = "Purerunner missing EOF response";
+pub(crate) const NO_EOF: &str = "Purerunner missing EOF response";
 /// Default margin added to a sync call's fn timeout for its deadline on the LB (queueing for a slot,
 /// cold start, image pull).
 pub const DEFAULT_SYNC_DEADLINE_MARGIN: Duration = Duration::from_secs(30);
@@ -98,7 +105,7 @@ pub struct CallResponse {
     pub body: Body,
 }
 
-fn internal(what: &str, runner: &Runner, detail: impl std::fmt::Display) -> FnError {
+pub(crate) fn internal(what: &str, runner: &Runner, detail: impl std::fmt::Display) -> FnError {
     tracing::warn!(runner = %runner.addr(), error = %detail, "{what}");
     metrics::counter!("lb_engage_errors_total", "stage" => what.to_owned()).increment(1);
     FnError::internal()
@@ -114,7 +121,7 @@ pub const NO_RESULT: &str = "runner ended the call without a result";
 
 /// 502 for a committed call the runner side broke off: the stream failed (transport error, or an
 /// error status instead of CallFinished) or ended without a result.
-fn upstream_failure(
+pub(crate) fn upstream_failure(
     stage: &str,
     runner: &Runner,
     detail: impl std::fmt::Display,
@@ -128,7 +135,7 @@ fn upstream_failure(
 
 /// A broken committed stream: 502. A transport failure is a lost connection; a status the runner
 /// sent instead of CallFinished is passed on in the message.
-fn stream_broken(stage: &str, runner: &Runner, s: &tonic::Status) -> FnError {
+pub(crate) fn stream_broken(stage: &str, runner: &Runner, s: &tonic::Status) -> FnError {
     match s.source() {
         Some(src) => upstream_failure(stage, runner, format!("{s} ({src})"), CONNECTION_LOST),
         None => upstream_failure(
@@ -141,7 +148,7 @@ fn stream_broken(stage: &str, runner: &Runner, s: &tonic::Status) -> FnError {
 }
 
 /// 504 for a committed sync call the runner did not finish within its deadline.
-fn deadline_passed(runner: &Runner, call: &EngageCall) -> FnError {
+pub(crate) fn deadline_passed(runner: &Runner, call: &EngageCall) -> FnError {
     let bound = call.sync_deadline.unwrap_or_default();
     tracing::warn!(runner = %runner.addr(), ?bound, "runner did not finish the call within its deadline");
     metrics::counter!("lb_engage_errors_total", "stage" => "deadline").increment(1);
@@ -237,7 +244,7 @@ pub fn classify_open_failure(s: &tonic::Status, try_sent: bool, ack_mode: bool) 
 /// and sends GOAWAY at 1024 per connection). Before CallFinished, dropping it resets the stream:
 /// that is how a client's cancel reaches the runner.
 #[derive(Debug)]
-struct RunnerStream {
+pub(crate) struct RunnerStream {
     inner: Option<tonic::Streaming<RunnerMsg>>,
     finished: bool,
 }
@@ -246,14 +253,14 @@ struct RunnerStream {
 const TRAILERS_LIMIT: Duration = Duration::from_secs(10);
 
 impl RunnerStream {
-    fn new(s: tonic::Streaming<RunnerMsg>) -> Self {
+    pub(crate) fn new(s: tonic::Streaming<RunnerMsg>) -> Self {
         Self {
             inner: Some(s),
             finished: false,
         }
     }
 
-    async fn message(&mut self) -> Result<Option<RunnerMsg>, tonic::Status> {
+    pub(crate) async fn message(&mut self) -> Result<Option<RunnerMsg>, tonic::Status> {
         let Some(s) = self.inner.as_mut() else {
             return Ok(None);
         };
@@ -288,7 +295,7 @@ impl Drop for RunnerStream {
 
 /// A failed receive on an Engage stream.
 #[derive(Debug)]
-enum RecvFailure {
+pub(crate) enum RecvFailure {
     /// The stream broke: a transport error or an error status from the runner.
     Status(tonic::Status),
     /// The sync call's deadline passed.
@@ -296,7 +303,7 @@ enum RecvFailure {
 }
 
 /// The next runner message, bounded by the call's deadline.
-async fn recv(
+pub(crate) async fn recv(
     stream: &mut RunnerStream,
     deadline: Option<Instant>,
 ) -> Result<Option<RunnerMsg>, RecvFailure> {
@@ -310,7 +317,7 @@ async fn recv(
 }
 
 /// The final error of a committed call whose receive failed.
-fn recv_failed(stage: &str, runner: &Runner, call: &EngageCall, f: RecvFailure) -> FnError {
+pub(crate) fn recv_failed(stage: &str, runner: &Runner, call: &EngageCall, f: RecvFailure) -> FnError {
     match f {
         RecvFailure::Status(s) => stream_broken(stage, runner, &s),
         RecvFailure::Deadline => deadline_passed(runner, call),
@@ -328,7 +335,7 @@ fn finished_error(f: &CallFinished) -> FnError {
     FnError::from_code(f.error_code, f.error_str.clone()).with_user_error(f.error_user)
 }
 
-fn data_msg(data: Bytes, eof: bool) -> ClientMsg {
+pub(crate) fn data_msg(data: Bytes, eof: bool) -> ClientMsg {
     ClientMsg {
         body: Some(client_msg::Body::Data(DataFrame { data, eof })),
     }
@@ -351,6 +358,35 @@ pub async fn read_limited(body: Body, max: u64) -> Result<Bytes, FnError> {
     Ok(buf.freeze())
 }
 
+/// How one attempt talks to its runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Fn's: body in memory, sent behind the TryCall, response held until the end.
+    Buffered,
+    /// Accept-ack: body streamed after the runner's ack, response streamed after its head.
+    Streaming,
+}
+
+/// The stream-or-buffer decision, the only one: streaming needs the runner's accept-ack capability;
+/// a detached call is buffered (once answered 202 it must not depend on the client connection,
+/// which a body still being read from that connection would); everything else streams. A body
+/// that must be buffered is read here (413 past `max_request`), once: later attempts replay it.
+async fn body_mode(runner: &Runner, call: &EngageCall) -> Result<Mode, FnError> {
+    let mut body = call.body.lock().await;
+    let buffer = call.detached || !runner.supports_accept_ack();
+    if buffer && matches!(*body, BodyState::Stream(_)) {
+        let BodyState::Stream(b) = std::mem::replace(&mut *body, BodyState::Taken) else {
+            unreachable!("checked above")
+        };
+        *body = BodyState::Buffered(read_limited(b, call.max_request).await?);
+    }
+    match &*body {
+        BodyState::Taken => Err(internal("body already consumed", runner, "no replay")),
+        _ if runner.supports_accept_ack() => Ok(Mode::Streaming),
+        _ => Ok(Mode::Buffered),
+    }
+}
+
 /// Runs one attempt of `call` on `runner`.
 pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallResponse, FnError> {
     let in_flight = runner.begin_call();
@@ -359,32 +395,19 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
         .sync_deadline
         .filter(|_| !call.detached)
         .map(|d| Instant::now() + d);
-    // Ack mode needs the runner's capability; a body already buffered is simply replayed.
-    let mut ack_mode = false;
-    {
-        let mut body = call.body.lock().await;
-        if matches!(*body, BodyState::Stream(_)) {
-            if runner.supports_accept_ack() {
-                ack_mode = true;
-            } else {
-                // The pool changed under us: fall back to Fn's buffering for this call.
-                let BodyState::Stream(b) = std::mem::replace(&mut *body, BodyState::Taken) else {
-                    unreachable!("checked above")
-                };
-                match read_limited(b, call.max_request).await {
-                    Ok(bytes) => *body = BodyState::Buffered(bytes),
-                    Err(e) => return Attempt::Placed(Err(e)),
-                }
-            }
-        } else if matches!(*body, BodyState::Taken) {
-            return Attempt::Placed(Err(internal("body already consumed", &runner, "no replay")));
-        }
-    }
+    let mode = match body_mode(&runner, call).await {
+        Ok(m) => m,
+        Err(e) => return Attempt::Placed(Err(e)),
+    };
+    let ack_mode = mode == Mode::Streaming;
 
     let (tx, rx) = mpsc::channel::<ClientMsg>(WINDOW_FRAMES);
     let mut extensions = HashMap::new();
     if ack_mode {
-        extensions.insert(ACCEPT_ACK_EXTENSION.to_owned(), "1".to_owned());
+        extensions.insert(
+            ferrofn_proto::ext::ACCEPT_ACK.to_owned(),
+            ferrofn_proto::ext::ON.to_owned(),
+        );
     }
     let try_msg = ClientMsg {
         body: Some(client_msg::Body::Try(TryCall {
@@ -418,26 +441,12 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
         req.set_timeout(call.detached_deadline);
     }
 
-    // Fn mode: the body goes out at once, optimistically, while we wait for the answer.
-    let sender = if ack_mode {
-        None
-    } else {
-        let bytes = match &*call.body.lock().await {
-            BodyState::Buffered(b) => b.clone(),
-            _ => Bytes::new(),
-        };
-        let tx = tx.clone();
-        Some(tokio::spawn(async move {
-            for chunk in chunks(bytes) {
-                if tx.send(data_msg(chunk, false)).await.is_err() {
-                    return;
-                }
-            }
-            let _ = tx.send(data_msg(Bytes::new(), true)).await;
-        }))
+    // Fn mode: the body goes out at once, optimistically, while we wait for the answer; the sender
+    // is aborted (and the LB's side closed) if the attempt ends first.
+    let sender = match mode {
+        Mode::Buffered => Some(buffered::send_body(call, tx.clone()).await),
+        Mode::Streaming => None,
     };
-    // Abort the buffered sender if this attempt ends early (NACK, error).
-    let mut sender_guard = sender.map(AbortOnDrop);
 
     let mut client = runner.client();
     // An Fn runner sends its response headers only with its first message, so for a sync call the
@@ -456,7 +465,7 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
         },
         None => client.engage(req).await,
     };
-    let mut stream = match opened {
+    let stream = match opened {
         Ok(resp) => RunnerStream::new(resp.into_inner()),
         Err(s) => {
             let sent = try_sent.load(Ordering::Acquire);
@@ -482,80 +491,29 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
             };
         }
     };
-
-    if ack_mode {
-        return ack_flow(runner, call, tx, stream, in_flight, deadline).await;
-    }
-    drop(tx);
-
-    // Fn mode: buffer everything until CallFinished and the end of the stream.
-    let mut status = 0_u16;
-    let mut headers = Vec::new();
-    let mut started = false;
-    let mut body = BytesMut::new();
-    loop {
-        let msg = match recv(&mut stream, deadline).await {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                return Attempt::Placed(Err(upstream_failure(
-                    "engage receive",
-                    &runner,
-                    NO_EOF,
-                    NO_RESULT,
-                )));
-            }
-            Err(RecvFailure::Status(s)) if !started && status_is_too_busy(&s) => return nack(&runner),
-            // HTTP/2 says the runner never processed the stream: place the call again.
-            Err(RecvFailure::Status(s)) if !started && unprocessed_by_runner(&s) => {
-                return connection_lost(&runner, &s);
-            }
-            Err(f) => return Attempt::Placed(Err(recv_failed("engage receive", &runner, call, f))),
-        };
-        match msg.body {
-            Some(runner_msg::Body::ResultStart(rs)) => {
-                apply_result_start(rs, &mut status, &mut headers);
-                if call.detached && !started {
-                    // The body may still be on its way (Fn acks when the call gets a slot, before
-                    // the function has read its input): the sender lives on with the stream.
-                    let sender = sender_guard.take();
-                    return detached_ack(sender, stream, in_flight, runner, status, headers);
-                }
-                started = true;
-            }
-            Some(runner_msg::Body::Data(d)) => {
-                started = true;
-                if !call.detached {
-                    body.extend_from_slice(&d.data);
-                }
-            }
-            Some(runner_msg::Body::Finished(f)) => {
-                record_finished(&f);
-                if !f.success {
-                    let err = finished_error(&f);
-                    if err.is_nack() && !started {
-                        return nack(&runner);
-                    }
-                    return Attempt::Placed(Err(err));
-                }
-                // Fn reads on to the end of the stream; extra messages are a protocol error.
-                match recv(&mut stream, deadline).await {
-                    Ok(None) | Err(_) => {}
-                    Ok(Some(_)) => return Attempt::Placed(Err(internal(NO_EOF, &runner, "extra message"))),
-                }
-                let status = if status == 0 {
-                    if call.detached { 202 } else { 200 }
-                } else {
-                    status
-                };
-                return Attempt::Placed(Ok(CallResponse {
-                    status,
-                    headers,
-                    body: Body::from(body.freeze()),
-                }));
-            }
-            None => tracing::debug!(runner = %runner.addr(), "ignoring an empty runner message"),
+    let attempt = Engaged {
+        runner,
+        call,
+        stream,
+        in_flight,
+        deadline,
+    };
+    match (mode, sender) {
+        (Mode::Streaming, _) => streaming::run(attempt, tx).await,
+        (Mode::Buffered, sender) => {
+            drop(tx);
+            buffered::run(attempt, sender).await
         }
     }
+}
+
+/// An attempt whose stream is open.
+pub(crate) struct Engaged<'a> {
+    runner: Arc<Runner>,
+    call: &'a EngageCall,
+    stream: RunnerStream,
+    in_flight: InFlight,
+    deadline: Option<Instant>,
 }
 
 /// The connection to `runner` was lost before the call was accepted: place it again. The runner
@@ -583,7 +541,7 @@ fn record_finished(f: &CallFinished) {
 }
 
 /// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -591,39 +549,84 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// After a detached ack the stream must stay open until the function ends (closing it would cancel
-/// the call on the runner).
-/// Applies a runner's ResultStart to the response being built: its status when > 0 (as Fn's LB
-/// does) and its headers, one entry per value.
-fn apply_result_start(rs: CallResultStart, status: &mut u16, headers: &mut Vec<(String, String)>) {
-    if let Some(call_result_start::Meta::Http(h)) = rs.meta {
-        if h.status_code > 0 {
-            *status = u16::try_from(h.status_code).unwrap_or(500);
+/// Status and headers of the response being built from the runner's ResultStart.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseHead {
+    /// The runner's status (0: none given yet).
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    /// Applies a ResultStart: its status when > 0 (as Fn's LB does) and its headers, one entry per
+    /// value.
+    fn apply(&mut self, rs: CallResultStart) {
+        if let Some(call_result_start::Meta::Http(h)) = rs.meta {
+            if h.status_code > 0 {
+                self.status = u16::try_from(h.status_code).unwrap_or(500);
+            }
+            self.headers
+                .extend(h.headers.into_iter().map(|hh| (hh.key, hh.value)));
         }
-        headers.extend(h.headers.into_iter().map(|hh| (hh.key, hh.value)));
     }
+
+    /// The response with `body`: the runner's status, else 202 for a detached call, else 200.
+    fn respond(self, detached: bool, body: Body) -> CallResponse {
+        let status = match self.status {
+            0 if detached => 202,
+            0 => 200,
+            s => s,
+        };
+        CallResponse {
+            status,
+            headers: self.headers,
+            body,
+        }
+    }
+}
+
+/// The one finish path, for both modes: the runner's CallFinished turns what was received into the
+/// call's answer. A failure before anything started that is Fn's "too busy" is a NACK (try the next
+/// runner); any other failure is final with the runner's code; success answers `head` and `body`.
+fn finish(
+    runner: &Runner,
+    f: &CallFinished,
+    started: bool,
+    head: ResponseHead,
+    detached: bool,
+    body: Body,
+) -> Attempt<CallResponse, FnError> {
+    record_finished(f);
+    if !f.success {
+        let err = finished_error(f);
+        if err.is_nack() && !started {
+            return nack(runner);
+        }
+        return Attempt::Placed(Err(err));
+    }
+    Attempt::Placed(Ok(head.respond(detached, body)))
 }
 
 /// A detached call's ack (the runner's first ResultStart): answers the client now (202 unless the
 /// runner gave a status) and lets the call run to its end in the background, keeping `guard` (what
-/// still feeds the request body) alive with the stream.
+/// still feeds the request body) alive with the stream. Nothing of it depends on the client
+/// connection any more: the body comes from memory (see [`body_mode`]).
 fn detached_ack<G: Send + 'static>(
     guard: G,
-    stream: RunnerStream,
-    in_flight: InFlight,
-    runner: Arc<Runner>,
-    status: u16,
-    headers: Vec<(String, String)>,
+    attempt: Engaged<'_>,
+    head: ResponseHead,
 ) -> Attempt<CallResponse, FnError> {
+    let Engaged {
+        runner,
+        stream,
+        in_flight,
+        ..
+    } = attempt;
     tokio::spawn(async move {
         let _guard = guard;
         drain_detached(stream, in_flight, runner).await;
     });
-    Attempt::Placed(Ok(CallResponse {
-        status: if status == 0 { 202 } else { status },
-        headers,
-        body: Body::empty(),
-    }))
+    Attempt::Placed(Ok(head.respond(true, Body::empty())))
 }
 
 async fn drain_detached(mut stream: RunnerStream, _in_flight: InFlight, runner: Arc<Runner>) {
@@ -644,257 +647,6 @@ async fn drain_detached(mut stream: RunnerStream, _in_flight: InFlight, runner: 
                 tracing::info!(runner = %runner.addr(), error = %s, "detached call stream ended with an error");
                 return;
             }
-        }
-    }
-}
-
-/// Pumps the client body to the runner in frames, stopping at `max` bytes (0 = unlimited) with an
-/// error on `over`.
-async fn pump_body(body: Body, tx: mpsc::Sender<ClientMsg>, max: u64, over: oneshot::Sender<FnError>) {
-    let mut stream = body.into_data_stream();
-    let mut total = 0_u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "client body read failed");
-                let _ = over.send(FnError::internal());
-                return;
-            }
-        };
-        total += chunk.len() as u64;
-        if max > 0 && total > max {
-            let _ = over.send(FnError::request_too_large(total, max));
-            return;
-        }
-        for piece in chunks(chunk) {
-            if tx.send(data_msg(piece, false)).await.is_err() {
-                return;
-            }
-        }
-    }
-    let _ = tx.send(data_msg(Bytes::new(), true)).await;
-}
-
-/// Takes the body for the committed attempt.
-async fn take_body(call: &EngageCall) -> Body {
-    match std::mem::replace(&mut *call.body.lock().await, BodyState::Taken) {
-        BodyState::Stream(b) => b,
-        BodyState::Buffered(b) => Body::from(b),
-        BodyState::Taken => Body::empty(),
-    }
-}
-
-async fn ack_flow(
-    runner: Arc<Runner>,
-    call: &EngageCall,
-    tx: mpsc::Sender<ClientMsg>,
-    mut stream: RunnerStream,
-    in_flight: InFlight,
-    deadline: Option<Instant>,
-) -> Attempt<CallResponse, FnError> {
-    // 1. Wait for the ack (a zero-length data frame) or a refusal.
-    match recv(&mut stream, deadline).await {
-        Ok(Some(RunnerMsg {
-            body: Some(runner_msg::Body::Data(d)),
-        })) if d.data.is_empty() => {}
-        Ok(Some(RunnerMsg {
-            body: Some(runner_msg::Body::Finished(f)),
-        })) => {
-            record_finished(&f);
-            let err = if f.success {
-                internal("ack", &runner, "finished before ack")
-            } else {
-                finished_error(&f)
-            };
-            if err.is_nack() {
-                return nack(&runner);
-            }
-            return Attempt::Placed(Err(err));
-        }
-        // A detached call's 202 result start is its acceptance ack (the runner sends it once the
-        // call holds a slot): stream the body in and answer 202 now.
-        Ok(Some(RunnerMsg {
-            body: Some(runner_msg::Body::ResultStart(rs)),
-        })) if call.detached => {
-            let (status, headers) = match rs.meta {
-                Some(call_result_start::Meta::Http(h)) => (
-                    u16::try_from(h.status_code)
-                        .ok()
-                        .filter(|s| *s > 0)
-                        .unwrap_or(202),
-                    h.headers.into_iter().map(|hh| (hh.key, hh.value)).collect(),
-                ),
-                None => (202, Vec::new()),
-            };
-            let body = take_body(call).await;
-            let (over_tx, _over_rx) = oneshot::channel();
-            let pump = AbortOnDrop(tokio::spawn(pump_body(body, tx, call.max_request, over_tx)));
-            tokio::spawn(async move {
-                let _pump = pump;
-                drain_detached(stream, in_flight, runner).await;
-            });
-            return Attempt::Placed(Ok(CallResponse {
-                status,
-                headers,
-                body: Body::empty(),
-            }));
-        }
-        Ok(Some(other)) => {
-            return Attempt::Placed(Err(internal(
-                "ack",
-                &runner,
-                format!("unexpected message before ack: {other:?}"),
-            )));
-        }
-        Ok(None) => {
-            return Attempt::Placed(Err(upstream_failure(
-                "ack",
-                &runner,
-                "stream ended before ack",
-                NO_RESULT,
-            )));
-        }
-        Err(RecvFailure::Status(s)) if status_is_too_busy(&s) => return nack(&runner),
-        // The connection broke before the ack: the runner never started the function.
-        Err(RecvFailure::Status(s)) if is_transport_failure(&s) => return connection_lost(&runner, &s),
-        Err(f) => return Attempt::Placed(Err(recv_failed("ack", &runner, call, f))),
-    }
-    // 2. Committed: the body streams in behind the ack.
-    let body = take_body(call).await;
-    let (over_tx, mut over_rx) = oneshot::channel();
-    let pump = AbortOnDrop(tokio::spawn(pump_body(body, tx, call.max_request, over_tx)));
-
-    // 3. Read the response head; stream the rest once the head buffer is full.
-    let mut status = 0_u16;
-    let mut headers = Vec::new();
-    let mut head = BytesMut::new();
-    let mut started = false;
-    let mut pump_running = true;
-    loop {
-        let msg = tokio::select! {
-            m = recv(&mut stream, deadline) => m,
-            r = &mut over_rx, if pump_running => match r {
-                Ok(err) => return Attempt::Placed(Err(err)),
-                // The pump finished the body normally.
-                Err(_) => {
-                    pump_running = false;
-                    continue;
-                }
-            },
-        };
-        let msg = match msg {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                return Attempt::Placed(Err(upstream_failure(
-                    "engage receive",
-                    &runner,
-                    NO_EOF,
-                    NO_RESULT,
-                )));
-            }
-            Err(f) => return Attempt::Placed(Err(recv_failed("engage receive", &runner, call, f))),
-        };
-        match msg.body {
-            Some(runner_msg::Body::ResultStart(rs)) => {
-                apply_result_start(rs, &mut status, &mut headers);
-                if call.detached && !started {
-                    return detached_ack(pump, stream, in_flight, runner, status, headers);
-                }
-                started = true;
-            }
-            Some(runner_msg::Body::Data(d)) => {
-                started = true;
-                if call.detached {
-                    continue;
-                }
-                head.extend_from_slice(&d.data);
-                if head.len() >= call.head_limit {
-                    let (btx, brx) = mpsc::channel::<Result<Bytes, std::io::Error>>(WINDOW_FRAMES);
-                    let head = head.freeze();
-                    tokio::spawn(stream_rest(
-                        stream,
-                        head,
-                        btx,
-                        pump,
-                        in_flight,
-                        runner.clone(),
-                        deadline,
-                    ));
-                    let status = if status == 0 { 200 } else { status };
-                    let body = Body::from_stream(ReceiverStream::new(brx));
-                    return Attempt::Placed(Ok(CallResponse {
-                        status,
-                        headers,
-                        body,
-                    }));
-                }
-            }
-            Some(runner_msg::Body::Finished(f)) => {
-                record_finished(&f);
-                if !f.success {
-                    return Attempt::Placed(Err(finished_error(&f)));
-                }
-                let status = if status == 0 {
-                    if call.detached { 202 } else { 200 }
-                } else {
-                    status
-                };
-                return Attempt::Placed(Ok(CallResponse {
-                    status,
-                    headers,
-                    body: Body::from(head.freeze()),
-                }));
-            }
-            None => {}
-        }
-    }
-}
-
-/// Forwards the rest of a streamed response. A late failure aborts the body (the client sees a
-/// truncated response instead of a status, which is the price of not buffering).
-async fn stream_rest(
-    mut stream: RunnerStream,
-    head: Bytes,
-    out: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    _pump: AbortOnDrop,
-    _in_flight: InFlight,
-    runner: Arc<Runner>,
-    deadline: Option<Instant>,
-) {
-    if out.send(Ok(head)).await.is_err() {
-        return; // client gone: dropping the stream cancels the call on the runner
-    }
-    loop {
-        let item = match recv(&mut stream, deadline).await {
-            Ok(Some(RunnerMsg {
-                body: Some(runner_msg::Body::Data(d)),
-            })) => Ok(d.data),
-            Ok(Some(RunnerMsg {
-                body: Some(runner_msg::Body::Finished(f)),
-            })) => {
-                record_finished(&f);
-                if f.success {
-                    return;
-                }
-                tracing::info!(runner = %runner.addr(), code = f.error_code, error = %f.error_str,
-                    "call failed after its response started streaming; aborting the body");
-                Err(std::io::Error::other(f.error_str))
-            }
-            Ok(Some(_)) => continue,
-            Ok(None) => Err(std::io::Error::other(NO_RESULT)),
-            Err(RecvFailure::Status(s)) => {
-                tracing::warn!(runner = %runner.addr(), error = %s, "{CONNECTION_LOST}; aborting the streamed body");
-                Err(std::io::Error::other(CONNECTION_LOST))
-            }
-            Err(RecvFailure::Deadline) => {
-                tracing::warn!(runner = %runner.addr(), "call deadline passed while streaming; aborting the body");
-                Err(std::io::Error::other("call deadline passed"))
-            }
-        };
-        let failed = item.is_err();
-        if out.send(item).await.is_err() || failed {
-            return;
         }
     }
 }
