@@ -415,7 +415,7 @@ async fn accept_ack_runner_gets_the_body_only_after_acking_and_streams_back() {
     .unwrap();
     let (lb, _app, f) = setup(&[&r], |_| {}).await;
     assert!(
-        lb.handle.pool.all_support_accept_ack(),
+        lb.handle.pool.runners()[0].supports_accept_ack(),
         "capability learnt from Status"
     );
     let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
