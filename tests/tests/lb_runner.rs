@@ -46,7 +46,7 @@ async fn finish(docker: &Docker, runner: RunnerProc, lb: LbProc) -> Result<()> {
 async fn invoke_trigger_and_detached_through_a_real_runner() -> Result<()> {
     let (docker, runner, lb, app, f) = setup(&[]).await?;
     assert!(
-        lb.handle.pool.all_support_accept_ack(),
+        lb.handle.pool.runners()[0].supports_accept_ack(),
         "the ferrofn runner advertises the accept ack"
     );
     let path = format!("/invoke/{}", f["id"].as_str().unwrap());
