@@ -359,12 +359,18 @@ async fn health_loop_skips_down_and_draining_runners_and_keeps_fn_runners() {
     })
     .await
     .unwrap();
-    let (lb, _app, f) = setup(&[&r], |_| {}).await;
-    // Down after the start-up probe: a 503 at once, no Engage attempted.
+    let (lb, _app, f) = setup(&[&r], |s| s.placer_timeout_ms = 600).await;
+    // Down after the start-up probe: the call waits for a runner to come up (Fn's placer loop),
+    // then answers 503 at the placer timeout, with no Engage attempted.
     let started = Instant::now();
     let resp = call("POST", &lb.url(&invoke_path(&f)), None).await.unwrap();
     assert_eq!(resp.status, 503);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(r.engaged(), 0);
     // Recovers, then drains: the pool follows (probe every 200 ms).
     r.set(|b| b.status_failed = false);
@@ -557,6 +563,7 @@ async fn mtls_to_runners_by_default() {
         s.tls.ca = lb_files.ca.clone();
         s.tls.cert = other_certs.lb.cert.clone();
         s.tls.key = other_certs.lb.key.clone();
+        s.placer_timeout_ms = 600;
     })
     .await;
     let resp = call("POST", &lb.url(&invoke_path(&f)), None).await.unwrap();
@@ -564,7 +571,11 @@ async fn mtls_to_runners_by_default() {
     assert_eq!(r.engaged(), 1, "only the mTLS call got through");
     // Plaintext to a TLS runner fails too.
     lb.stop().await;
-    let (lb, _app, f) = setup(&[&r], |s| s.plaintext = true).await;
+    let (lb, _app, f) = setup(&[&r], |s| {
+        s.plaintext = true;
+        s.placer_timeout_ms = 600;
+    })
+    .await;
     assert_eq!(
         call("POST", &lb.url(&invoke_path(&f)), None)
             .await

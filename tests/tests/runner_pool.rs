@@ -100,10 +100,11 @@ async fn memory_cap_nacks_then_serves_after_eviction() -> Result<()> {
         }
     })
     .await?;
-    // A third concurrent call of the same function: no room, nothing evictable -> NACK.
+    // A call of another function while both are busy: no room, nothing evictable, and no container
+    // of its own that could serve it -> NACK before any ResultStart.
     let mut client = runner.client().await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(3), &[], |_| {});
-    let r = engage(&mut client, &call, b"{}", EngageOpts::default()).await?;
+    let other = call_json(TESTFN_IMAGE, &fn_id(5), &[], |_| {});
+    let r = engage(&mut client, &other, b"{}", EngageOpts::default()).await?;
     let f = r.finished();
     assert_eq!(
         (f.success, f.error_code, f.error_str.as_str()),
@@ -111,6 +112,16 @@ async fn memory_cap_nacks_then_serves_after_eviction() -> Result<()> {
     );
     assert!(!f.error_user);
     assert_eq!(r.result_starts, 0, "a NACK comes before any ResultStart");
+    // A third concurrent call of the busy function waits for one of its containers (Fn NACKs only
+    // the call that nothing but a launch could serve) and succeeds without a third container.
+    let call = call_json(TESTFN_IMAGE, &fn_id(3), &[], |_| {});
+    let r = engage(&mut client, &call, b"{}", EngageOpts::default()).await?;
+    assert!(r.finished().success, "third call: {:?}", r.finished());
+    assert_eq!(
+        containers_of(&docker, &runner.name).await?.len(),
+        2,
+        "no third container"
+    );
     for (n, h) in [("a", a), ("b", b)] {
         let r = h.await??;
         assert!(
