@@ -59,6 +59,20 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// The cause a failed call is counted under: `"connect"` when no connection could be opened,
+    /// `"transport"` when the exchange broke (handshake, request or response).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            ClientError::Connect { .. } => "connect",
+            ClientError::BadUrl { .. } => "bad-url",
+            ClientError::Handshake { .. } | ClientError::Send { .. } | ClientError::Body { .. } => {
+                "transport"
+            }
+        }
+    }
+}
+
 /// Where a connection goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::{
     client::{BaseUrl, CallTemplate, ClientError, Conn, full_body},
     progress::Progress,
-    stats::{ErrorTally, LatencySummary},
+    stats::{CallCounts, Counted, ErrorTally, LatencySummary},
 };
 
 /// A failure of the v2 API side of the scenario.
@@ -54,14 +54,22 @@ pub struct ColdOptions {
 /// Figures of a cold run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ColdResult {
+    /// Failures first: first calls attempted, ok and failed by cause (one per fresh fn).
+    #[serde(flatten)]
+    pub calls: CallCounts,
     pub image: String,
-    /// First-call latency of each fresh fn.
+    /// First-call latency of each fresh fn that answered 2xx.
     pub latency: LatencySummary,
-    pub errors: ErrorTally,
     /// `POST /v2/fns` latency (informational).
     pub create_fn: LatencySummary,
     /// Fns deleted afterwards (should equal the number created).
     pub deleted: usize,
+}
+
+impl Counted for ColdResult {
+    fn failed(&self) -> u64 {
+        self.calls.failed
+    }
 }
 
 /// A tiny v2 API client on one keep-alive connection.
@@ -217,11 +225,11 @@ pub async fn cold(
     {
         tracing::warn!(app_id = %app_id, error = %e, "could not delete the bench app");
     }
-    let (latency, errors, create_fn) = outcome?;
+    let (calls, latency, create_fn) = outcome?;
     Ok(ColdResult {
+        calls,
         image: opts.image.clone(),
         latency,
-        errors,
         create_fn,
         deleted,
     })
@@ -234,11 +242,11 @@ async fn first_calls(
     opts: &ColdOptions,
     progress: &Progress,
     fn_ids: &mut Vec<String>,
-) -> Result<(LatencySummary, ErrorTally, LatencySummary), ColdError> {
+) -> Result<(CallCounts, LatencySummary, LatencySummary), ColdError> {
     let mut calls = Conn::open(invoke.endpoint.clone()).await?;
     let mut latencies = Vec::with_capacity(opts.n);
     let mut creates = Vec::with_capacity(opts.n);
-    let mut errors = ErrorTally::default();
+    let mut failures = ErrorTally::default();
     for i in 0..opts.n {
         let (created, took) = api
             .json(
@@ -261,27 +269,138 @@ async fn first_calls(
                 true
             }
             Ok(out) => {
-                errors.add(out.status.to_string());
+                failures.add(out.status.to_string());
                 false
             }
             Err(e) => {
                 tracing::debug!(error = %e, "cold call failed");
-                errors.add("transport");
+                failures.add(e.cause());
                 false
             }
         };
         progress.record(ok);
     }
     Ok((
-        LatencySummary::from_samples(&mut latencies, errors.total()),
-        errors,
-        LatencySummary::from_samples(&mut creates, 0),
+        CallCounts::new(latencies.len() as u64, failures, ErrorTally::default()),
+        LatencySummary::from_samples(&mut latencies),
+        LatencySummary::from_samples(&mut creates),
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Endpoint;
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Request, Response, server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    use std::{
+        convert::Infallible,
+        sync::{
+            Arc,
+            atomic::{AtomicU64, Ordering},
+        },
+    };
+
+    /// Just enough of Fn's v2 API and `/invoke` on a unix socket: the first call of every
+    /// `fail_every`-th created fn answers 503. Counts the fns deleted.
+    async fn fake_fn_server(fail_every: u64) -> (tempfile::TempDir, BaseUrl, Arc<AtomicU64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let created = Arc::new(AtomicU64::new(0));
+        let deleted = Arc::new(AtomicU64::new(0));
+        let deleted_seen = deleted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (created, deleted) = (created.clone(), deleted.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (created, deleted) = (created.clone(), deleted.clone());
+                        async move {
+                            let method = req.method().clone();
+                            let path = req.uri().path().to_owned();
+                            let _ = req.into_body().collect().await;
+                            let (status, body) = match (method.as_str(), path.as_str()) {
+                                ("GET", "/v2/apps") => (200, r#"{"items":[]}"#.to_owned()),
+                                ("POST", "/v2/apps") => (200, r#"{"id":"app1"}"#.to_owned()),
+                                ("POST", "/v2/fns") => {
+                                    let n = created.fetch_add(1, Ordering::SeqCst) + 1;
+                                    (200, format!(r#"{{"id":"fn{n}"}}"#))
+                                }
+                                ("POST", p) if p.starts_with("/invoke/fn") => {
+                                    let n: u64 = p["/invoke/fn".len()..].parse().unwrap();
+                                    if n.is_multiple_of(fail_every) {
+                                        (503, r#"{"message":"busy"}"#.to_owned())
+                                    } else {
+                                        (200, "{}".to_owned())
+                                    }
+                                }
+                                ("DELETE", p) => {
+                                    if p.starts_with("/v2/fns/") {
+                                        deleted.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    (204, String::new())
+                                }
+                                _ => (404, String::new()),
+                            };
+                            let mut resp = Response::new(Full::new(Bytes::from(body)));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let base = BaseUrl {
+            endpoint: Endpoint::Unix(path),
+            authority: "localhost".into(),
+            prefix: String::new(),
+        };
+        (dir, base, deleted_seen)
+    }
+
+    fn options(n: usize) -> ColdOptions {
+        ColdOptions {
+            app: "bench".into(),
+            image: "ferrofn/testfn:latest".into(),
+            n,
+            memory: None,
+            idle_timeout: Some(1),
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_failed_first_calls() {
+        let (_dir, base, deleted) = fake_fn_server(3).await;
+        let (progress, _line) = Progress::start("unit-cold", Some(6));
+        let r = cold(&base, &base, &options(6), &progress).await.unwrap();
+        // Fns 3 and 6 answer their first call 503.
+        assert!(!r.calls.valid);
+        assert_eq!((r.calls.attempted, r.calls.ok, r.calls.failed), (6, 4, 2));
+        assert_eq!(r.calls.failures.0.get("503"), Some(&2));
+        assert_eq!(r.failed(), 2);
+        assert_eq!(r.latency.samples, 4);
+        assert_eq!(r.create_fn.samples, 6);
+        assert_eq!((r.deleted, deleted.load(Ordering::SeqCst)), (6, 6));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["valid"], false);
+        assert_eq!(v["failures"]["503"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_clean_cold_run_is_valid() {
+        let (_dir, base, _) = fake_fn_server(u64::MAX).await;
+        let (progress, _line) = Progress::start("unit-cold-clean", Some(3));
+        let r = cold(&base, &base, &options(3), &progress).await.unwrap();
+        assert!(r.calls.valid);
+        assert_eq!((r.calls.attempted, r.calls.ok, r.calls.failed), (3, 3, 0));
+        assert_eq!(r.deleted, 3);
+    }
 
     #[test]
     fn fresh_fns_differ_in_name_and_config() {

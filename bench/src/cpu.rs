@@ -33,18 +33,26 @@ pub fn process_cpu_s(pid: u32) -> Option<f64> {
 /// One process's (or a group of containers') CPU over one scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpuFigure {
+    /// `false` when calls failed during the scenario: a failed call costs a different amount of
+    /// CPU than a served one, so the per-call figure is not the served calls' cost.
+    pub valid: bool,
+    /// The scenario's failed calls (warm-up included).
+    pub failed: u64,
     pub label: String,
     pub scenario: String,
     /// CPU time used during the scenario.
     pub cpu_ms: f64,
-    /// Calls the scenario made (successes and failures).
+    /// Calls the scenario made (successes and failures, warm-up included): the divisor.
     pub calls: u64,
     pub cpu_us_per_call: f64,
 }
 
 impl CpuFigure {
-    pub fn new(label: &str, scenario: &str, cpu_ms: f64, calls: u64) -> Self {
+    /// `cpu_ms` spent over `calls` calls of which `failed` failed.
+    pub fn new(label: &str, scenario: &str, cpu_ms: f64, calls: u64, failed: u64) -> Self {
         CpuFigure {
+            valid: failed == 0,
+            failed,
             label: label.to_owned(),
             scenario: scenario.to_owned(),
             cpu_ms,
@@ -63,20 +71,21 @@ pub fn snapshot(targets: &[RssTarget]) -> Vec<Option<f64>> {
     targets.iter().map(|t| process_cpu_s(t.pid)).collect()
 }
 
-/// Figures for the processes between two snapshots.
+/// Figures for the processes between two snapshots, over `calls` calls of which `failed` failed.
 pub fn process_figures(
     targets: &[RssTarget],
     before: &[Option<f64>],
     after: &[Option<f64>],
     scenario: &str,
     calls: u64,
+    failed: u64,
 ) -> Vec<CpuFigure> {
     targets
         .iter()
         .zip(before.iter().zip(after))
         .filter_map(|(t, (b, a))| {
             let used = (*a)? - (*b)?;
-            Some(CpuFigure::new(&t.label, scenario, used * 1e3, calls))
+            Some(CpuFigure::new(&t.label, scenario, used * 1e3, calls, failed))
         })
         .collect()
 }
@@ -202,16 +211,19 @@ mod tests {
 
     #[test]
     fn figures_per_call_and_container_deltas() {
-        let f = CpuFigure::new("lb", "conc", 500.0, 1000);
+        let f = CpuFigure::new("lb", "conc", 500.0, 1000, 0);
         assert_eq!(f.cpu_us_per_call, 500.0);
-        assert_eq!(CpuFigure::new("lb", "conc", 5.0, 0).cpu_us_per_call, 0.0);
+        assert!(f.valid);
+        assert_eq!(CpuFigure::new("lb", "conc", 5.0, 0, 0).cpu_us_per_call, 0.0);
         let targets = vec![RssTarget {
             label: "lb".into(),
             pid: 1,
         }];
-        let figs = process_figures(&targets, &[Some(1.0)], &[Some(1.5)], "conc", 100);
+        let figs = process_figures(&targets, &[Some(1.0)], &[Some(1.5)], "conc", 100, 3);
         assert_eq!(figs[0].cpu_ms, 500.0);
-        assert!(process_figures(&targets, &[None], &[Some(1.5)], "conc", 100).is_empty());
+        assert!(!figs[0].valid);
+        assert_eq!(figs[0].failed, 3);
+        assert!(process_figures(&targets, &[None], &[Some(1.5)], "conc", 100, 0).is_empty());
         let before = HashMap::from([("a".to_owned(), 1_000_000), ("gone".to_owned(), 5)]);
         let after = HashMap::from([("a".to_owned(), 3_000_000), ("new".to_owned(), 1_000_000)]);
         assert_eq!(containers_delta_ms(&before, &after), 3.0);

@@ -32,7 +32,7 @@ use crate::{
     client::{CallTemplate, ClientError, Conn, Endpoint, full_body},
     load::{self, CallTarget, SeqResult},
     progress::Progress,
-    stats::LatencySummary,
+    stats::{CallCounts, Counted, ErrorTally, LatencySummary},
     stream::{self, BodyMode, StreamResult},
 };
 
@@ -86,8 +86,6 @@ pub enum FloorError {
         waited: Duration,
         output: String,
     },
-    #[error("the first call to container {id} failed: {detail}")]
-    FirstCall { id: String, detail: String },
     #[error("listing bench containers failed")]
     List(#[source] bollard::errors::Error),
     #[error("removing container {id} failed")]
@@ -134,27 +132,70 @@ pub struct StartupRun {
     pub ready_ms: f64,
     /// Create through socket-ready.
     pub total_ms: f64,
-    /// Connect + the first `POST /call` once ready.
+    /// Connect + the first `POST /call` once ready (0 when it failed).
     pub first_call_ms: f64,
-    /// `total_ms + first_call_ms`: what a cold call cannot go below.
+    /// `total_ms + first_call_ms`: what a cold call cannot go below (0 when the call failed).
     pub cold_ms: f64,
+    /// Why the first call failed (its status, or `"connect"` / `"transport"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_call_failure: Option<String>,
 }
 
 /// The startup floor over several fresh containers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StartupFloor {
+    /// Failures first: the first calls, one per fresh container.
+    #[serde(flatten)]
+    pub calls: CallCounts,
+    /// The engine steps, over every run.
     pub create: LatencySummary,
     pub start: LatencySummary,
     pub ready: LatencySummary,
     pub total: LatencySummary,
+    /// The first call and the cold floor, over the runs whose first call succeeded.
     pub first_call: LatencySummary,
     pub cold: LatencySummary,
     pub runs: Vec<StartupRun>,
 }
 
-/// The floor figures.
+impl StartupFloor {
+    /// Summarises the runs; a run whose first call failed counts as a failed call and has no
+    /// first-call or cold figure.
+    pub fn from_runs(runs: Vec<StartupRun>) -> Self {
+        let summary = |f: fn(&StartupRun) -> f64, only_ok: bool| {
+            let mut samples: Vec<Duration> = runs
+                .iter()
+                .filter(|r| !only_ok || r.first_call_failure.is_none())
+                .map(|r| Duration::from_secs_f64(f(r).max(0.0) / 1e3))
+                .collect();
+            LatencySummary::from_samples(&mut samples)
+        };
+        let mut failures = ErrorTally::default();
+        for cause in runs.iter().filter_map(|r| r.first_call_failure.as_ref()) {
+            failures.add(cause.clone());
+        }
+        let ok = runs.len() as u64 - failures.total();
+        StartupFloor {
+            calls: CallCounts::new(ok, failures, ErrorTally::default()),
+            create: summary(|r| r.create_ms, false),
+            start: summary(|r| r.start_ms, false),
+            ready: summary(|r| r.ready_ms, false),
+            total: summary(|r| r.total_ms, false),
+            first_call: summary(|r| r.first_call_ms, true),
+            cold: summary(|r| r.cold_ms, true),
+            runs,
+        }
+    }
+}
+
+/// The floor figures. A floor with a failed call anywhere (warm, sparse, streaming or first
+/// calls) is invalid as a whole: every ratio of the contract is taken against it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FloorResult {
+    /// `false` when any of the floor's figures has a failed call.
+    pub valid: bool,
+    /// Failed calls over all of the floor's figures.
+    pub failed: u64,
     pub image: String,
     /// Warm `POST /call` over the unix socket, one keep-alive connection.
     pub call: SeqResult,
@@ -168,6 +209,39 @@ pub struct FloorResult {
     /// Streaming over the unix socket.
     pub stream: StreamResult,
     pub startup: StartupFloor,
+}
+
+impl FloorResult {
+    /// The floor of `image` from its parts, with its overall validity.
+    pub fn new(
+        image: String,
+        call: SeqResult,
+        sparse: Option<SeqResult>,
+        call_cpu_us_per_call: Option<f64>,
+        stream: StreamResult,
+        startup: StartupFloor,
+    ) -> Self {
+        let failed = call.calls.failed
+            + sparse.as_ref().map_or(0, |s| s.calls.failed)
+            + stream.calls.failed
+            + startup.calls.failed;
+        FloorResult {
+            valid: failed == 0,
+            failed,
+            image,
+            call,
+            sparse,
+            call_cpu_us_per_call,
+            stream,
+            startup,
+        }
+    }
+}
+
+impl Counted for FloorResult {
+    fn failed(&self) -> u64 {
+        self.failed
+    }
 }
 
 /// Launches and removes bench containers on one engine.
@@ -497,20 +571,21 @@ async fn wait_for_socket(
     false
 }
 
-/// Connect + one call on a fresh connection: the first call a runner makes to a new container.
-async fn first_call(hot: &Hot, body: &Bytes) -> Result<Duration, FloorError> {
+/// Connect + one call on a fresh connection to `socket`: the first call a runner makes to a new
+/// container. Its failure cause when it fails.
+async fn first_call(socket: &Path, body: &Bytes) -> Result<Duration, String> {
     let started = Instant::now();
-    let mut conn = Conn::open(Endpoint::Unix(hot.socket.clone())).await?;
-    let out = conn
+    let mut conn = Conn::open(Endpoint::Unix(socket.to_owned()))
+        .await
+        .map_err(|e| e.cause().to_owned())?;
+    match conn
         .call(CallTemplate::fdk_call().request(full_body(body.clone())), |_| {})
-        .await?;
-    if !out.ok() {
-        return Err(FloorError::FirstCall {
-            id: hot.id.clone(),
-            detail: format!("status {}", out.status),
-        });
+        .await
+    {
+        Ok(out) if out.ok() => Ok(started.elapsed()),
+        Ok(out) => Err(out.status.to_string()),
+        Err(e) => Err(e.cause().to_owned()),
     }
-    Ok(started.elapsed())
 }
 
 /// Runs the whole floor: a hot container for calls and streaming, then the startup runs.
@@ -530,39 +605,30 @@ pub async fn measure(launcher: &Launcher, opts: &FloorOptions) -> Result<FloorRe
         let (hot, mut run) = launcher
             .launch(&opts.image, opts.memory_mb, opts.ready_timeout)
             .await?;
-        let first = first_call(&hot, &opts.body).await;
-        let removed = launcher.remove(hot).await;
-        run.first_call_ms = crate::units::ms(first?);
-        run.cold_ms = run.total_ms + run.first_call_ms;
-        removed?;
-        progress.record(true);
+        let first = first_call(&hot.socket, &opts.body).await;
+        launcher.remove(hot).await?;
+        match first {
+            Ok(took) => {
+                run.first_call_ms = crate::units::ms(took);
+                run.cold_ms = run.total_ms + run.first_call_ms;
+            }
+            Err(cause) => {
+                tracing::debug!(%cause, "first call to a fresh floor container failed");
+                run.first_call_failure = Some(cause);
+            }
+        }
+        progress.record(run.first_call_failure.is_none());
         runs.push(run);
     }
     line.finish();
-    let summary = |f: fn(&StartupRun) -> f64| {
-        let mut samples: Vec<Duration> = runs
-            .iter()
-            .map(|r| Duration::from_secs_f64(f(r).max(0.0) / 1e3))
-            .collect();
-        LatencySummary::from_samples(&mut samples, 0)
-    };
-    let startup = StartupFloor {
-        create: summary(|r| r.create_ms),
-        start: summary(|r| r.start_ms),
-        ready: summary(|r| r.ready_ms),
-        total: summary(|r| r.total_ms),
-        first_call: summary(|r| r.first_call_ms),
-        cold: summary(|r| r.cold_ms),
-        runs,
-    };
-    Ok(FloorResult {
-        image: opts.image.clone(),
+    Ok(FloorResult::new(
+        opts.image.clone(),
         call,
         sparse,
         call_cpu_us_per_call,
         stream,
-        startup,
-    })
+        StartupFloor::from_runs(runs),
+    ))
 }
 
 async fn measure_hot(
@@ -582,7 +648,7 @@ async fn measure_hot(
     let call = load::sequential(&target, opts.n, opts.warmup, None, &progress).await?;
     let cpu_after = crate::cpu::container_cpu_ns(&launcher.docker, &hot.id).await;
     line.finish();
-    let made = (call.latency.calls + call.errors.total()) as usize + call.warmup;
+    let made = call.calls.attempted as usize + call.warmup;
     let cpu = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) if made > 0 => Some(a.saturating_sub(b) as f64 / 1e3 / made as f64),
         _ => None,
@@ -613,6 +679,129 @@ async fn measure_hot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{stream::StreamRun, test_support::flaky_server};
+
+    fn run(total_ms: f64, first_call: Result<f64, &str>) -> StartupRun {
+        let (first_call_ms, first_call_failure) = match first_call {
+            Ok(ms) => (ms, None),
+            Err(cause) => (0.0, Some(cause.to_owned())),
+        };
+        StartupRun {
+            total_ms,
+            first_call_ms,
+            cold_ms: if first_call_failure.is_none() {
+                total_ms + first_call_ms
+            } else {
+                0.0
+            },
+            first_call_failure,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn startup_counts_failed_first_calls_and_leaves_them_out_of_the_cold_floor() {
+        let clean = StartupFloor::from_runs(vec![run(200.0, Ok(2.0)), run(210.0, Ok(1.0))]);
+        assert!(clean.calls.valid);
+        assert_eq!((clean.calls.attempted, clean.calls.ok), (2, 2));
+        assert_eq!(clean.cold.samples, 2);
+
+        let s = StartupFloor::from_runs(vec![
+            run(200.0, Ok(2.0)),
+            run(300.0, Err("502")),
+            run(220.0, Ok(1.0)),
+        ]);
+        assert!(!s.calls.valid);
+        assert_eq!((s.calls.attempted, s.calls.ok, s.calls.failed), (3, 2, 1));
+        assert_eq!(s.calls.failures.0.get("502"), Some(&1));
+        // The engine steps count every run; the first call and cold floor only the good ones.
+        assert_eq!(s.total.samples, 3);
+        assert_eq!((s.first_call.samples, s.cold.samples), (2, 2));
+        assert!((s.cold.max_ms - 221.0).abs() < 1e-3, "{}", s.cold.max_ms);
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["valid"], false);
+        assert_eq!(v["runs"][1]["first_call_failure"], "502");
+        assert!(v["runs"][0].get("first_call_failure").is_none());
+    }
+
+    #[tokio::test]
+    async fn first_call_reports_its_failure_cause() {
+        let (_dir, endpoint, _) = flaky_server(2).await;
+        let Endpoint::Unix(socket) = endpoint else {
+            unreachable!()
+        };
+        let body = Bytes::from_static(b"{}");
+        assert!(first_call(&socket, &body).await.is_ok());
+        assert_eq!(first_call(&socket, &body).await, Err("503".to_owned()));
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            first_call(&dir.path().join("none"), &body).await,
+            Err("connect".to_owned())
+        );
+    }
+
+    /// A floor part with `failed` failed calls.
+    fn seq_with(failed: u64) -> SeqResult {
+        let mut failures = ErrorTally::default();
+        for _ in 0..failed {
+            failures.add("503");
+        }
+        SeqResult {
+            calls: CallCounts::new(10, failures, ErrorTally::default()),
+            ..Default::default()
+        }
+    }
+
+    fn stream_with(failed: u64) -> StreamResult {
+        let mut failures = ErrorTally::default();
+        for _ in 0..failed {
+            failures.add("transport");
+        }
+        StreamResult {
+            calls: CallCounts::new(1, failures, ErrorTally::default()),
+            size_bytes: 1,
+            body_mode: BodyMode::Sized,
+            up_mb_s: 1.0,
+            down_mb_s: 1.0,
+            round_trip_mb_s: 1.0,
+            runs: Vec::<StreamRun>::new(),
+        }
+    }
+
+    #[test]
+    fn a_floor_with_any_failed_call_is_invalid() {
+        let startup = || StartupFloor::from_runs(vec![run(200.0, Ok(2.0))]);
+        let clean = FloorResult::new(
+            "i".into(),
+            seq_with(0),
+            Some(seq_with(0)),
+            None,
+            stream_with(0),
+            startup(),
+        );
+        assert!(clean.valid);
+        assert_eq!(clean.failed(), 0);
+        let bad = FloorResult::new(
+            "i".into(),
+            seq_with(0),
+            Some(seq_with(2)),
+            None,
+            stream_with(1),
+            startup(),
+        );
+        assert!(!bad.valid);
+        assert_eq!(bad.failed(), 3);
+        let first = FloorResult::new(
+            "i".into(),
+            seq_with(0),
+            None,
+            None,
+            stream_with(0),
+            StartupFloor::from_runs(vec![run(200.0, Err("transport"))]),
+        );
+        assert_eq!((first.valid, first.failed), (false, 1));
+        assert_eq!(crate::test_support::json_keys(&bad)[..2], ["valid", "failed"]);
+    }
 
     #[tokio::test]
     async fn socket_wait_sees_a_symlinked_socket() {

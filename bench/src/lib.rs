@@ -17,4 +17,6 @@ pub mod rss;
 pub mod sim;
 pub mod stats;
 pub mod stream;
+#[cfg(test)]
+mod test_support;
 pub mod units;

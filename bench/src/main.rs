@@ -1,6 +1,10 @@
 //! `ferrofn-bench`: command-line front of the measurement tool. Each subcommand runs one scenario
 //! (or `all` of them plus the floor), samples the watched processes' memory around it, prints the
 //! tables on stdout and optionally writes the JSON report.
+//!
+//! Exit status: 0 when every scenario ran and every figure is valid; 1 when a scenario could not
+//! run (what finished is still reported); 3 when a figure has failed calls (INVALID), unless
+//! `--allow-failures` is given; 2 for a usage error (clap's).
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
@@ -16,12 +20,16 @@ use ferrofn_bench::{
     report::{Report, TargetInfo},
     rss::{RssTarget, RssWatch},
     sim::{self, SimOptions},
+    stats::Counted,
     stream::{self, BodyMode},
     units::{parse_duration, parse_size},
 };
 use std::{path::PathBuf, time::Duration};
 
 const DEFAULT_BODY: &str = r#"{"echoContent":"x"}"#;
+
+/// The exit status of a run with a figure that has failed calls.
+const EXIT_INVALID: i32 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +48,10 @@ struct Cli {
     /// (`key=value`, e.g. `ferrofn.runner=NAME` for one runner's function containers; repeatable).
     #[arg(long = "fn-cpu-label", global = true, value_name = "KEY=VALUE")]
     fn_cpu_label: Vec<String>,
+    /// Exit 0 even when figures have failed calls (for exploration). The figures are still
+    /// marked INVALID and give no PASS/FAIL; without this flag such a run exits with status 3.
+    #[arg(long, global = true)]
+    allow_failures: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -309,8 +321,9 @@ impl TargetArgs {
     }
 }
 
-/// Runs `scenario` with memory sampling, appending the figures to the report.
-async fn watched<T>(
+/// Runs `scenario` with memory sampling, appending the figures to the report (marked with the
+/// scenario's failed calls).
+async fn watched<T: Counted>(
     report: &mut Report,
     rss: &[RssTarget],
     name: &str,
@@ -318,7 +331,8 @@ async fn watched<T>(
 ) -> Result<T> {
     let watch = RssWatch::start(name, rss);
     let result = scenario.await;
-    report.rss.extend(watch.finish());
+    let failed = result.as_ref().map_or(0, Counted::failed);
+    report.rss.extend(watch.finish(failed));
     result.with_context(|| format!("scenario {name}"))
 }
 
@@ -382,20 +396,26 @@ async fn conc(
     line.finish();
     let procs_after = cpu::snapshot(rss);
     // Every call the LB saw: measured ones, failures, and each client's warm-up calls.
-    let calls = result.latency.calls + result.errors.total() + (clients * warmup) as u64;
+    let calls = result.calls.attempted + (result.clients * result.warmup) as u64;
+    let failed = result.failed();
     report.cpu.extend(cpu::process_figures(
         rss,
         &procs_before,
         &procs_after,
         "conc",
         calls,
+        failed,
     ));
     for (g, before) in groups.iter().zip(&groups_before) {
         let after = g.snapshot().await?;
         let used = cpu::containers_delta_ms(before, &after);
-        report
-            .cpu
-            .push(CpuFigure::new(&format!("fn {}", g.label()), "conc", used, calls));
+        report.cpu.push(CpuFigure::new(
+            &format!("fn {}", g.label()),
+            "conc",
+            used,
+            calls,
+            failed,
+        ));
     }
     report.conc = Some(result);
     Ok(())
@@ -588,6 +608,17 @@ fn target_info(command: &Command) -> Option<TargetInfo> {
     }
 }
 
+/// The exit status: a scenario that could not run wins, then invalid figures (unless allowed).
+fn exit_status(scenario_failed: bool, figures_valid: bool, allow_failures: bool) -> i32 {
+    if scenario_failed {
+        1
+    } else if !figures_valid && !allow_failures {
+        EXIT_INVALID
+    } else {
+        0
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -600,16 +631,59 @@ async fn main() -> Result<()> {
     let mut report = Report::new(target_info(&cli.command));
     let outcome = run(&cli, &mut report).await;
     // Whatever finished is reported, also when a later scenario failed.
-    report.derive_checks();
+    report.derive();
     print!("{}", report.render());
     if let Some(path) = &cli.json {
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }
-    if let Err(e) = outcome {
+    if let Err(e) = &outcome {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
     }
-    Ok(())
+    if !report.valid {
+        let figures: Vec<String> = report
+            .invalid_figures
+            .iter()
+            .map(|f| format!("{} ({} failed)", f.figure, f.failed))
+            .collect();
+        eprintln!(
+            "{}: {} failed call(s); INVALID figures: {}",
+            if cli.allow_failures {
+                "warning (--allow-failures)"
+            } else {
+                "error"
+            },
+            report.failed_calls,
+            figures.join(", ")
+        );
+    }
+    match exit_status(outcome.is_err(), report.valid, cli.allow_failures) {
+        0 => Ok(()),
+        code => std::process::exit(code),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_figures_fail_the_run_unless_allowed() {
+        assert_eq!(exit_status(false, true, false), 0);
+        assert_eq!(exit_status(false, false, false), EXIT_INVALID);
+        assert_eq!(exit_status(false, false, true), 0);
+        assert_eq!(exit_status(true, true, false), 1);
+        assert_eq!(exit_status(true, false, true), 1);
+    }
+
+    #[test]
+    fn allow_failures_is_a_global_flag() {
+        let cli = Cli::try_parse_from(["ferrofn-bench", "seq", "--fn-id", "f", "--allow-failures"]).unwrap();
+        assert!(cli.allow_failures);
+        let cli = Cli::try_parse_from(["ferrofn-bench", "--allow-failures", "all", "--fn-id", "f"]).unwrap();
+        assert!(cli.allow_failures);
+        let cli = Cli::try_parse_from(["ferrofn-bench", "conc", "--fn-id", "f"]).unwrap();
+        assert!(!cli.allow_failures);
+    }
 }

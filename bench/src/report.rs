@@ -1,6 +1,11 @@
 //! The results of a run: one [`Report`] (written as JSON with `--json`), rendered as plain-text
 //! tables on stdout, with the performance contract's checks (figures against the floor) derived
 //! from whichever scenarios ran.
+//!
+//! Failed calls come first, everywhere: the report opens with them, every figure's row and JSON
+//! object starts with its failed calls and its validity, and a figure with any failed call is
+//! INVALID. A check that rests on an invalid figure gets no PASS or FAIL but
+//! `INVALID (n failed calls)`.
 
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, fmt::Write as _};
@@ -12,7 +17,7 @@ use crate::{
     load::{ConcResult, SeqResult},
     rss::RssFigure,
     sim::SimReport,
-    stats::{ErrorTally, LatencySummary},
+    stats::{CallCounts, LatencySummary, invalid_verdict},
     stream::StreamResult,
 };
 
@@ -45,6 +50,12 @@ pub struct TargetInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     pub name: String,
+    /// `false` when a figure the check uses has failed calls: no PASS or FAIL then.
+    pub valid: bool,
+    /// Failed calls in the figures the check uses.
+    pub failed: u64,
+    /// `"PASS"`, `"FAIL"`, or `"INVALID (n failed calls)"`.
+    pub verdict: String,
     /// How the figure is computed, e.g. `"seq p50 - floor p50"`.
     pub formula: String,
     pub measured: f64,
@@ -52,19 +63,38 @@ pub struct Check {
     pub rule: String,
     pub limit: f64,
     pub unit: String,
-    pub pass: bool,
+    /// The verdict as a boolean; `null` when the check is invalid.
+    pub pass: Option<bool>,
 }
 
 impl Check {
-    fn new(name: &str, formula: &str, measured: f64, rule: &str, limit: f64, unit: &str) -> Self {
-        let pass = measured.is_finite()
+    /// A check of `measured` against `limit`, resting on figures with `failed` failed calls.
+    fn new(
+        name: &str,
+        formula: &str,
+        failed: u64,
+        measured: f64,
+        rule: &str,
+        limit: f64,
+        unit: &str,
+    ) -> Self {
+        let within = measured.is_finite()
             && match rule {
                 "<=" => measured <= limit,
                 "<" => measured < limit,
                 _ => measured >= limit,
             };
+        let pass = (failed == 0).then_some(within);
+        let verdict = match pass {
+            Some(true) => "PASS".into(),
+            Some(false) => "FAIL".into(),
+            None => invalid_verdict(failed),
+        };
         Check {
             name: name.into(),
+            valid: failed == 0,
+            failed,
+            verdict,
             formula: formula.into(),
             measured,
             rule: rule.into(),
@@ -73,6 +103,14 @@ impl Check {
             pass,
         }
     }
+}
+
+/// A scenario figure with failed calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvalidFigure {
+    /// `"conc"`, `"floor stream"`, ...
+    pub figure: String,
+    pub failed: u64,
 }
 
 /// Everything one invocation of the tool measured. Absent scenarios are omitted from the JSON.
@@ -84,6 +122,14 @@ pub struct Report {
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetInfo>,
+    /// `false` when any figure has a failed call; the tool then exits with status 3 unless
+    /// `--allow-failures` is given.
+    pub valid: bool,
+    /// Failed calls over every scenario (warm-up calls included).
+    pub failed_calls: u64,
+    /// The scenario figures with failed calls, in report order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_figures: Vec<InvalidFigure>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub floor: Option<FloorResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,20 +164,65 @@ impl Report {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             target,
+            valid: true,
             ..Default::default()
         }
     }
 
-    /// Fills [`Report::checks`] from the figures present: each target needs its scenario and,
-    /// for ratios, the floor.
-    pub fn derive_checks(&mut self) {
+    /// Every scenario figure present, by name, with its call counts, in report order.
+    pub fn call_figures(&self) -> Vec<(&'static str, &CallCounts)> {
+        let mut figures = Vec::new();
+        if let Some(f) = &self.floor {
+            figures.push(("floor /call", &f.call.calls));
+            if let Some(s) = &f.sparse {
+                figures.push(("floor sparse", &s.calls));
+            }
+            figures.push(("floor stream", &f.stream.calls));
+            figures.push(("floor startup", &f.startup.calls));
+        }
+        let scenarios = [
+            ("seq", self.seq.as_ref().map(|s| &s.calls)),
+            ("sparse", self.sparse.as_ref().map(|s| &s.calls)),
+            ("conc", self.conc.as_ref().map(|c| &c.calls)),
+            ("cold", self.cold.as_ref().map(|c| &c.calls)),
+            ("stream", self.stream.as_ref().map(|s| &s.calls)),
+        ];
+        figures.extend(scenarios.into_iter().filter_map(|(name, c)| Some((name, c?))));
+        figures
+    }
+
+    /// Derives, from the figures present, the run's validity ([`Report::valid`],
+    /// [`Report::failed_calls`], [`Report::invalid_figures`]) and the contract's checks: each
+    /// target needs its scenario and, for ratios, the floor.
+    pub fn derive(&mut self) {
+        let figures = self.call_figures();
+        let invalid: Vec<InvalidFigure> = figures
+            .iter()
+            .filter(|(_, c)| c.failed > 0)
+            .map(|(name, c)| InvalidFigure {
+                figure: (*name).into(),
+                failed: c.failed,
+            })
+            .collect();
+        self.failed_calls = figures.iter().map(|(_, c)| c.failed).sum();
+        self.valid = invalid.is_empty();
+        self.invalid_figures = invalid;
+        self.checks = self.contract_checks();
+    }
+
+    /// The contract's checks. A check rests on the failed calls of its scenarios and, when it is
+    /// taken against the floor, on the whole floor's: a floor with a failed call anywhere is not
+    /// a floor.
+    fn contract_checks(&self) -> Vec<Check> {
         use targets::*;
         let mut checks = Vec::new();
         let floor = self.floor.as_ref();
         if let (Some(seq), Some(floor)) = (&self.seq, floor) {
+            let failed = seq.calls.failed + floor.failed;
             checks.push(Check::new(
                 "warm p50 over floor",
                 "seq p50 - floor /call p50",
+                failed,
                 seq.latency.p50_ms - floor.call.latency.p50_ms,
                 "<=",
                 WARM_P50_OVER_FLOOR_MS,
@@ -140,6 +231,7 @@ impl Report {
             checks.push(Check::new(
                 "warm p99 vs floor",
                 "seq p99 / floor /call p99",
+                failed,
                 seq.latency.p99_ms / floor.call.latency.p99_ms,
                 "<=",
                 WARM_P99_OVER_FLOOR_RATIO,
@@ -150,6 +242,7 @@ impl Report {
             checks.push(Check::new(
                 "sparse p50 vs seq",
                 "sparse p50 / seq p50",
+                sparse.calls.failed + seq.calls.failed,
                 sparse.latency.p50_ms / seq.latency.p50_ms,
                 "<=",
                 SPARSE_OVER_SEQ_RATIO,
@@ -158,14 +251,13 @@ impl Report {
             // The LB and runner's own share: what they add to a call after idle, against what they
             // add to a warm one. The function's (and the machine's) wake-up after idle is in the
             // floor's sparse figure, so it cancels out of both differences.
-            if let Some((floor_sparse, floor_seq)) =
-                floor.and_then(|f| f.sparse.as_ref().map(|s| (s, &f.call)))
-            {
+            if let Some((floor, floor_sparse)) = floor.and_then(|f| f.sparse.as_ref().map(|s| (f, s))) {
                 checks.push(Check::new(
                     "added after idle vs warm",
                     "(sparse p50 - floor sparse p50) / (seq p50 - floor /call p50)",
+                    sparse.calls.failed + seq.calls.failed + floor.failed,
                     (sparse.latency.p50_ms - floor_sparse.latency.p50_ms)
-                        / (seq.latency.p50_ms - floor_seq.latency.p50_ms),
+                        / (seq.latency.p50_ms - floor.call.latency.p50_ms),
                     "<=",
                     SPARSE_OVER_SEQ_RATIO,
                     "x",
@@ -176,6 +268,7 @@ impl Report {
             checks.push(Check::new(
                 "cold p50 over floor",
                 "cold p50 - floor (create+start+ready+first call) p50",
+                cold.calls.failed + floor.failed,
                 cold.latency.p50_ms - floor.startup.cold.p50_ms,
                 "<=",
                 COLD_OVER_FLOOR_MS,
@@ -189,34 +282,41 @@ impl Report {
             checks.push(Check::new(
                 "streaming vs floor",
                 "stream round-trip MB/s / floor round-trip MB/s",
+                stream.calls.failed + floor.failed,
                 stream.round_trip_mb_s / floor.stream.round_trip_mb_s,
                 ">=",
                 STREAM_OF_FLOOR_RATIO,
                 "x",
             ));
         }
-        // The idle figure of a process is its largest pre-scenario sample: idle after load counts.
-        let mut idle: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        // The idle figure of a process is its largest pre-scenario sample: idle after load counts,
+        // so it rests on the failed calls of every scenario the process was watched through.
+        let mut idle: BTreeMap<(String, u32), (u64, u64)> = BTreeMap::new();
         for figure in &self.rss {
+            let entry = idle.entry((figure.label.clone(), figure.pid)).or_default();
+            entry.1 += figure.failed;
             if let Some(kib) = figure.idle_kib {
-                let entry = idle.entry((figure.label.clone(), figure.pid)).or_default();
-                *entry = (*entry).max(kib);
+                entry.0 = entry.0.max(kib);
             }
         }
-        for ((label, pid), kib) in idle {
+        for ((label, pid), (kib, failed)) in idle {
+            if kib == 0 {
+                continue;
+            }
             checks.push(Check::new(
                 &format!("idle RSS {label} ({pid})"),
                 "max VmRSS before each scenario",
+                failed,
                 kib as f64 / 1024.0,
                 "<",
                 IDLE_RSS_MIB,
                 "MiB",
             ));
         }
-        self.checks = checks;
+        checks
     }
 
-    /// The report as plain-text tables.
+    /// The report as plain-text tables, failed calls first.
     pub fn render(&self) -> String {
         let mut out = String::new();
         if let Some(t) = &self.target {
@@ -227,52 +327,65 @@ impl Report {
                 t.fn_id.as_ref().map(|f| format!(" fn {f}")).unwrap_or_default()
             );
         }
+        out.push_str(&self.render_failures());
+
         let mut latency = Table::new(&[
-            "scenario", "calls", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "notes",
+            "scenario",
+            "failed",
+            "figure",
+            "attempted",
+            "ok",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "mean ms",
+            "notes",
         ]);
         if let Some(f) = &self.floor {
             latency.latency_row(
                 "floor /call (uds)",
+                &f.call.calls,
                 &f.call.latency,
-                &f.call.errors,
                 "direct to the FDK",
             );
             if let Some(s) = &f.sparse {
                 let note = format!("gap {} ms, direct to the FDK", s.gap_ms.unwrap_or(0));
-                latency.latency_row("floor sparse (uds)", &s.latency, &s.errors, &note);
+                latency.latency_row("floor sparse (uds)", &s.calls, &s.latency, &note);
             }
             latency.latency_row(
                 "floor cold",
+                &f.startup.calls,
                 &f.startup.cold,
-                &ErrorTally::default(),
                 "create+start+ready+first call",
             );
         }
         if let Some(s) = &self.seq {
             let note = format!("{} warm-up, {} conn", s.warmup, s.connects);
-            latency.latency_row("seq", &s.latency, &s.errors, &note);
+            latency.latency_row("seq", &s.calls, &s.latency, &note);
         }
         if let Some(s) = &self.sparse {
             let note = format!("gap {} ms, {} conn", s.gap_ms.unwrap_or(0), s.connects);
-            latency.latency_row("sparse", &s.latency, &s.errors, &note);
+            latency.latency_row("sparse", &s.calls, &s.latency, &note);
         }
         if let Some(c) = &self.conc {
+            let attempted = if c.calls.failed > 0 {
+                format!(" ({:.0} attempted/s)", c.attempted_calls_per_s)
+            } else {
+                String::new()
+            };
             let note = format!(
-                "{} clients, {:.0} calls/s over {:.1}s",
-                c.clients, c.throughput_per_s, c.elapsed_s
+                "{} clients, {:.0} ok calls/s{attempted} over {:.1}s",
+                c.clients, c.ok_calls_per_s, c.elapsed_s
             );
-            latency.latency_row("conc", &c.latency, &c.errors, &note);
+            latency.latency_row("conc", &c.calls, &c.latency, &note);
         }
         if let Some(c) = &self.cold {
-            let note = format!(
-                "{} fresh fns, {} deleted",
-                c.latency.calls + c.errors.total(),
-                c.deleted
-            );
-            latency.latency_row("cold", &c.latency, &c.errors, &note);
+            let note = format!("{} fresh fns, {} deleted", c.calls.attempted, c.deleted);
+            latency.latency_row("cold", &c.calls, &c.latency, &note);
         }
         if !latency.rows.is_empty() {
-            out.push_str("\nlatency\n");
+            out.push_str("\nlatency (over the ok calls)\n");
             out.push_str(&latency.render());
         }
 
@@ -289,18 +402,32 @@ impl Report {
             ] {
                 startup.row(vec![name.into(), num(l.p50_ms), num(l.p99_ms), num(l.max_ms)]);
             }
-            let _ = writeln!(out, "\nstartup floor ({}, {} runs)", f.image, s.runs.len());
+            let failed = if s.calls.valid {
+                String::new()
+            } else {
+                format!("; INVALID: failed first calls {}", s.calls.describe_failed())
+            };
+            let _ = writeln!(
+                out,
+                "\nstartup floor ({}, {} runs{failed})",
+                f.image,
+                s.runs.len()
+            );
             out.push_str(&startup.render());
         }
 
         let mut streams = Table::new(&[
             "stream",
+            "failed",
+            "figure",
+            "attempted",
+            "ok",
             "mode",
             "size",
             "up MB/s",
             "down MB/s",
             "round trip MB/s",
-            "verified",
+            "first failure",
         ]);
         for (name, s) in [
             ("floor (uds)", self.floor.as_ref().map(|f| &f.stream)),
@@ -309,32 +436,36 @@ impl Report {
             if let Some(s) = s {
                 streams.row(vec![
                     name.into(),
+                    s.calls.describe_failed(),
+                    figure(s.calls.valid),
+                    s.calls.attempted.to_string(),
+                    s.calls.ok.to_string(),
                     format!("{:?}", s.body_mode).to_lowercase(),
                     crate::units::mib(s.size_bytes),
                     format!("{:.1}", s.up_mb_s),
                     format!("{:.1}", s.down_mb_s),
                     format!("{:.1}", s.round_trip_mb_s),
-                    if s.verified {
-                        "yes".into()
-                    } else {
-                        verify_detail(s)
-                    },
+                    verify_detail(s),
                 ]);
             }
         }
         if !streams.rows.is_empty() {
-            out.push_str("\nstreaming (median of runs)\n");
+            out.push_str("\nstreaming (medians of the verified transfers)\n");
             out.push_str(&streams.render());
         }
 
         if !self.rss.is_empty() {
-            let mut rss = Table::new(&["process", "pid", "scenario", "idle", "peak", "after", "hwm"]);
+            let mut rss = Table::new(&[
+                "process", "pid", "scenario", "failed", "figure", "idle", "peak", "after", "hwm",
+            ]);
             let kib = |v: Option<u64>| v.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
             for f in &self.rss {
                 rss.row(vec![
                     f.label.clone(),
                     f.pid.to_string(),
                     f.scenario.clone(),
+                    f.failed.to_string(),
+                    figure(f.valid),
                     kib(f.idle_kib),
                     kib(f.peak_kib),
                     kib(f.after_kib),
@@ -353,13 +484,13 @@ impl Report {
             out.push_str(&sim.render());
         }
         if !self.checks.is_empty() {
-            let mut checks = Table::new(&["target", "measured", "limit", "result", "formula"]);
+            let mut checks = Table::new(&["target", "result", "measured", "limit", "formula"]);
             for c in &self.checks {
                 checks.row(vec![
                     c.name.clone(),
+                    c.verdict.clone(),
                     format!("{:.3} {}", c.measured, c.unit),
                     format!("{} {} {}", c.rule, c.limit, c.unit),
-                    if c.pass { "PASS" } else { "FAIL" }.into(),
                     c.formula.clone(),
                 ]);
             }
@@ -368,39 +499,69 @@ impl Report {
         }
         out
     }
-}
 
-impl Report {
+    /// The opening lines: the failed calls of the run, figure by figure.
+    fn render_failures(&self) -> String {
+        let figures = self.call_figures();
+        if figures.is_empty() {
+            return String::new();
+        }
+        let failed: u64 = figures.iter().map(|(_, c)| c.failed).sum();
+        if failed == 0 {
+            return "failed calls: 0 (every figure valid)\n".into();
+        }
+        let mut out = format!(
+            "INVALID: {failed} failed call{}. The figures marked INVALID below are not measurements; \
+             a check that uses one gets no verdict:\n",
+            if failed == 1 { "" } else { "s" }
+        );
+        for (name, c) in figures.iter().filter(|(_, c)| c.failed > 0) {
+            let _ = writeln!(out, "  {name}: {}", c.describe_failed());
+        }
+        out
+    }
+
     /// CPU per call: each watched process and container group, the LB + runner(s) sum, and the
     /// function's own CPU per call (from the floor's warm calls, and from the containers in `conc`).
     fn render_cpu(&self) -> Option<String> {
-        let floor_fn = self.floor.as_ref().and_then(|f| f.call_cpu_us_per_call);
+        let floor_fn = self
+            .floor
+            .as_ref()
+            .and_then(|f| Some((f.call_cpu_us_per_call?, f.call.calls.failed)));
         if self.cpu.is_empty() && floor_fn.is_none() {
             return None;
         }
-        let mut t = Table::new(&["cpu", "scenario", "cpu ms", "calls", "us/call"]);
+        let mut t = Table::new(&[
+            "cpu", "scenario", "failed", "figure", "cpu ms", "calls", "us/call",
+        ]);
         for f in &self.cpu {
             t.row(vec![
                 f.label.clone(),
                 f.scenario.clone(),
+                f.failed.to_string(),
+                figure(f.valid),
                 format!("{:.0}", f.cpu_ms),
                 f.calls.to_string(),
                 format!("{:.1}", f.cpu_us_per_call),
             ]);
         }
-        if let Some(per_call) = self.overhead_cpu_us_per_call() {
+        if let Some((per_call, failed)) = self.overhead_cpu() {
             t.row(vec![
                 "LB + runners".into(),
                 "conc".into(),
+                failed.to_string(),
+                figure(failed == 0),
                 String::new(),
                 String::new(),
                 format!("{per_call:.1}"),
             ]);
         }
-        if let Some(us) = floor_fn {
+        if let Some((us, failed)) = floor_fn {
             t.row(vec![
                 "function (floor)".into(),
                 "floor /call".into(),
+                failed.to_string(),
+                figure(failed == 0),
                 String::new(),
                 String::new(),
                 format!("{us:.1}"),
@@ -411,27 +572,40 @@ impl Report {
         Some(out)
     }
 
-    /// The summed CPU per call of the watched processes (the LB and runners) in `conc`.
-    pub fn overhead_cpu_us_per_call(&self) -> Option<f64> {
+    /// The summed CPU per call of the watched processes (the LB and runners) in `conc`, and the
+    /// failed calls it rests on.
+    pub fn overhead_cpu(&self) -> Option<(f64, u64)> {
         let procs: Vec<&CpuFigure> = self
             .cpu
             .iter()
             .filter(|f| f.scenario == "conc" && !f.label.starts_with("fn "))
             .collect();
-        (!procs.is_empty()).then(|| procs.iter().map(|f| f.cpu_us_per_call).sum())
+        (!procs.is_empty()).then(|| {
+            (
+                procs.iter().map(|f| f.cpu_us_per_call).sum(),
+                procs.iter().map(|f| f.failed).max().unwrap_or(0),
+            )
+        })
     }
 }
 
+/// The figure column: `valid`, or `INVALID` for a figure with failed calls.
+fn figure(valid: bool) -> String {
+    if valid { "valid" } else { "INVALID" }.into()
+}
+
+/// The first unverified transfer, described; `-` when every transfer that got an answer was
+/// verified (a broken connection is only in the failure causes).
 fn verify_detail(s: &StreamResult) -> String {
     match s.runs.iter().find(|r| !r.verified) {
         Some(r) if !(200..300).contains(&r.status) => {
-            format!("NO: status {} ({} bytes back)", r.status, r.received_bytes)
+            format!("status {} ({} bytes back)", r.status, r.received_bytes)
         }
         Some(r) => match r.first_mismatch {
-            Some(at) => format!("NO: differs at byte {at}"),
-            None => format!("NO: {} bytes back, expected more or fewer", r.received_bytes),
+            Some(at) => format!("differs at byte {at}"),
+            None => format!("{} bytes back, expected more or fewer", r.received_bytes),
         },
-        None => "NO".into(),
+        None => "-".into(),
     }
 }
 
@@ -457,16 +631,14 @@ impl Table {
         self.rows.push(cells);
     }
 
-    fn latency_row(&mut self, name: &str, l: &LatencySummary, errors: &ErrorTally, note: &str) {
-        let errors = if errors.total() == 0 {
-            "0".into()
-        } else {
-            format!("{} ({})", errors.total(), errors.describe())
-        };
+    /// A latency row: the failed calls and the validity first, then the counts and latencies.
+    fn latency_row(&mut self, name: &str, calls: &CallCounts, l: &LatencySummary, note: &str) {
         self.row(vec![
             name.into(),
-            l.calls.to_string(),
-            errors,
+            calls.describe_failed(),
+            figure(calls.valid),
+            calls.attempted.to_string(),
+            calls.ok.to_string(),
             num(l.p50_ms),
             num(l.p90_ms),
             num(l.p99_ms),
@@ -475,7 +647,6 @@ impl Table {
             note.into(),
         ]);
     }
-
     fn render(&self) -> String {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
@@ -506,15 +677,20 @@ impl Table {
 mod tests {
     use super::*;
     use crate::{
+        client::{CallTemplate, Endpoint},
         floor::{StartupFloor, StartupRun},
+        load::{CallTarget, sequential},
+        progress::Progress,
+        stats::ErrorTally,
         stream::{BodyMode, StreamRun},
+        test_support::{flaky_server, json_keys},
     };
+    use bytes::Bytes;
     use serde_json::Value;
 
     fn latency(p50: f64, p99: f64) -> LatencySummary {
         LatencySummary {
-            calls: 100,
-            errors: 0,
+            samples: 100,
             min_ms: p50 / 2.0,
             mean_ms: p50,
             p50_ms: p50,
@@ -524,12 +700,24 @@ mod tests {
         }
     }
 
+    fn clean(ok: u64) -> CallCounts {
+        CallCounts::new(ok, ErrorTally::default(), ErrorTally::default())
+    }
+
+    fn failing(ok: u64, cause: &str, n: u64) -> CallCounts {
+        let mut failures = ErrorTally::default();
+        for _ in 0..n {
+            failures.add(cause);
+        }
+        CallCounts::new(ok, failures, ErrorTally::default())
+    }
+
     fn seq(p50: f64, p99: f64) -> SeqResult {
         SeqResult {
+            calls: clean(100),
             gap_ms: None,
             warmup: 10,
             latency: latency(p50, p99),
-            errors: ErrorTally::default(),
             connects: 1,
             elapsed_s: 1.0,
         }
@@ -537,12 +725,12 @@ mod tests {
 
     fn stream(echo: f64) -> StreamResult {
         StreamResult {
+            calls: clean(1),
             size_bytes: 64 << 20,
             body_mode: BodyMode::Sized,
             up_mb_s: echo * 2.0,
             down_mb_s: echo * 2.0,
             round_trip_mb_s: echo,
-            verified: true,
             runs: vec![StreamRun {
                 status: 200,
                 sent_bytes: 64 << 20,
@@ -557,81 +745,147 @@ mod tests {
         }
     }
 
+    fn floor(call: SeqResult, stream: StreamResult) -> FloorResult {
+        FloorResult::new(
+            "ferrofn/testfn:latest".into(),
+            call,
+            Some(SeqResult {
+                gap_ms: Some(200),
+                ..seq(0.25, 0.6)
+            }),
+            Some(40.0),
+            stream,
+            StartupFloor {
+                cold: latency(300.0, 400.0),
+                runs: vec![StartupRun::default()],
+                ..Default::default()
+            },
+        )
+    }
+
+    fn rss(scenario: &str, failed: u64) -> RssFigure {
+        RssFigure {
+            valid: failed == 0,
+            failed,
+            label: "lb".into(),
+            pid: 42,
+            scenario: scenario.into(),
+            idle_kib: Some(12_000),
+            peak_kib: Some(15_000),
+            after_kib: Some(13_000),
+            hwm_kib: Some(16_000),
+        }
+    }
+
+    /// Every scenario, all clean except `conc` (two 503s).
     fn full_report() -> Report {
         let mut r = Report::new(Some(TargetInfo {
             url: "http://127.0.0.1:8080".into(),
             fn_id: Some("01FN".into()),
         }));
-        r.floor = Some(FloorResult {
-            image: "ferrofn/testfn:latest".into(),
-            call: seq(0.2, 0.5),
-            sparse: Some(SeqResult {
-                gap_ms: Some(200),
-                ..seq(0.25, 0.6)
-            }),
-            call_cpu_us_per_call: Some(40.0),
-            stream: stream(1000.0),
-            startup: StartupFloor {
-                cold: latency(300.0, 400.0),
-                runs: vec![StartupRun::default()],
-                ..Default::default()
-            },
-        });
+        r.floor = Some(floor(seq(0.2, 0.5), stream(1000.0)));
         r.seq = Some(seq(0.4, 1.5));
         r.sparse = Some(SeqResult {
             gap_ms: Some(200),
             ..seq(0.5, 2.0)
         });
         r.conc = Some(ConcResult {
+            calls: failing(50_000, "503", 2),
             clients: 16,
+            warmup: 2,
             duration_s: 10.0,
-            elapsed_s: 10.01,
-            throughput_per_s: 5000.0,
+            elapsed_s: 10.0,
+            ok_calls_per_s: 5000.0,
+            attempted_calls_per_s: 5000.2,
             latency: latency(3.0, 9.0),
-            errors: ErrorTally(BTreeMap::from([("503".into(), 2)])),
             connects: 16,
         });
         r.cold = Some(ColdResult {
+            calls: clean(10),
             image: "ferrofn/testfn:latest".into(),
             latency: latency(330.0, 420.0),
             ..Default::default()
         });
         r.stream = Some(stream(400.0));
-        r.rss = vec![RssFigure {
-            label: "lb".into(),
-            pid: 42,
-            scenario: "seq".into(),
-            idle_kib: Some(12_000),
-            peak_kib: Some(15_000),
-            after_kib: Some(13_000),
-            hwm_kib: Some(16_000),
-        }];
-        r.derive_checks();
+        r.rss = vec![rss("seq", 0)];
+        r.cpu = vec![CpuFigure::new("lb", "conc", 1000.0, 50_034, 2)];
+        r.derive();
         r
+    }
+
+    fn check<'a>(r: &'a Report, name: &str) -> &'a Check {
+        r.checks.iter().find(|c| c.name.starts_with(name)).unwrap()
     }
 
     #[test]
     fn checks_follow_the_contract() {
         let r = full_report();
-        let by_name = |n: &str| r.checks.iter().find(|c| c.name.starts_with(n)).unwrap().clone();
-        let p50 = by_name("warm p50");
-        assert!((p50.measured - 0.2).abs() < 1e-9 && p50.pass);
-        let p99 = by_name("warm p99");
+        let p50 = check(&r, "warm p50");
+        assert!((p50.measured - 0.2).abs() < 1e-9);
+        assert_eq!((p50.pass, p50.verdict.as_str()), (Some(true), "PASS"));
+        let p99 = check(&r, "warm p99");
         assert_eq!(p99.measured, 3.0);
-        assert!(p99.pass);
-        assert_eq!(by_name("sparse").measured, 1.25);
+        assert_eq!(p99.pass, Some(true));
+        assert_eq!(check(&r, "sparse").measured, 1.25);
         // Added after idle 0.5 - 0.25, added warm 0.4 - 0.2: 1.25x.
-        let idle = by_name("added after idle");
-        assert!((idle.measured - 1.25).abs() < 1e-9 && idle.pass);
-        let cold = by_name("cold");
+        let idle = check(&r, "added after idle");
+        assert!((idle.measured - 1.25).abs() < 1e-9 && idle.pass == Some(true));
+        let cold = check(&r, "cold");
         assert_eq!(cold.measured, 30.0);
-        assert!(!cold.pass);
-        let streaming = by_name("streaming");
+        assert_eq!((cold.pass, cold.verdict.as_str()), (Some(false), "FAIL"));
+        let streaming = check(&r, "streaming");
         assert_eq!(streaming.measured, 0.4);
-        assert!(!streaming.pass);
-        let rss = by_name("idle RSS lb");
-        assert!(rss.pass && (rss.measured - 11.71875).abs() < 1e-9);
+        assert_eq!(streaming.pass, Some(false));
+        let rss = check(&r, "idle RSS lb");
+        assert!(rss.pass == Some(true) && (rss.measured - 11.71875).abs() < 1e-9);
         assert_eq!(r.checks.len(), 7);
+        assert!(r.checks.iter().all(|c| c.valid && c.failed == 0));
+    }
+
+    #[test]
+    fn failed_calls_invalidate_the_figure_and_every_check_resting_on_it() {
+        let mut r = full_report();
+        // conc has failures (no check rests on it), the rest is clean.
+        assert!(!r.valid);
+        assert_eq!(r.failed_calls, 2);
+        assert_eq!(
+            r.invalid_figures,
+            [InvalidFigure {
+                figure: "conc".into(),
+                failed: 2
+            }]
+        );
+        assert_eq!(r.checks.iter().filter(|c| !c.valid).count(), 0);
+
+        // Failed sparse calls: the two checks that use sparse lose their verdict.
+        r.sparse.as_mut().unwrap().calls = failing(97, "502", 3);
+        r.derive();
+        for name in ["sparse p50 vs seq", "added after idle"] {
+            let c = check(&r, name);
+            assert!(!c.valid, "{name}");
+            assert_eq!(c.failed, 3);
+            assert_eq!(c.pass, None);
+            assert_eq!(c.verdict, "INVALID (3 failed calls)");
+        }
+        assert_eq!(check(&r, "warm p50").verdict, "PASS");
+
+        // A floor with a failed transfer is invalid as a whole, and so is every ratio against it.
+        let mut bad_stream = stream(1000.0);
+        bad_stream.calls = failing(2, "transport", 1);
+        r.floor = Some(floor(seq(0.2, 0.5), bad_stream));
+        r.derive();
+        assert!(!r.floor.as_ref().unwrap().valid);
+        for name in ["warm p50", "warm p99", "cold", "streaming"] {
+            assert_eq!(check(&r, name).verdict, "INVALID (1 failed call)", "{name}");
+        }
+        assert_eq!(check(&r, "added after idle").verdict, "INVALID (4 failed calls)");
+        assert!(r.invalid_figures.iter().any(|f| f.figure == "floor stream"));
+        assert_eq!(r.failed_calls, 2 + 3 + 1);
+
+        // The idle RSS rests on the scenarios the process was watched through.
+        r.rss.push(rss("conc", 2));
+        r.derive();
+        assert_eq!(check(&r, "idle RSS lb").verdict, "INVALID (2 failed calls)");
     }
 
     #[test]
@@ -641,49 +895,191 @@ mod tests {
         assert_eq!(v["tool"], "ferrofn-bench");
         assert!(v["started_at"].as_str().unwrap().contains('T'));
         assert_eq!(v["target"]["fn_id"], "01FN");
-        for scenario in ["seq", "sparse"] {
-            for key in ["calls", "errors", "p50_ms", "p90_ms", "p99_ms", "max_ms"] {
-                assert!(v[scenario]["latency"][key].is_number(), "{scenario}.{key}");
+        assert_eq!(v["valid"], false);
+        assert_eq!(v["failed_calls"], 2);
+        assert_eq!(v["invalid_figures"][0]["figure"], "conc");
+        // Every figure opens with its failures.
+        let order = [
+            ("seq", json_keys(r.seq.as_ref().unwrap())),
+            ("sparse", json_keys(r.sparse.as_ref().unwrap())),
+            ("conc", json_keys(r.conc.as_ref().unwrap())),
+            ("cold", json_keys(r.cold.as_ref().unwrap())),
+            ("stream", json_keys(r.stream.as_ref().unwrap())),
+        ];
+        for (scenario, keys) in order {
+            assert_eq!(
+                keys[..6],
+                [
+                    "valid",
+                    "failed",
+                    "failures",
+                    "warmup_failures",
+                    "attempted",
+                    "ok"
+                ],
+                "{scenario}"
+            );
+            for key in ["samples", "p50_ms", "p90_ms", "p99_ms", "max_ms"] {
+                if scenario != "stream" {
+                    assert!(v[scenario]["latency"][key].is_number(), "{scenario}.{key}");
+                }
             }
         }
+        assert_eq!(v["conc"]["valid"], false);
+        assert_eq!(v["conc"]["failed"], 2);
+        assert_eq!(v["conc"]["failures"]["503"], 2);
+        assert_eq!(v["conc"]["attempted"], 50_002);
+        assert_eq!(v["conc"]["ok"], 50_000);
+        assert_eq!(v["conc"]["ok_calls_per_s"], 5000.0);
+        assert_eq!(v["conc"]["attempted_calls_per_s"], 5000.2);
+        assert_eq!(v["seq"]["valid"], true);
         assert_eq!(v["sparse"]["gap_ms"], 200);
         assert!(v["seq"].get("gap_ms").is_none());
-        assert_eq!(v["conc"]["errors"]["503"], 2);
-        assert_eq!(v["conc"]["throughput_per_s"], 5000.0);
         assert_eq!(v["stream"]["body_mode"], "sized");
         assert!(v["stream"]["runs"][0]["verified"].as_bool().unwrap());
+        assert_eq!(v["floor"]["valid"], true);
+        assert_eq!(v["floor"]["failed"], 0);
         assert!(v["floor"]["call"]["latency"]["p99_ms"].is_number());
         assert!(v["floor"]["startup"]["cold"]["p50_ms"].is_number());
+        assert_eq!(v["floor"]["startup"]["valid"], true);
         assert_eq!(v["rss"][0]["label"], "lb");
+        assert_eq!(v["rss"][0]["valid"], true);
+        assert_eq!(v["cpu"][0]["valid"], false);
+        assert_eq!(v["cpu"][0]["failed"], 2);
         assert_eq!(v["checks"][0]["rule"], "<=");
-        assert!(v["checks"][0]["pass"].is_boolean());
+        assert_eq!(v["checks"][0]["valid"], true);
+        assert_eq!(v["checks"][0]["verdict"], "PASS");
+        assert_eq!(v["checks"][0]["pass"], true);
         // It round-trips, and absent scenarios are absent, not null.
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
         let empty = serde_json::to_value(Report::new(None)).unwrap();
         let mut keys: Vec<&String> = empty.as_object().unwrap().keys().collect();
         keys.sort();
-        assert_eq!(keys, ["started_at", "tool", "version"]);
+        assert_eq!(keys, ["failed_calls", "started_at", "tool", "valid", "version"]);
+        assert_eq!(empty["valid"], true);
     }
 
     #[test]
     fn renders_every_section() {
         let text = full_report().render();
         for needle in [
+            "INVALID: 2 failed calls",
+            "  conc: 2 (503x2)",
             "latency",
             "floor /call (uds)",
             "seq",
             "sparse",
-            "16 clients, 5000 calls/s",
-            "2 (503x2)",
+            "16 clients, 5000 ok calls/s (5000 attempted/s)",
             "startup floor",
             "streaming",
             "memory (VmRSS)",
+            "cpu per call",
             "contract",
             "FAIL",
             "PASS",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+        // The failures open the report, and each row shows its failures before its figures.
+        assert!(text.find("INVALID: 2 failed calls").unwrap() < text.find("latency").unwrap());
+        let conc = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("conc "))
+            .unwrap();
+        assert!(conc.find("2 (503x2)").unwrap() < conc.find("INVALID").unwrap());
+        assert!(conc.find("INVALID").unwrap() < conc.find("3.000").unwrap());
+        let lb_cpu = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("lb ") && l.contains("conc"))
+            .unwrap();
+        assert!(lb_cpu.contains("INVALID"), "{lb_cpu}");
+        let seq = text.lines().find(|l| l.trim_start().starts_with("seq ")).unwrap();
+        assert!(seq.contains("valid") && !seq.contains("INVALID"), "{seq}");
+    }
+
+    fn call_target(endpoint: Endpoint) -> CallTarget {
+        CallTarget {
+            endpoint,
+            template: CallTemplate::post("localhost", "/invoke/f"),
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    /// `seq` against a local server answering every `fail_every`-th call 503, the floor's warm
+    /// calls against a clean one, and the report derived from both.
+    async fn measured_report(fail_every: u64) -> Report {
+        let (_lb_dir, lb, _) = flaky_server(fail_every).await;
+        let (_fn_dir, function, _) = flaky_server(u64::MAX).await;
+        let (progress, _line) = Progress::start("unit-report", None);
+        let seq = sequential(&call_target(lb), 40, 5, None, &progress)
+            .await
+            .unwrap();
+        let call = sequential(&call_target(function), 40, 5, None, &progress)
+            .await
+            .unwrap();
+        let mut r = Report::new(None);
+        r.floor = Some(floor(call, stream(1000.0)));
+        r.seq = Some(seq);
+        r.derive();
+        r
+    }
+
+    #[tokio::test]
+    async fn a_scenario_with_failed_calls_is_invalid_and_gets_no_verdict() {
+        let r = measured_report(10).await;
+        // 45 calls: the 10th, 20th, 30th and 40th fail, all measured.
+        let seq = r.seq.as_ref().unwrap();
+        assert_eq!((seq.calls.attempted, seq.calls.ok, seq.calls.failed), (40, 36, 4));
+        assert!(!seq.calls.valid);
+        assert!(!r.valid);
+        assert_eq!(r.failed_calls, 4);
+        assert_eq!(
+            r.invalid_figures,
+            [InvalidFigure {
+                figure: "seq".into(),
+                failed: 4
+            }]
+        );
+        assert_eq!(r.checks.len(), 2);
+        for c in &r.checks {
+            assert!(!c.valid);
+            assert_eq!(c.pass, None);
+            assert_eq!(c.verdict, "INVALID (4 failed calls)");
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["valid"], false);
+        assert_eq!(v["seq"]["valid"], false);
+        assert_eq!(v["seq"]["failed"], 4);
+        assert_eq!(v["seq"]["failures"]["503"], 4);
+        assert_eq!(v["floor"]["valid"], true);
+        assert_eq!(v["checks"][0]["verdict"], "INVALID (4 failed calls)");
+        assert!(v["checks"][0]["pass"].is_null());
+        let text = r.render();
+        assert!(text.starts_with("INVALID: 4 failed calls"), "{text}");
+        assert!(text.contains("INVALID (4 failed calls)"), "{text}");
+        assert!(!text.contains("PASS") && !text.contains("FAIL"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_clean_scenario_gives_valid_figures_and_verdicts() {
+        let r = measured_report(u64::MAX).await;
+        let seq = r.seq.as_ref().unwrap();
+        assert_eq!((seq.calls.attempted, seq.calls.ok, seq.calls.failed), (40, 40, 0));
+        assert!(r.valid);
+        assert_eq!(r.failed_calls, 0);
+        assert!(r.invalid_figures.is_empty());
+        assert_eq!(r.checks.len(), 2);
+        for c in &r.checks {
+            assert!(c.valid);
+            assert!(c.pass.is_some());
+            assert!(c.verdict == "PASS" || c.verdict == "FAIL", "{}", c.verdict);
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["valid"], true);
+        assert_eq!(v["seq"]["valid"], true);
+        let text = r.render();
+        assert!(text.starts_with("failed calls: 0 (every figure valid)"), "{text}");
+        assert!(!text.contains("INVALID"), "{text}");
     }
 }

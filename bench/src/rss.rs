@@ -63,6 +63,11 @@ fn read(pid: u32) -> (Option<u64>, Option<u64>) {
 /// One process's memory over one scenario (KiB; `None` when the process could not be read).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RssFigure {
+    /// `false` when calls failed during the scenario: the peak is then not the peak of the load
+    /// the scenario was meant to put on the process.
+    pub valid: bool,
+    /// The scenario's failed calls (warm-up included).
+    pub failed: u64,
     pub label: String,
     pub pid: u32,
     pub scenario: String,
@@ -111,8 +116,9 @@ impl RssWatch {
         }
     }
 
-    /// Stops sampling and returns one figure per target.
-    pub fn finish(mut self) -> Vec<RssFigure> {
+    /// Stops sampling and returns one figure per target, for a scenario whose calls had `failed`
+    /// failures.
+    pub fn finish(mut self, failed: u64) -> Vec<RssFigure> {
         if let Some(task) = self.sampler.take() {
             task.abort();
         }
@@ -122,6 +128,8 @@ impl RssWatch {
                 let (after, hwm) = read(t.pid);
                 let peak = peak.load(Ordering::Relaxed).max(after.unwrap_or(0));
                 RssFigure {
+                    valid: failed == 0,
+                    failed,
                     label: t.label.clone(),
                     pid: t.pid,
                     scenario: self.scenario.clone(),
@@ -174,12 +182,16 @@ mod tests {
     async fn samples_this_process() {
         let me: RssTarget = format!("self={}", std::process::id()).parse().unwrap();
         let watch = RssWatch::start("unit", std::slice::from_ref(&me));
-        let figures = watch.finish();
+        let figures = watch.finish(0);
         assert_eq!(figures.len(), 1);
         let f = &figures[0];
         assert_eq!(f.scenario, "unit");
+        assert!(f.valid);
         assert!(f.idle_kib.unwrap() > 0);
         assert!(f.peak_kib.unwrap() >= f.idle_kib.unwrap().min(f.after_kib.unwrap()));
         assert!(f.hwm_kib.unwrap() >= f.after_kib.unwrap());
+        let during_failures = RssWatch::start("unit", std::slice::from_ref(&me)).finish(2);
+        assert!(!during_failures[0].valid);
+        assert_eq!(during_failures[0].failed, 2);
     }
 }

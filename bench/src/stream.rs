@@ -1,6 +1,8 @@
 //! The streaming scenario: POST a generated body of a given size, read the echo and verify it byte
 //! for byte, timing both directions. Neither side is ever held in memory, so the size is bounded
-//! only by the path under test.
+//! only by the path under test. A transfer that fails (an error status, a broken connection, a
+//! wrong body) is counted by cause like a failed call, and the rates are medians over the
+//! verified transfers only.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -10,7 +12,7 @@ use crate::{
     client::{CallTemplate, ClientError, Conn, Endpoint},
     pattern::{ECHO_PREFIX, EchoCheck, PatternBody},
     progress::Progress,
-    stats::median,
+    stats::{CallCounts, Counted, ErrorTally, median},
     units::mb_per_s,
 };
 
@@ -49,7 +51,7 @@ impl BodyMode {
     }
 }
 
-/// One transfer.
+/// One transfer that got an answer (a transfer whose connection broke is only counted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamRun {
     pub status: u16,
@@ -68,21 +70,47 @@ pub struct StreamRun {
     pub first_mismatch: Option<u64>,
 }
 
-/// Figures over all transfers (medians).
+impl StreamRun {
+    /// Why the transfer failed, as a failure cause: the status when not 2xx, else `"body
+    /// mismatch"` (a byte differs) or `"body length"` (more or fewer bytes than sent); `None` for
+    /// a verified transfer.
+    pub fn failure(&self) -> Option<String> {
+        if self.verified {
+            None
+        } else if !(200..300).contains(&self.status) {
+            Some(self.status.to_string())
+        } else if self.first_mismatch.is_some() {
+            Some("body mismatch".into())
+        } else {
+            Some("body length".into())
+        }
+    }
+}
+
+/// Figures over all transfers: medians of the verified ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamResult {
+    /// Failures first: transfers attempted, verified (`ok`) and failed by cause.
+    #[serde(flatten)]
+    pub calls: CallCounts,
     /// Pattern bytes per transfer (the echo prefix, if any, comes on top).
     pub size_bytes: u64,
     pub body_mode: BodyMode,
     pub up_mb_s: f64,
     pub down_mb_s: f64,
     pub round_trip_mb_s: f64,
-    /// Every transfer verified.
-    pub verified: bool,
+    /// Every transfer that got an answer, verified or not.
     pub runs: Vec<StreamRun>,
 }
 
-/// `runs` transfers of `size` bytes on one keep-alive connection.
+impl Counted for StreamResult {
+    fn failed(&self) -> u64 {
+        self.calls.failed
+    }
+}
+
+/// `runs` transfers of `size` bytes on one keep-alive connection (reopened after a broken
+/// transfer).
 pub async fn stream(
     endpoint: &Endpoint,
     template: &CallTemplate,
@@ -93,19 +121,32 @@ pub async fn stream(
 ) -> Result<StreamResult, ClientError> {
     let mut conn = Conn::open(endpoint.clone()).await?;
     let mut results = Vec::with_capacity(runs);
+    let mut failures = ErrorTally::default();
     for _ in 0..runs.max(1) {
-        let run = transfer(&mut conn, template, size, mode).await?;
-        progress.record(run.verified);
-        results.push(run);
+        match transfer(&mut conn, template, size, mode).await {
+            Ok(run) => {
+                if let Some(cause) = run.failure() {
+                    failures.add(cause);
+                }
+                progress.record(run.verified);
+                results.push(run);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "transfer failed");
+                failures.add(e.cause());
+                progress.record(false);
+            }
+        }
     }
-    let pick = |f: fn(&StreamRun) -> f64| median(&results.iter().map(f).collect::<Vec<_>>());
+    let verified: Vec<&StreamRun> = results.iter().filter(|r| r.verified).collect();
+    let pick = |f: fn(&StreamRun) -> f64| median(&verified.iter().map(|r| f(r)).collect::<Vec<_>>());
     Ok(StreamResult {
+        calls: CallCounts::new(verified.len() as u64, failures, ErrorTally::default()),
         size_bytes: size,
         body_mode: mode,
         up_mb_s: pick(|r| r.up_mb_s),
         down_mb_s: pick(|r| r.down_mb_s),
         round_trip_mb_s: pick(|r| r.round_trip_mb_s),
-        verified: results.iter().all(|r| r.verified),
         runs: results,
     })
 }
@@ -209,7 +250,8 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(r.verified, "{r:?}");
+        assert!(r.calls.valid, "{r:?}");
+        assert_eq!((r.calls.attempted, r.calls.ok, r.calls.failed), (2, 2, 0));
         assert_eq!(r.runs.len(), 2);
         assert_eq!(r.runs[0].received_bytes, size + ECHO_PREFIX.len() as u64);
         assert!(r.round_trip_mb_s > 0.0 && r.up_mb_s > 0.0 && r.down_mb_s > 0.0);
@@ -256,7 +298,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(r.verified, "{r:?}");
+        assert!(r.calls.valid, "{r:?}");
         assert_eq!(r.runs[0].received_bytes, size);
         assert_eq!(
             r.runs[0].sent_bytes,
@@ -278,8 +320,93 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(!r.verified);
+        assert!(!r.runs[0].verified);
         assert_eq!(r.runs[0].first_mismatch, Some(3));
         assert_eq!(r.runs[0].received_bytes, 100_000);
+        // A 200 with a wrong body is a failed transfer: counted, and no rate from it.
+        assert!(!r.calls.valid);
+        assert_eq!((r.calls.attempted, r.calls.ok, r.calls.failed), (1, 0, 1));
+        assert_eq!(r.calls.failures.0.get("body mismatch"), Some(&1));
+        assert_eq!(r.round_trip_mb_s, 0.0);
+        assert_eq!(r.failed(), 1);
+    }
+
+    #[tokio::test]
+    async fn counts_failed_transfers_by_status() {
+        // Echoes whole bodies, and answers every 2nd call 503.
+        let (_dir, endpoint, served) = crate::test_support::flaky_server(2).await;
+        let (progress, _line) = Progress::start("unit-stream-503", Some(4));
+        let r = stream(
+            &endpoint,
+            &CallTemplate::fdk_call(),
+            100_000,
+            BodyMode::Raw,
+            4,
+            &progress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 4);
+        assert!(!r.calls.valid);
+        assert_eq!((r.calls.attempted, r.calls.ok, r.calls.failed), (4, 2, 2));
+        assert_eq!(r.calls.failures.0.get("503"), Some(&2));
+        assert_eq!(r.runs.len(), 4);
+        assert_eq!(r.runs[1].failure().as_deref(), Some("503"));
+        // The rates are the verified transfers' medians.
+        let mut ok: Vec<f64> = r
+            .runs
+            .iter()
+            .filter(|x| x.verified)
+            .map(|x| x.round_trip_mb_s)
+            .collect();
+        ok.sort_by(f64::total_cmp);
+        assert_eq!(r.round_trip_mb_s, (ok[0] + ok[1]) / 2.0);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["valid"], false);
+        assert_eq!(v["failures"]["503"], 2);
+        assert!(v.get("verified").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_broken_transfer_is_counted_and_the_next_one_reconnects() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            // The first connection dies once the request has started to arrive.
+            let (mut first, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = first.read(&mut buf).await;
+            drop(first);
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        Ok::<_, Infallible>(Response::new(req.into_body()))
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let (progress, _line) = Progress::start("unit-stream-broken", Some(2));
+        let r = stream(
+            &Endpoint::Unix(path),
+            &CallTemplate::fdk_call(),
+            100_000,
+            BodyMode::Raw,
+            2,
+            &progress,
+        )
+        .await
+        .unwrap();
+        assert!(!r.calls.valid);
+        assert_eq!((r.calls.attempted, r.calls.ok, r.calls.failed), (2, 1, 1));
+        assert_eq!(r.calls.failures.0.get("transport"), Some(&1));
+        // Only the transfer that got an answer has a run.
+        assert_eq!(r.runs.len(), 1);
+        assert!(r.runs[0].verified);
+        assert!(r.round_trip_mb_s > 0.0);
     }
 }
