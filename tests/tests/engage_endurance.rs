@@ -367,12 +367,12 @@ async fn one_connection_survives_calls_nacks_and_cancels() -> Result<()> {
 
     let text = scrape(runner.http_addr).await.unwrap_or_default();
     let server_conns = has_metric(&text, GRPC_CONNECTIONS).then(|| metric_sum(&text, GRPC_CONNECTIONS, &[]));
-    let resets = count_lines(&runner.logs(), "reset streams reached limit");
+    let resets = count_lines(&runner.logs(), "reached limit");
     let g = Tally::get;
     println!(
         "ENDURANCE scale={scale} in {:.1}s: ok={} nacks={} cancels waiting={} started={} | ok failed={} unclean \
-         nacks={} transport errors={} | channel connections={} server {GRPC_CONNECTIONS}={} | runner log 'reset \
-         streams reached limit'={resets}; first problems: {:?}",
+         nacks={} transport errors={} | channel connections={} server {GRPC_CONNECTIONS}={} | runner log h2 'reached \
+         limit'={resets}; first problems: {:?}",
         elapsed.as_secs_f64(),
         g(&t.ok),
         g(&t.nacks),
@@ -396,8 +396,7 @@ async fn one_connection_survives_calls_nacks_and_cancels() -> Result<()> {
     let conns = connects.load(Ordering::SeqCst);
     if conns != 1 {
         problems.push(format!(
-            "the channel opened {conns} connections: the first one did not survive (runner log: {resets} x \
-             'reset streams reached limit')"
+            "the channel opened {conns} connections: the first one did not survive (runner log: {resets} x h2 'reached limit')"
         ));
     }
     // Labelled: `ferrofn_runner_grpc_connections_total` is new (issue 10); missing counts as 0.

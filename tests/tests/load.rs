@@ -225,13 +225,22 @@ async fn load_test(runners: usize, tls: bool) -> Result<()> {
     }
     let lb_log = cluster.lb_log();
     let runner_logs: String = cluster.runners.iter().map(RunnerProc::logs).collect();
+    let first_line = |log: &str, needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .map(|l| l.chars().take(700).collect::<String>())
+            .unwrap_or_default()
+    };
     println!(
-        "LOAD runners={runners} tls={tls}: log lines: runner 'reset streams reached limit' {}, LB 'connection \
-         lost' {}, LB 'no runner up' {}; {:.1}s in all",
-        count_lines(&runner_logs, "reset streams reached limit"),
+        "LOAD runners={runners} tls={tls}: log lines: h2 'reached limit' runner {} LB {}, LB 'connection lost' {}, \
+         LB 'no runner up' {}; {:.1}s in all\n  first h2 limit line: {}\n  first LB connection-lost line: {}",
+        count_lines(&runner_logs, "reached limit"),
+        count_lines(&lb_log, "reached limit"),
         count_lines(&lb_log, "connection lost"),
         count_lines(&lb_log, "no runner up"),
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        first_line(&format!("{runner_logs}{lb_log}"), "reached limit"),
+        first_line(&lb_log, "connection lost"),
     );
     if let Err(e) = cluster.finish().await {
         problems.push(format!("drain: {e:#}"));
