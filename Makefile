@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUNCTIONS := -p ferrofn-fn-testfn -p ferrofn-fn-hello -p ferrofn-fn-status
 
-.PHONY: all build images lint test demo down bench
+.PHONY: all build images lint test soak demo down bench
 
 all: build
 
@@ -26,6 +26,14 @@ lint:
 ## Everything CI runs: lints, the images, then every unit and integration test (real Docker, real TLS).
 test: lint images
 	$(CARGO) test --workspace --no-fail-fast
+
+## The long forms of the correctness-under-load tests (issue 10), not part of `make test` (which runs
+## their short forms): the load test at 30 s per scenario (1 and 3 runners, plaintext and mTLS, 16/64/256
+## clients), a runner SIGKILLed under load, and one connection through >= 100,000 Engage calls,
+## 20,000 NACKs and 1,000 client cancels. Prints one line per scenario.
+soak:
+	FERROFN_LOAD_SECS=30 FERROFN_ENDURANCE_SCALE=20 $(CARGO) test -p ferrofn-tests \
+		--no-fail-fast --test load --test load_faults --test engage_endurance -- --nocapture --test-threads 1
 
 ## A local cluster (one LB, three runners, mTLS) answering a function call.
 demo:

@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod docker;
 pub mod images;
 pub mod lb_proc;
+pub mod load;
 pub mod runner_proc;
