@@ -33,7 +33,7 @@ test: lint images
 ## 20,000 NACKs and 1,000 client cancels. Prints one line per scenario.
 soak:
 	FERROFN_LOAD_SECS=30 FERROFN_ENDURANCE_SCALE=20 $(CARGO) test -p ferrofn-tests \
-		--no-fail-fast --test load --test load_faults --test engage_endurance -- --nocapture --test-threads 1
+		--no-fail-fast --test load --test load_faults --test engage_endurance -- --include-ignored --nocapture --test-threads 1
 
 ## A local cluster (one LB, three runners, mTLS) answering a function call.
 demo:

@@ -93,6 +93,7 @@ async fn warm_up(c: &ProcCluster) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 10: warm-up expects one container per client, which the launch rule no longer starts; run with make soak"]
 async fn sigkill_of_a_runner_costs_only_its_in_flight_calls() -> Result<()> {
     let mut c = ProcCluster::start(
         2,
