@@ -10,9 +10,9 @@ use ferrofn_proto::{ClientMsg, runner_msg};
 use tokio::sync::mpsc;
 
 use super::{
-    AbortOnDrop, BodyState, CallResponse, EngageCall, Engaged, NO_EOF, NO_RESULT, RecvFailure, ResponseHead,
-    connection_lost, data_msg, detached_ack, finish, internal, nack, recv, recv_failed, status_is_too_busy,
-    unprocessed_by_runner, upstream_failure,
+    AbortOnDrop, BodyState, CallResponse, EngageCall, Engaged, NO_EOF, RecvFailure, ResponseHead,
+    connection_lost, data_msg, detached_ack, ended_without_result, finish, internal, nack, recv, recv_failed,
+    status_is_too_busy, unprocessed_by_runner,
 };
 use crate::placer::Attempt;
 
@@ -44,14 +44,7 @@ pub(super) async fn run(
     loop {
         let msg = match recv(&mut a.stream, a.deadline).await {
             Ok(Some(m)) => m,
-            Ok(None) => {
-                return Attempt::Placed(Err(upstream_failure(
-                    "engage receive",
-                    &a.runner,
-                    NO_EOF,
-                    NO_RESULT,
-                )));
-            }
+            Ok(None) => return ended_without_result(&a.runner),
             Err(RecvFailure::Status(s)) if !started && status_is_too_busy(&s) => return nack(&a.runner),
             // HTTP/2 says the runner never processed the stream: place the call again.
             Err(RecvFailure::Status(s)) if !started && unprocessed_by_runner(&s) => {

@@ -525,6 +525,11 @@ fn connection_lost(runner: &Runner, s: &tonic::Status) -> Attempt<CallResponse, 
     Attempt::NotPlaced(FnError::server_busy())
 }
 
+/// A committed call whose stream ended without CallFinished: 502 (Fn: 500).
+fn ended_without_result(runner: &Runner) -> Attempt<CallResponse, FnError> {
+    Attempt::Placed(Err(upstream_failure("engage receive", runner, NO_EOF, NO_RESULT)))
+}
+
 fn nack(runner: &Runner) -> Attempt<CallResponse, FnError> {
     metrics::counter!("lb_engage_nacks_total", "runner" => runner.addr().to_owned()).increment(1);
     tracing::debug!(runner = %runner.addr(), "runner NACKed the call");

@@ -20,9 +20,9 @@ use ferrofn_common::frames::chunks;
 use ferrofn_proto::{ClientMsg, RunnerMsg, runner_msg};
 
 use super::{
-    AbortOnDrop, BodyState, CONNECTION_LOST, CallResponse, EngageCall, Engaged, NO_EOF, NO_RESULT,
-    RecvFailure, ResponseHead, RunnerStream, WINDOW_FRAMES, connection_lost, data_msg, detached_ack, finish,
-    internal, is_transport_failure, nack, record_finished, recv, recv_failed, status_is_too_busy,
+    AbortOnDrop, BodyState, CONNECTION_LOST, CallResponse, EngageCall, Engaged, NO_RESULT, RecvFailure,
+    ResponseHead, RunnerStream, WINDOW_FRAMES, connection_lost, data_msg, detached_ack, ended_without_result,
+    finish, internal, is_transport_failure, nack, record_finished, recv, recv_failed, status_is_too_busy,
     upstream_failure,
 };
 use crate::placer::Attempt;
@@ -108,14 +108,7 @@ pub(super) async fn run(mut a: Engaged<'_>, tx: mpsc::Sender<ClientMsg>) -> Atte
         };
         let msg = match msg {
             Ok(Some(m)) => m,
-            Ok(None) => {
-                return Attempt::Placed(Err(upstream_failure(
-                    "engage receive",
-                    &a.runner,
-                    NO_EOF,
-                    NO_RESULT,
-                )));
-            }
+            Ok(None) => return ended_without_result(&a.runner),
             Err(f) => return Attempt::Placed(Err(recv_failed("engage receive", &a.runner, a.call, f))),
         };
         match msg.body {
