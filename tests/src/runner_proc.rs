@@ -355,6 +355,50 @@ where
     }
 }
 
+/// A call left open: its response stream and its request sender. Dropping both is a client cancel
+/// (the request side half-closes, then HTTP/2 resets the stream: RST_STREAM CANCEL).
+pub struct OpenCall {
+    /// The runner's messages.
+    pub responses: tonic::Streaming<ferrofn_proto::RunnerMsg>,
+    /// The request side; kept open (never half-closed) as Fn's LB does while the call runs.
+    pub requests: mpsc::Sender<ClientMsg>,
+}
+
+/// Opens an Engage stream: TryCall `call_json` (with `extensions`), then `body` as one eof frame,
+/// and leaves both sides open.
+pub async fn open_call(
+    client: &mut RunnerProtocolClient<Channel>,
+    call_json: String,
+    body: &[u8],
+    extensions: HashMap<String, String>,
+) -> Result<OpenCall> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(ClientMsg {
+        body: Some(client_msg::Body::Try(TryCall {
+            models_call_json: call_json,
+            slot_hash_id: String::new(),
+            extensions,
+        })),
+    })
+    .await?;
+    tx.send(ClientMsg {
+        body: Some(client_msg::Body::Data(DataFrame {
+            data: bytes::Bytes::copy_from_slice(body),
+            eof: true,
+        })),
+    })
+    .await?;
+    let responses = client
+        .engage(tonic::Request::new(ReceiverStream::new(rx)))
+        .await
+        .context("opening the Engage stream")?
+        .into_inner();
+    Ok(OpenCall {
+        responses,
+        requests: tx,
+    })
+}
+
 /// What an Engage exchange produced.
 #[derive(Debug, Default)]
 pub struct EngageResult {

@@ -204,6 +204,7 @@ impl Agent {
         let give_up = tokio::time::Instant::now() + wait_limit;
         let mut waiter = queue.join();
         let mut launches = FuturesUnordered::new();
+        let mut first_try = true;
         let mut poll = tokio::time::interval(cfg.hot_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -234,7 +235,14 @@ impl Agent {
                 }
                 _ = poll.tick() => {}
             }
-            if !queue.should_launch(Instant::now(), policy) {
+            let now = Instant::now();
+            let launch = if first_try {
+                first_try = false;
+                queue.should_launch_new_call(now, policy)
+            } else {
+                queue.should_launch(now, policy)
+            };
+            if !launch {
                 continue;
             }
             match self.launch(&queue, call).await {

@@ -285,8 +285,20 @@ impl SlotQueue {
     /// uncovered waiter), or the last uncovered waiter would wait longer for a busy container to come
     /// back (uncovered x mean hold / busy) than for a launch.
     pub(crate) fn should_launch(&self, now: Instant, policy: LaunchPolicy) -> bool {
+        self.decide_launch(now, policy, true)
+    }
+
+    /// [`SlotQueue::should_launch`] for a call that just arrived: the block after a launch that
+    /// found no room does not apply to it, so that each new call tries once (evicting idle
+    /// containers if that makes room) and is NACKed at once if it fails, as in Fn, rather than
+    /// waiting for the block to end.
+    pub(crate) fn should_launch_new_call(&self, now: Instant, policy: LaunchPolicy) -> bool {
+        self.decide_launch(now, policy, false)
+    }
+
+    fn decide_launch(&self, now: Instant, policy: LaunchPolicy, respect_block: bool) -> bool {
         let mut s = self.state.lock().expect("queue lock");
-        if s.blocked_until.is_some_and(|t| now < t) {
+        if respect_block && s.blocked_until.is_some_and(|t| now < t) {
             return false;
         }
         let uncovered = s.waiters.len().saturating_sub(s.starting);
@@ -552,6 +564,23 @@ mod tests {
         a.launch_ended(None, Duration::from_millis(300));
         assert!(b.should_launch(now, policy), "room again after a launch ended");
         assert_eq!(node.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_new_call_tries_a_launch_despite_the_block() {
+        let q = SlotQueue::new(SlotKey(vec![3]));
+        let now = Instant::now();
+        let w1 = q.join();
+        assert!(q.should_launch(now, POLICY));
+        q.launch_aborted(now + Duration::from_millis(200));
+        assert!(!q.should_launch(now, POLICY), "waiters respect the block");
+        let w2 = q.join();
+        assert!(
+            q.should_launch_new_call(now, POLICY),
+            "a new call tries once, so that it can be NACKed at once"
+        );
+        q.launch_aborted(now + Duration::from_millis(200));
+        drop((w1, w2));
     }
 
     #[test]
