@@ -238,6 +238,11 @@ impl Cluster {
     /// Calls a runner has finished since it started (`ferrofn_runner_calls_total`, every outcome),
     /// read from its `/metrics`: the LB's responses do not say which runner served a call.
     pub async fn runner_calls(&self, service: &str) -> Result<u64> {
+        Ok(self.runner_metric(service, "ferrofn_runner_calls_total").await? as u64)
+    }
+
+    /// The sum of metric `name` (all label sets) on a runner's `/metrics`.
+    pub async fn runner_metric(&self, service: &str, name: &str) -> Result<f64> {
         let ip = self.ip(service).await?;
         let url = format!("http://{ip}:{RUNNER_METRICS_PORT}/metrics");
         let r = tokio::time::timeout(
@@ -249,7 +254,7 @@ impl Cluster {
         if r.status != 200 {
             bail!("GET {url}: {}", r.status);
         }
-        Ok(sum_metric(&r.text(), "ferrofn_runner_calls_total"))
+        Ok(crate::load::metric_sum(&r.text(), name, &[]))
     }
 
     /// The state the LB reports for a runner (`lb_runner_up{runner, state} == 1`): `up`, `down` or
@@ -419,18 +424,6 @@ impl Drop for Cluster {
     }
 }
 
-/// Sum of every sample of a Prometheus counter in a text exposition.
-pub fn sum_metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 /// The `state` label of the `lb_runner_up` sample set to 1 for runner `addr`.
 pub fn lb_runner_state(text: &str, addr: &str) -> Option<String> {
     let runner = format!("runner=\"{addr}\"");
@@ -594,8 +587,8 @@ mod tests {
                     lb_runner_up{runner=\"runner-1:9190\",state=\"down\"} 0\n\
                     lb_runner_up{runner=\"runner-1:9190\",state=\"up\"} 1\n\
                     lb_runner_up{state=\"down\",runner=\"runner-2:9190\"} 1\n";
-        assert_eq!(sum_metric(text, "ferrofn_runner_calls_total"), 9);
-        assert_eq!(sum_metric(text, "missing_total"), 0);
+        assert_eq!(crate::load::metric_sum(text, "ferrofn_runner_calls_total", &[]), 9.0);
+        assert_eq!(crate::load::metric_sum(text, "missing_total", &[]), 0.0);
         assert_eq!(lb_runner_state(text, "runner-1:9190").as_deref(), Some("up"));
         assert_eq!(lb_runner_state(text, "runner-2:9190").as_deref(), Some("down"));
         assert_eq!(lb_runner_state(text, "runner-3:9190"), None);
