@@ -587,7 +587,10 @@ mod tests {
                     lb_runner_up{runner=\"runner-1:9190\",state=\"down\"} 0\n\
                     lb_runner_up{runner=\"runner-1:9190\",state=\"up\"} 1\n\
                     lb_runner_up{state=\"down\",runner=\"runner-2:9190\"} 1\n";
-        assert_eq!(crate::load::metric_sum(text, "ferrofn_runner_calls_total", &[]), 9.0);
+        assert_eq!(
+            crate::load::metric_sum(text, "ferrofn_runner_calls_total", &[]),
+            9.0
+        );
         assert_eq!(crate::load::metric_sum(text, "missing_total", &[]), 0.0);
         assert_eq!(lb_runner_state(text, "runner-1:9190").as_deref(), Some("up"));
         assert_eq!(lb_runner_state(text, "runner-2:9190").as_deref(), Some("down"));

@@ -17,9 +17,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on a call's answer when its runner dies: the fn timeout plus 15 s of LB margin.
 const ANSWER_BOUND: Duration = Duration::from_secs(FN_TIMEOUT as u64 + 15);
 /// Bound on a call's answer when its runner goes silent (network cut, no RST): the LB's HTTP/2
-/// keepalive (5 s interval + 5 s timeout) drops the dead connection within ~10 s and its calls
-/// answer 502, so the normal answer bound holds (the LB's per-call deadline, fn timeout + 30 s, is
-/// only the backstop).
+/// keepalive (compose: 1 s interval + 2 s timeout) drops the dead connection within ~3 s; its
+/// accepted calls answer 502, the others are placed again, so the normal answer bound holds (the
+/// LB's per-call deadline, fn timeout + 30 s, is only the backstop).
 const SILENT_RUNNER_BOUND: Duration = ANSWER_BOUND;
 const WORKERS: usize = 6;
 /// Upper bound on the calls of one test (the tests stop the load long before).
