@@ -16,6 +16,7 @@ pub mod certs;
 pub mod config;
 pub mod datetime;
 pub mod error;
+pub mod exit;
 pub mod frames;
 pub mod id;
 pub mod models;

@@ -211,7 +211,11 @@ pub async fn run_call(
         }
         Err(PlaceError::NoRunners) => {
             tracing::warn!(fn_id = %f.id, "no runner configured: answering 503");
-            ("server_busy", Err(FnError::server_busy()))
+            ("no_runner", Err(FnError::no_runner(0)))
+        }
+        Err(PlaceError::NoneUp { configured }) => {
+            tracing::warn!(fn_id = %f.id, configured, "no runner up: none of the configured runners is up; answering 503");
+            ("no_runner", Err(FnError::no_runner(configured)))
         }
         Err(PlaceError::TimedOut { attempts, .. }) => {
             tracing::warn!(fn_id = %f.id, attempts, "no runner took the call within the placer timeout");

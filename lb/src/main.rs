@@ -3,16 +3,16 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 use ferrofn_common::certs::{CertsArgs, run_certs};
-use ferrofn_common::config::{EnvSource, render_toml};
+use ferrofn_common::config::EnvSource;
 use ferrofn_common::shutdown::Shutdown;
 use ferrofn_lb::config::{Flags, LbSettings};
-use ferrofn_lb::pool::parse_addresses;
 
 /// How long SIGTERM waits for detached calls still running (Fn's longest fn timeout is 300 s).
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(330);
@@ -65,19 +65,30 @@ async fn probe(addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ferrofn_common::exit::fail("ferrofn-lb", &e),
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let load = || LbSettings::load(cli.config.as_deref(), &EnvSource::process(), &cli.flags);
     match &cli.command {
         Some(Command::PrintConfig) => {
-            print!("{}", render_toml(&load()?));
+            let loaded = load()?;
+            for d in loaded.deprecations() {
+                eprintln!("ferrofn-lb: warning: {d}");
+            }
+            print!("{}", loaded.render());
             return Ok(());
         }
         Some(Command::Certs(args)) => return run_certs(args),
         Some(Command::Probe { addr, timeout_ms }) => {
             let addr = match addr {
                 Some(a) => a.clone(),
-                None => format!("127.0.0.1:{}", load()?.port),
+                None => format!("127.0.0.1:{}", load()?.settings.port),
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -91,8 +102,10 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    let settings = load()?;
+    let loaded = load()?;
+    let settings = loaded.settings.clone();
     ferrofn_common::telemetry::init_tracing(settings.log_format, &settings.log_level);
+    loaded.log_deprecations();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,8 +122,7 @@ fn main() -> anyhow::Result<()> {
                 _ = hup.recv() => match load() {
                     // The file (and the environment of the process, which cannot change) again.
                     Ok(s) => {
-                        let addrs: Vec<String> = s.runner_addresses.iter().flat_map(|a| parse_addresses(a)).collect();
-                        if let Err(e) = pool.set_addresses(&addrs) {
+                        if let Err(e) = pool.set_addresses(&s.settings.runner_list()) {
                             tracing::error!(error = %e, "SIGHUP: keeping the old runner list");
                         }
                     }

@@ -97,7 +97,7 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
             tls.with_server_name(&settings.tls.server_name)
         })
     };
-    let pool = RunnerPool::new(&settings.runner_addresses, tls, settings.channel_options())?;
+    let pool = RunnerPool::new(&settings.runner_list(), tls, settings.channel_options())?;
     let state = Arc::new(LbState {
         registry,
         pool: pool.clone(),

@@ -99,7 +99,7 @@ pub enum StartError {
     Bind { addr: String, source: std::io::Error },
     /// mTLS is on but files are missing.
     #[error(
-        "mTLS needs --tls-ca, --tls-cert and --tls-key (FN_TLS_CA / FN_TLS_CERT / FN_TLS_KEY), or --plaintext"
+        "mTLS needs --tls-ca, --tls-cert and --tls-key (FERROFN_TLS_CA / FERROFN_TLS_CERT / FERROFN_TLS_KEY), or --plaintext"
     )]
     TlsFilesMissing,
     /// The TLS files are unusable.
@@ -281,16 +281,16 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
             }
         })
     } else {
-        if settings.tls_ca.as_os_str().is_empty()
-            || settings.tls_cert.as_os_str().is_empty()
-            || settings.tls_key.as_os_str().is_empty()
+        if settings.tls.ca.as_os_str().is_empty()
+            || settings.tls.cert.as_os_str().is_empty()
+            || settings.tls.key.as_os_str().is_empty()
         {
             return Err(StartError::TlsFilesMissing);
         }
         let tls = ReloadingServerTls::new(TlsFiles::new(
-            &settings.tls_ca,
-            &settings.tls_cert,
-            &settings.tls_key,
+            &settings.tls.ca,
+            &settings.tls.cert,
+            &settings.tls.key,
         ))
         .map_err(StartError::Tls)?;
         info!(%grpc_addr, "serving gRPC over mTLS");

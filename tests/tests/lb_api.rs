@@ -601,7 +601,10 @@ async fn call_routes_without_runners() {
     .unwrap();
     assert_eq!(
         (r.status, r.json()["message"].clone()),
-        (503, json!("Timed out - server too busy"))
+        (
+            503,
+            json!("No runner is configured on this LB (FN_RUNNER_ADDRESSES is empty)")
+        )
     );
     assert_eq!(r.header("retry-after"), "15");
     assert_eq!(r.header("fn-call-id").len(), 26);

@@ -34,7 +34,7 @@ async fn refuses_to_start_without_mtls_files_unless_plaintext() {
     let out = tokio::process::Command::new(&bin)
         .current_dir(dir.path())
         .env("FN_PORT", "0")
-        .env("FN_LISTEN_ADDRESS", "127.0.0.1")
+        .env("FERROFN_LISTEN_ADDRESS", "127.0.0.1")
         .output()
         .await
         .unwrap();

@@ -191,7 +191,7 @@ async fn load_test(runners: usize, tls: bool) -> Result<()> {
         ("RUST_LOG", "info"),
     ];
     let lb_env = [
-        ("FN_PLACER_TIMEOUT_MSECS", PLACER_TIMEOUT_MS),
+        ("FERROFN_PLACER_TIMEOUT_MSECS", PLACER_TIMEOUT_MS),
         ("RUST_LOG", "info"),
     ];
     let cluster = ProcCluster::start(

@@ -223,7 +223,7 @@ impl Stack {
             &[
                 ("FN_RUNNER_ADDRESSES", addr.as_str()),
                 ("FN_DB_URL", db.as_str()),
-                ("FN_HEALTH_INTERVAL_MSECS", "200"),
+                ("FERROFN_HEALTH_INTERVAL_MSECS", "200"),
             ],
         )
         .await?;

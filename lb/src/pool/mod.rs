@@ -102,11 +102,11 @@ impl Runner {
         RunnerState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// Sets the health, logging changes.
-    pub fn set_state(&self, s: RunnerState) {
+    /// Sets the health, logging changes with `why` (the probe result or the connect error).
+    pub fn set_state(&self, s: RunnerState, why: &str) {
         let old = RunnerState::from_u8(self.state.swap(s as u8, Ordering::AcqRel));
         if old != s {
-            tracing::info!(runner = %self.addr, from = old.as_str(), to = s.as_str(), "runner state changed");
+            tracing::info!(runner = %self.addr, from = old.as_str(), to = s.as_str(), why, "runner state changed");
         }
         for st in [RunnerState::Up, RunnerState::Down, RunnerState::Draining] {
             metrics::gauge!("lb_runner_up", "runner" => self.addr.clone(), "state" => st.as_str())
@@ -255,7 +255,7 @@ mod tests {
         let addrs: Vec<String> = vec!["127.0.0.1:1".into(), "localhost:2".into()];
         let pool = RunnerPool::new(&addrs, None, ChannelOptions::default()).unwrap();
         let rs = pool.runners();
-        rs[1].set_state(RunnerState::Draining);
+        rs[1].set_state(RunnerState::Draining, "test");
         let guard = rs[0].begin_call();
         let snap = pool.snapshot();
         assert_eq!(

@@ -81,6 +81,22 @@ fn keys_of(v: &Value) -> Keys {
     }
 }
 
+/// Checks `FN_DB_URL`: `sqlite3://` / `sqlite://` URLs and plain paths are served by this registry;
+/// any other `scheme://` is refused rather than taken as a file name.
+pub fn check_db_url(setting: &str) -> Result<(), String> {
+    let s = setting.trim();
+    if s.is_empty() {
+        return Err("empty: give sqlite3:///path/to/fn.db or a path".into());
+    }
+    match s.split_once("://") {
+        Some(("sqlite3" | "sqlite", rest)) if !rest.is_empty() => Ok(()),
+        Some((scheme, _)) => Err(format!(
+            "{scheme}:// databases are not supported by this build: use sqlite3:///path/to/fn.db"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Parses a `sqlite3:///path`, `sqlite:///path` or plain path setting into a file path.
 pub fn db_path(setting: &str) -> PathBuf {
     let s = setting.trim();
@@ -467,6 +483,15 @@ impl Registry for SqliteRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn db_url_checks() {
+        assert!(check_db_url("sqlite3:///data/fn.db").is_ok());
+        assert!(check_db_url("./data/fn.db").is_ok());
+        assert!(check_db_url("postgres://u:p@h:5432/db").is_err());
+        assert!(check_db_url("sqlite3://").is_err());
+        assert!(check_db_url("").is_err());
+    }
 
     #[test]
     fn db_url_forms() {
