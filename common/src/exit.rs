@@ -40,6 +40,26 @@ pub fn report(err: &anyhow::Error) -> String {
     distinct(err.chain(), "\n  caused by: ")
 }
 
+/// A gRPC status for a log line: its message, then its distinct transport causes (tonic's own
+/// `Display` prints the code, the message and the cause's `Debug` form).
+pub fn grpc_status(s: &tonic::Status) -> String {
+    let causes = std::error::Error::source(s).map(one_line).unwrap_or_default();
+    let msg = s.message();
+    match (msg.is_empty(), causes.is_empty()) {
+        (true, true) => format!("{:?}", s.code()),
+        (false, true) => msg.to_owned(),
+        (true, false) => causes,
+        (false, false) if msg.contains(&causes) || causes.contains(msg) => {
+            if msg.len() >= causes.len() {
+                msg.to_owned()
+            } else {
+                causes
+            }
+        }
+        (false, false) => format!("{msg}: {causes}"),
+    }
+}
+
 /// An error and its distinct causes on one line (`a: b: c`), for log fields.
 pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     distinct(std::iter::successors(Some(err), |e| e.source()), ": ")
@@ -103,6 +123,17 @@ mod tests {
         );
         let err = anyhow::Error::new(missing()).context("starting");
         assert_eq!(one_line(err.as_ref()), "starting: No such file or directory");
+    }
+
+    #[test]
+    fn grpc_status_without_the_debug_noise() {
+        let s = tonic::Status::unavailable("connecting to the runner failed: Connection refused");
+        assert_eq!(
+            grpc_status(&s),
+            "connecting to the runner failed: Connection refused"
+        );
+        let s = tonic::Status::unavailable("");
+        assert_eq!(grpc_status(&s), "Unavailable");
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl LbSettings {
         }
         crate::registry::sqlite::check_db_url(&self.db_url).map_err(|m| BadSetting::new("db_url", m))?;
         let url = &self.public_lb_url;
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(BadSetting::new(
                 "public_lb_url",
                 format!("{url:?} is not an http:// or https:// URL"),

@@ -35,32 +35,37 @@ enum Command {
     PrintConfig,
     /// Generate a cluster CA and the LB / runner certificates.
     Certs(CertsArgs),
-    /// Health check for compose / Kubernetes: exit 0 when `GET /version` answers 200.
+    /// Health check for compose / Kubernetes: exit 0 when `GET /health/live` answers 200 (with
+    /// `--ready`: `GET /health/ready`, the registry answers and a runner is up).
     Probe {
         /// `host:port` of the LB (default: 127.0.0.1 and the configured port).
         #[arg(long)]
         addr: Option<String>,
+        /// Check readiness instead of liveness.
+        #[arg(long)]
+        ready: bool,
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
 }
 
-/// `GET /version` over a plain socket (no HTTP client in a scratch image): true on a 200.
-async fn probe(addr: &str) -> anyhow::Result<()> {
+/// `GET path` over a plain socket (no HTTP client in a scratch image): Ok on a 200.
+async fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    s.write_all(format!("GET /version HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out);
     let status = text.lines().next().unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b.trim());
     anyhow::ensure!(
         status.starts_with("HTTP/1.1 200"),
-        "GET /version on {addr} answered {status:?}"
+        "GET {path} on {addr} answered {status:?} {body}"
     );
     Ok(())
 }
@@ -85,7 +90,11 @@ fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Certs(args)) => return run_certs(args),
-        Some(Command::Probe { addr, timeout_ms }) => {
+        Some(Command::Probe {
+            addr,
+            ready,
+            timeout_ms,
+        }) => {
             let addr = match addr {
                 Some(a) => a.clone(),
                 None => format!("127.0.0.1:{}", load()?.settings.port),
@@ -95,7 +104,8 @@ fn run() -> anyhow::Result<()> {
                 .build()?;
             let limit = std::time::Duration::from_millis(*timeout_ms);
             return rt.block_on(async {
-                tokio::time::timeout(limit, probe(&addr))
+                let path = if *ready { "/health/ready" } else { "/health/live" };
+                tokio::time::timeout(limit, probe(&addr, path))
                     .await
                     .map_err(|_| anyhow::anyhow!("no answer from {addr} within {limit:?}"))?
             });

@@ -27,16 +27,8 @@ pub enum StartError {
     #[error(transparent)]
     Placer(#[from] placer::UnknownPlacer),
     /// mTLS files (use `--plaintext` for Fn runners).
-    #[error("cannot load the LB's mTLS files (ca {ca}, cert {cert}): {source}")]
-    Tls {
-        /// CA path.
-        ca: String,
-        /// Cert path.
-        cert: String,
-        /// The cause.
-        #[source]
-        source: ferrofn_common::tls::TlsError,
-    },
+    #[error("cannot load the LB's mTLS files (or use --plaintext for runners without mTLS): {0}")]
+    Tls(#[source] ferrofn_common::tls::TlsError),
     /// A runner address.
     #[error(transparent)]
     Address(#[from] crate::pool::AddressError),
@@ -86,11 +78,7 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
         None
     } else {
         let files = TlsFiles::new(&settings.tls.ca, &settings.tls.cert, &settings.tls.key);
-        let tls = ClientTls::new(files).map_err(|source| StartError::Tls {
-            ca: settings.tls.ca.display().to_string(),
-            cert: settings.tls.cert.display().to_string(),
-            source,
-        })?;
+        let tls = ClientTls::new(files).map_err(StartError::Tls)?;
         Some(if settings.tls.server_name.is_empty() {
             tls
         } else {

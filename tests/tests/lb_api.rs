@@ -47,7 +47,11 @@ async fn root_version_metrics_and_unknown_paths() {
         )
     );
     let r = call("GET", &lb.url("/version"), None).await.unwrap();
-    assert_eq!(r.json(), json!({"version": "0.3.753"}));
+    // Fn's version (what the `fn` CLI reads) and ferrofn's own.
+    assert_eq!(
+        r.json(),
+        json!({"version": "0.3.753", "ferrofn": env!("CARGO_PKG_VERSION")})
+    );
     assert!(r.header("content-type").starts_with("application/json"));
     let r = call("GET", &lb.url("/nope"), None).await.unwrap();
     assert_eq!(

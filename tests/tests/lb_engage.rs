@@ -835,7 +835,7 @@ async fn connect_timeout_to_a_runner_is_retried_on_the_next_one() {
     let mut tried = 0;
     for n in 0..30 {
         // The start-up probe found it down; pretend the health loop has not noticed yet.
-        pool.runners()[0].set_state(RunnerState::Up);
+        pool.runners()[0].set_state(RunnerState::Up, "test");
         let started = Instant::now();
         let resp = call("POST", &lb.url(&invoke_path(&f)), Some(json!({"n": n})))
             .await
@@ -870,7 +870,7 @@ async fn a_silent_runner_connection_fails_the_committed_call_with_502_after_keep
         s.runner_keepalive_timeout_ms = 300;
     })
     .await;
-    lb.handle.pool.runners()[0].set_state(RunnerState::Up);
+    lb.handle.pool.runners()[0].set_state(RunnerState::Up, "test");
     let started = Instant::now();
     let resp = call("POST", &lb.url(&invoke_path(&f)), None).await.unwrap();
     let took = started.elapsed();

@@ -411,19 +411,56 @@ async fn mtls_is_required_by_default() -> Result<()> {
 #[tokio::test]
 async fn print_config_shows_layered_settings() -> Result<()> {
     let bin = ensure_runner_binary().await?;
-    let out = tokio::process::Command::new(bin)
-        .args(["--status-image", "st:1", "print-config"])
+    let out = tokio::process::Command::new(&bin)
+        .args([
+            "--status-image",
+            "st:1",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "r.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .arg("print-config")
         .env("FN_GRPC_PORT", "9555")
         .env("FN_FREEZE_IDLE_MSECS", "-1")
         .output()
         .await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout)?;
-    let has = |line: &str| text.lines().any(|l| l.trim() == line);
+    // Each value line ends with a comment naming its source.
+    let has = |line: &str| {
+        text.lines()
+            .any(|l| l.split("  # ").next().unwrap_or_default().trim() == line)
+    };
     assert!(has("grpc_port = 9555"), "{text}");
     assert!(has("freeze_idle_msecs = -1"), "{text}");
     assert!(has("status_image = \"st:1\""), "{text}");
     assert!(has("plaintext = false"), "mTLS is the default: {text}");
+    assert!(
+        text.contains("grpc_port = 9555  # environment variable FN_GRPC_PORT"),
+        "{text}"
+    );
+    assert!(text.contains("cert = \"r.pem\"  # flag --tls-cert"), "{text}");
+    assert!(text.contains("hot_poll_msecs = 200  # default"), "{text}");
+
+    // mTLS (the default) without its files: the same refusal from print-config as at start.
+    for args in [&["print-config"][..], &["--grpc-port", "0", "--port", "0"][..]] {
+        let out = tokio::process::Command::new(&bin)
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("ferrofn-runner: error: invalid setting tls.ca"),
+            "{err}"
+        );
+        assert!(err.contains("--plaintext"), "{err}");
+        assert!(!err.contains("backtrace"), "{err}");
+    }
     Ok(())
 }
 

@@ -477,7 +477,7 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
                 OpenFailure::Nack => nack(&runner),
                 OpenFailure::ConnectFailed => {
                     // Skip it at once; the health loop brings it back when it answers again.
-                    let why = format!("cannot connect: {}", ferrofn_common::exit::one_line(&s));
+                    let why = format!("cannot connect: {}", ferrofn_common::exit::grpc_status(&s));
                     runner.set_state(RunnerState::Down, &why);
                     metrics::counter!("lb_engage_open_retries_total", "class" => "connect_failed")
                         .increment(1);

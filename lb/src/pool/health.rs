@@ -83,7 +83,7 @@ fn probe_reason(
     match (status, health) {
         (Ok(s), _) if s.failed => "the Status RPC reports a failed status check (status image)".into(),
         (Err(e), _) if e.code() != Code::Unimplemented => {
-            format!("Status RPC failed: {}", ferrofn_common::exit::one_line(e))
+            format!("Status RPC failed: {}", ferrofn_common::exit::grpc_status(e))
         }
         (_, Some(Ok(ServingStatus::NotServing))) => "grpc.health answers NOT_SERVING (draining)".into(),
         (_, Some(Err(code))) => format!("no Status RPC and grpc.health failed ({code:?})"),
@@ -107,7 +107,7 @@ pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
         Err(e) if e.code() == Code::Unimplemented => Some(health_check(r, timeout).await),
         Err(_) => None,
     };
-    let codes = status.as_ref().map(Clone::clone).map_err(tonic::Status::code);
+    let codes = status.clone().map_err(|e| e.code());
     let state = judge(&codes, health);
     if let Err(e) = &status {
         tracing::debug!(runner = %r.addr(), code = ?e.code(), "runner status probe failed");

@@ -112,6 +112,9 @@ impl CachedRegistry {
 }
 
 impl Registry for CachedRegistry {
+    fn ping(&self) -> BoxFuture<'_, RegResult<()>> {
+        self.inner.ping()
+    }
     fn create_app(&self, app: App) -> BoxFuture<'_, RegResult<App>> {
         self.written(self.inner.create_app(app))
     }

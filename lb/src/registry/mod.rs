@@ -146,6 +146,8 @@ pub type RegResult<T> = Result<T, RegistryError>;
 /// Apps, fns and triggers. Objects come in complete (ids, timestamps and defaults set by the
 /// caller); the registry enforces uniqueness and parent existence and cascades deletes.
 pub trait Registry: Send + Sync + std::fmt::Debug {
+    /// Checks that the store answers (readiness), bypassing any cache.
+    fn ping(&self) -> BoxFuture<'_, RegResult<()>>;
     /// Insert a new app.
     fn create_app(&self, app: App) -> BoxFuture<'_, RegResult<App>>;
     /// App by id.

@@ -398,6 +398,9 @@ fn list<T: Stored>(conn: &Connection, q: &ListQuery) -> RegResult<Page<T>> {
 }
 
 impl Registry for SqliteRegistry {
+    fn ping(&self) -> BoxFuture<'_, RegResult<()>> {
+        self.run(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db("ping")))
+    }
     fn create_app(&self, app: App) -> BoxFuture<'_, RegResult<App>> {
         self.run(move |c| write(c, app, true))
     }
