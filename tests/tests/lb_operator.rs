@@ -56,7 +56,8 @@ async fn print_config_names_the_source_of_every_value() {
 
 #[tokio::test]
 async fn bad_settings_are_refused_by_print_config_and_at_start_alike() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &["--placer", "foo"],
             &[],
