@@ -1,7 +1,6 @@
 //! What both ferrofn nodes share.
 //!
 //! - [`call`]: the call model (`models_call_json` on the wire), serde-compatible with Fn;
-//! - [`models`]: Fn's app / fn / trigger models (the v2 API);
 //! - [`datetime`], [`id`]: Fn's millisecond RFC 3339 times and 26-character sortable call IDs;
 //! - [`error`]: the error table (HTTP code + message) both nodes answer with;
 //! - [`frames`]: 10 KiB chunking of Engage data frames;
@@ -18,7 +17,6 @@ pub mod datetime;
 pub mod error;
 pub mod frames;
 pub mod id;
-pub mod models;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

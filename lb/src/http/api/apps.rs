@@ -10,10 +10,10 @@ use http::StatusCode;
 
 use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
-use ferrofn_common::models::{App, ListResponse};
 
 use super::{list_query, parse_body, strip_server_annotations};
 use crate::http::{ApiError, SharedState, json_response};
+use crate::registry::models::{App, ListResponse};
 
 /// `POST /v2/apps`.
 pub async fn create(State(st): State<SharedState>, body: Bytes) -> Result<Response, ApiError> {

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use ferrofn_common::id::new_id;
-use ferrofn_common::models::{FN_INVOKE_ENDPOINT_ANNOTATION, Function, ListResponse};
 
 use super::{list_query, parse_body, strip_server_annotations};
 use crate::http::{ApiError, LbState, SharedState, json_response};
+use crate::registry::models::{FN_INVOKE_ENDPOINT_ANNOTATION, Function, ListResponse};
 
 /// Adds the invoke endpoint annotation.
 pub fn annotate(st: &LbState, headers: &HeaderMap, mut f: Function) -> Function {

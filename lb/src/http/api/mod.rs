@@ -14,10 +14,10 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use ferrofn_common::error::FnError;
-use ferrofn_common::models::{Annotations, FN_INVOKE_ENDPOINT_ANNOTATION, TRIGGER_HTTP_ENDPOINT_ANNOTATION};
 
 use super::SharedState;
 use crate::registry::ListQuery;
+use crate::registry::models::{Annotations, FN_INVOKE_ENDPOINT_ANNOTATION, TRIGGER_HTTP_ENDPOINT_ANNOTATION};
 
 /// The API routes.
 pub fn routes() -> Router<SharedState> {

@@ -11,10 +11,10 @@ use http::{HeaderMap, StatusCode};
 
 use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
-use ferrofn_common::models::{ListResponse, TRIGGER_HTTP_ENDPOINT_ANNOTATION, Trigger};
 
 use super::{list_query, parse_body, strip_server_annotations};
 use crate::http::{ApiError, LbState, SharedState, json_response};
+use crate::registry::models::{ListResponse, TRIGGER_HTTP_ENDPOINT_ANNOTATION, Trigger};
 
 /// Adds the HTTP endpoint annotation (needs the app's name).
 async fn annotate(st: &LbState, headers: &HeaderMap, mut t: Trigger) -> Result<Trigger, ApiError> {
