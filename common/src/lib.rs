@@ -5,8 +5,8 @@
 //! - [`error`]: the error table (HTTP code + message) both nodes answer with;
 //! - [`frames`]: 10 KiB chunking of Engage data frames;
 //! - [`config`]: layered settings (defaults < TOML file < environment < flags);
-//! - [`tls`], [`certs`]: rustls mTLS configs that reload their PEM files, and cluster certificate
-//!   generation;
+//! - [`tls`], [`certs`], [`tls_files`]: rustls mTLS configs that reload their PEM files, cluster
+//!   certificate generation, and where a node's PEM files are (which both use);
 //! - [`telemetry`], [`shutdown`]: tracing and Prometheus set-up, and the shutdown signal.
 #![forbid(unsafe_code)]
 
@@ -20,3 +20,4 @@ pub mod id;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_files;
