@@ -1,13 +1,12 @@
 //! What both ferrofn nodes share.
 //!
 //! - [`call`]: the call model (`models_call_json` on the wire), serde-compatible with Fn;
-//! - [`models`]: Fn's app / fn / trigger models (the v2 API);
 //! - [`datetime`], [`id`]: Fn's millisecond RFC 3339 times and 26-character sortable call IDs;
 //! - [`error`]: the error table (HTTP code + message) both nodes answer with;
 //! - [`frames`]: 10 KiB chunking of Engage data frames;
 //! - [`config`]: layered settings (defaults < TOML file < environment < flags);
-//! - [`tls`], [`certs`]: rustls mTLS configs that reload their PEM files, and cluster certificate
-//!   generation;
+//! - [`tls`], [`certs`], [`tls_files`]: rustls mTLS configs that reload their PEM files, cluster
+//!   certificate generation, and where a node's PEM files are (which both use);
 //! - [`telemetry`], [`shutdown`]: tracing and Prometheus set-up, and the shutdown signal.
 #![forbid(unsafe_code)]
 
@@ -19,7 +18,7 @@ pub mod error;
 pub mod exit;
 pub mod frames;
 pub mod id;
-pub mod models;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_files;

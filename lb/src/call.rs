@@ -14,11 +14,11 @@ use tracing::Instrument;
 use ferrofn_common::call::{CallModel, TYPE_DETACHED, TYPE_SYNC};
 use ferrofn_common::datetime::DateTime;
 use ferrofn_common::error::FnError;
-use ferrofn_common::models::{App, Function};
 
 use crate::engage::{BodyState, CallResponse, EngageCall, try_runner};
 use crate::http::SharedState;
 use crate::placer::{DEFAULT_DETACHED_PLACER_TIMEOUT, PlaceError, place};
+use crate::registry::models::{App, Function};
 
 /// Headers that never travel to a function (Go's hop-by-hop list).
 pub const HOP_BY_HOP: &[&str] = &[

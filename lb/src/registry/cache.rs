@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use ferrofn_common::models::{App, Function, Trigger};
-
+use super::models::{App, Function, Trigger};
 use super::{ListQuery, Page, RegResult, Registry};
 
 /// Default entry lifetime (Fn's LB caches its lookups for 5 s).

@@ -1,14 +1,16 @@
-//! The function registry: apps, fns and triggers behind a [`Registry`] trait (the seam for a shared
-//! database later), an embedded SQLite implementation, and a read-through cache for the invoke path.
+//! The function registry: apps, fns and triggers ([`models`]: Fn's JSON shapes and validation)
+//! behind a [`Registry`] trait (the seam for a shared database later), an embedded SQLite
+//! implementation, and a read-through cache for the invoke path.
 
 pub mod cache;
+pub mod models;
 pub mod sqlite;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use ferrofn_common::models::{App, Function, Trigger};
+use models::{App, Function, Trigger};
 
 pub use cache::CachedRegistry;
 pub use sqlite::SqliteRegistry;

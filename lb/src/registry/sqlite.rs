@@ -10,8 +10,7 @@ use futures::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use ferrofn_common::models::{App, Function, Trigger};
-
+use super::models::{App, Function, Trigger};
 use super::{Kind, ListQuery, Page, RegResult, Registry, RegistryError, Stored};
 
 const SCHEMA: &str = "
