@@ -15,8 +15,8 @@ build:
 ## and the nodes (ferrofn/lb, ferrofn/runner).
 images:
 	$(CARGO) build $(FUNCTIONS) -p ferrofn-lb -p ferrofn-runner
-	$(CARGO) run -q -p ferrofn-tests --bin ferrofn-images
-	FERROFN_SKIP_CARGO=1 bash deploy/images.sh
+	FERROFN_IMAGE_TAG=latest $(CARGO) run -q -p ferrofn-tests --bin ferrofn-images
+	FERROFN_IMAGE_TAG=latest FERROFN_SKIP_CARGO=1 bash deploy/images.sh
 
 ## Formatting and lints, as CI enforces them.
 lint:

@@ -105,7 +105,7 @@ log "release build of ferrofn-lb, ferrofn-runner, ferrofn-bench"
 "$CARGO" build --release -p ferrofn-lb -p ferrofn-runner -p ferrofn-bench
 log "function image $IMAGE"
 "$CARGO" build -q -p ferrofn-fn-testfn
-"$CARGO" run -q -p ferrofn-tests --bin ferrofn-images -- --only testfn
+FERROFN_IMAGE_TAG=latest "$CARGO" run -q -p ferrofn-tests --bin ferrofn-images -- --only testfn
 
 BENCH="$REL/ferrofn-bench"
 

@@ -9,6 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APP=hello
 FN=hello
+# The demo runs the images `make images` tags `latest` (the tests use a tag per checkout).
+export FERROFN_IMAGE_TAG=latest
 FN_IMAGE=ferrofn/hello:latest
 BASE="http://$FERROFN_BIND:$FERROFN_PORT"
 started=$SECONDS
@@ -23,8 +25,8 @@ if [[ "${FERROFN_SKIP_BUILD:-0}" != 1 ]]; then
   say "building binaries (cargo build; the first build takes several minutes)"
   (cd "$ROOT_DIR" && "${CARGO:-cargo}" build -p ferrofn-lb -p ferrofn-runner -p ferrofn-fn-hello)
   say "building images"
-  FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
-  (cd "$ROOT_DIR" && "${CARGO:-cargo}" run -q -p ferrofn-tests --bin ferrofn-images -- --only hello)
+  FERROFN_IMAGE_TAG=latest FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
+  (cd "$ROOT_DIR" && FERROFN_IMAGE_TAG=latest "${CARGO:-cargo}" run -q -p ferrofn-tests --bin ferrofn-images -- --only hello)
 fi
 docker image inspect "$FN_IMAGE" >/dev/null 2>&1 || die "image $FN_IMAGE is missing (run without FERROFN_SKIP_BUILD)"
 bash "$DEPLOY_DIR/up.sh"

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
-use crate::images::{FnImage, ensure_image, workspace_root};
+use crate::images::{FnImage, ensure_image, image_tag, workspace_root};
 use crate::lb_proc::{Resp, free_port, json, request};
 
 /// The runner services of `deploy/docker-compose.yml` (also their certificate and DNS names).
@@ -40,7 +40,9 @@ pub async fn ensure_cluster_images() -> Result<()> {
         .get_or_try_init(|| async {
             let script = workspace_root().join("deploy/images.sh");
             let mut cmd = tokio::process::Command::new("bash");
-            cmd.arg(&script).current_dir(workspace_root());
+            cmd.arg(&script)
+                .current_dir(workspace_root())
+                .env("FERROFN_IMAGE_TAG", image_tag());
             run(cmd, "deploy/images.sh").await?;
             let docker = crate::docker::connect().await?;
             for which in [FnImage::Hello, FnImage::Testfn] {
@@ -112,8 +114,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn env(&self) -> [(&'static str, String); 4] {
+    fn env(&self) -> [(&'static str, String); 5] {
         [
+            ("FERROFN_IMAGE_TAG", image_tag().to_owned()),
             ("FERROFN_CLUSTER", self.project.clone()),
             ("FERROFN_PORT", self.port.to_string()),
             ("FERROFN_BIND", "127.0.0.1".to_owned()),

@@ -162,8 +162,12 @@ async fn behind_nginx_invoke_works_and_64_mib_bodies_stream_both_ways() -> Resul
     // Before the cluster: a missing nginx fails at once.
     nginx_binary()?;
     let cluster = Cluster::up().await?;
-    let hello = cluster.register("ingress", "hello", HELLO_IMAGE, 30).await?;
-    let echo = cluster.register("ingress", "echo", TESTFN_IMAGE, 120).await?;
+    let hello = cluster
+        .register("ingress", "hello", HELLO_IMAGE.as_str(), 30)
+        .await?;
+    let echo = cluster
+        .register("ingress", "echo", TESTFN_IMAGE.as_str(), 120)
+        .await?;
     let nginx = Nginx::start(cluster.port).await?;
 
     let r = request(

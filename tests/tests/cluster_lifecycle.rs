@@ -14,8 +14,12 @@ use ferrofn_tests::lb_proc::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
     let cluster = Cluster::up().await?;
-    let hello = cluster.register("keep", "hello", HELLO_IMAGE, 30).await?;
-    let testfn = cluster.register("keep", "echo", TESTFN_IMAGE, 30).await?;
+    let hello = cluster
+        .register("keep", "hello", HELLO_IMAGE.as_str(), 30)
+        .await?;
+    let testfn = cluster
+        .register("keep", "echo", TESTFN_IMAGE.as_str(), 30)
+        .await?;
     let r = cluster
         .invoke(&hello, Bytes::from_static(br#"{"name":"before"}"#))
         .await?;
@@ -64,7 +68,9 @@ async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn down_removes_containers_function_containers_networks_volumes_and_iofs() -> Result<()> {
     let cluster = Cluster::up().await?;
-    let fn_id = cluster.register("gone", "echo", TESTFN_IMAGE, 30).await?;
+    let fn_id = cluster
+        .register("gone", "echo", TESTFN_IMAGE.as_str(), 30)
+        .await?;
     // Concurrent calls, so that each runner very likely starts a function container.
     let calls = (0..12).map(|_| cluster.invoke(&fn_id, Bytes::from_static(br#"{"sleepTime":300}"#)));
     for r in futures::future::join_all(calls).await {

@@ -201,7 +201,7 @@ impl Stack {
         let r = call(
             "POST",
             &self.lb.url("/v2/fns"),
-            Some(json!({"app_id": app_id, "name": name, "image": TESTFN_IMAGE, "timeout": timeout})),
+            Some(json!({"app_id": app_id, "name": name, "image": TESTFN_IMAGE.as_str(), "timeout": timeout})),
         )
         .await?;
         ensure!(r.status == 200, "creating fn {name}: {} {}", r.status, r.text());

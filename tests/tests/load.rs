@@ -199,7 +199,7 @@ async fn load_test(runners: usize, tls: bool) -> Result<()> {
         tls,
         &runner_env,
         &lb_env,
-        json!({"name": "f", "image": TESTFN_IMAGE, "memory": FN_MEMORY_MB, "timeout": 30}),
+        json!({"name": "f", "image": TESTFN_IMAGE.as_str(), "memory": FN_MEMORY_MB, "timeout": 30}),
     )
     .await?;
     // One call first: a container exists and the LB's connections are open before the load.

@@ -101,7 +101,7 @@ async fn sigkill_of_a_runner_costs_only_its_in_flight_calls() -> Result<()> {
         false,
         &[],
         &[("FERROFN_PLACER_TIMEOUT_MSECS", "20000"), ("RUST_LOG", "info")],
-        json!({"name": "f", "image": TESTFN_IMAGE, "memory": 128, "timeout": 30}),
+        json!({"name": "f", "image": TESTFN_IMAGE.as_str(), "memory": 128, "timeout": 30}),
     )
     .await?;
     warm_up(&c).await?;

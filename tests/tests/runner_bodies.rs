@@ -15,7 +15,7 @@ async fn echo_body_over_many_frames() -> Result<()> {
     let mut client = runner.client().await?;
     let mut body = knobs(serde_json::json!({"echoBody": true}));
     body.extend_from_slice(&pattern(100 * 1024));
-    let call = call_json(TESTFN_IMAGE, "01FNECHO000000000000000000", &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), "01FNECHO000000000000000000", &[], |_| {});
     let r = engage(&mut client, &call, &body, EngageOpts::default()).await?;
     let f = r.finished();
     assert!(f.success, "{f:?}\n{}", runner.logs());
@@ -35,7 +35,7 @@ async fn echo_body_over_many_frames() -> Result<()> {
     );
     assert!(!f.created_at.is_empty() && !f.started_at.is_empty() && !f.completed_at.is_empty());
     assert!(f.execution_duration > 0);
-    assert_eq!(f.image, TESTFN_IMAGE);
+    assert_eq!(f.image, TESTFN_IMAGE.as_str());
     runner.drain_and_check(&docker).await
 }
 
@@ -43,7 +43,7 @@ async fn echo_body_over_many_frames() -> Result<()> {
 async fn empty_body_and_large_bodies_and_the_response_cap() -> Result<()> {
     let (docker, runner) = setup(&[("FN_MAX_RESPONSE_SIZE", "6291456")]).await?;
     let mut client = runner.client().await?;
-    let call = || call_json(TESTFN_IMAGE, &fn_id(1), &[], |_| {});
+    let call = || call_json(TESTFN_IMAGE.as_str(), &fn_id(1), &[], |_| {});
 
     let r = engage(
         &mut client,

@@ -21,7 +21,7 @@ async fn a_client_cancel_takes_a_waiting_call_out_of_the_queue() -> Result<()> {
     let (docker, runner) = setup(&[("FN_HOT_START_TIMEOUT_MSECS", "3600000")]).await?;
     let mut client = runner.client().await?;
     let call = call_json(
-        TESTFN_IMAGE,
+        TESTFN_IMAGE.as_str(),
         &fn_id(70),
         &[("ENABLE_INIT_DELAY_MSEC", "3600000")],
         |_| {},

@@ -13,7 +13,7 @@ use ferrofn_tests::testfn::{fn_id, knobs};
 async fn fdk_status_mapping_and_the_header_cap() -> Result<()> {
     let (docker, runner) = setup(&[("FN_MAX_HDR_RESPONSE_SIZE", "1024")]).await?;
     let mut client = runner.client().await?;
-    let call = || call_json(TESTFN_IMAGE, &fn_id(11), &[], |_| {});
+    let call = || call_json(TESTFN_IMAGE.as_str(), &fn_id(11), &[], |_| {});
     for (status, code, text) in [
         (502, 502, "function failed"),
         (504, 504, "Timed out"),

@@ -17,7 +17,7 @@ use ferrofn_tests::testfn::{docker_id, fn_id, knobs};
 async fn timeout_gives_504_and_a_fresh_container() -> Result<()> {
     let (docker, runner) = setup(&[]).await?;
     let mut client = runner.client().await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(2), &[], |v| v["timeout"] = 1.into());
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(2), &[], |v| v["timeout"] = 1.into());
     let t = std::time::Instant::now();
     let r = engage(
         &mut client,
@@ -38,7 +38,7 @@ async fn timeout_gives_504_and_a_fresh_container() -> Result<()> {
         t.elapsed()
     );
     assert_eq!(r.result_starts, 0);
-    let call = call_json(TESTFN_IMAGE, &fn_id(2), &[], |v| v["timeout"] = 1.into());
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(2), &[], |v| v["timeout"] = 1.into());
     let r = engage(
         &mut client,
         &call,
@@ -59,7 +59,7 @@ async fn exit_between_calls_gives_the_next_call_a_new_container() -> Result<()> 
     // The delay lets the reply leave before the process ends, as with fn-test-utils.
     let call = || {
         call_json(
-            TESTFN_IMAGE,
+            TESTFN_IMAGE.as_str(),
             &fn_id(31),
             &[("ENABLE_EXIT_DELAY_MSEC", "100")],
             |_| {},
@@ -104,7 +104,7 @@ async fn exit_between_calls_gives_the_next_call_a_new_container() -> Result<()> 
 async fn crash_gives_502_then_a_new_container() -> Result<()> {
     let (docker, runner) = setup(&[]).await?;
     let mut client = runner.client().await?;
-    let call = || call_json(TESTFN_IMAGE, &fn_id(3), &[], |_| {});
+    let call = || call_json(TESTFN_IMAGE.as_str(), &fn_id(3), &[], |_| {});
     let r = engage(
         &mut client,
         &call(),
@@ -158,7 +158,7 @@ async fn init_delay_over_hot_start_timeout_is_504_and_init_exit_is_502() -> Resu
     let (docker, runner) = setup(&[("FN_HOT_START_TIMEOUT_MSECS", "1500")]).await?;
     let mut client = runner.client().await?;
     let slow = call_json(
-        TESTFN_IMAGE,
+        TESTFN_IMAGE.as_str(),
         &fn_id(4),
         &[("ENABLE_INIT_DELAY_MSEC", "5000")],
         |_| {},
@@ -173,7 +173,12 @@ async fn init_delay_over_hot_start_timeout_is_504_and_init_exit_is_502() -> Resu
     );
     assert!(f.error_user);
 
-    let exits = call_json(TESTFN_IMAGE, &fn_id(5), &[("ENABLE_INIT_EXIT", "3")], |_| {});
+    let exits = call_json(
+        TESTFN_IMAGE.as_str(),
+        &fn_id(5),
+        &[("ENABLE_INIT_EXIT", "3")],
+        |_| {},
+    );
     let r = engage(&mut client, &exits, b"{}", EngageOpts::default()).await?;
     let f = r.finished();
     assert_eq!((f.success, f.error_code), (false, 502), "{f:?}");

@@ -14,7 +14,7 @@ use ferrofn_tests::testfn::{fn_id, knobs};
 async fn function_logs_are_captured_per_call_and_capped() -> Result<()> {
     let (docker, runner) = setup(&[("FN_MAX_LOG_SIZE_BYTES", "200")]).await?;
     let mut client = runner.client().await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(10), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(10), &[], |_| {});
     let id = serde_json::from_str::<serde_json::Value>(&call)?["id"]
         .as_str()
         .unwrap()
@@ -53,7 +53,7 @@ async fn function_logs_are_captured_per_call_and_capped() -> Result<()> {
     )
     .await?;
 
-    let call = call_json(TESTFN_IMAGE, &fn_id(10), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(10), &[], |_| {});
     let lines: Vec<String> = (0..10)
         .map(|i| format!("cap-line-{i}-{}", "x".repeat(40)))
         .collect();

@@ -13,7 +13,7 @@ use ferrofn_tests::testfn::{fn_id, knobs};
 async fn headers_both_ways_and_the_accept_ack() -> Result<()> {
     let (docker, runner) = setup(&[]).await?;
     let mut client = runner.client().await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(7), &[("MY_CONFIG", "v1")], |v| {
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(7), &[("MY_CONFIG", "v1")], |v| {
         v["headers"]["X-Custom"] = serde_json::json!(["a", "b"]);
         v["headers"]["Connection"] = serde_json::json!(["keep-alive"]);
         v["headers"]["Content-Length"] = serde_json::json!(["12345"]);
@@ -74,7 +74,7 @@ async fn headers_both_ways_and_the_accept_ack() -> Result<()> {
         extensions: [("ferrofn-accept-ack".to_string(), "1".to_string())].into(),
         ..Default::default()
     };
-    let call = call_json(TESTFN_IMAGE, &fn_id(7), &[("MY_CONFIG", "v1")], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(7), &[("MY_CONFIG", "v1")], |_| {});
     let r = engage(&mut client, &call, &knobs(k), opts).await?;
     assert!(r.finished().success, "{:?}", r.finished());
     assert_eq!(r.acks, 1, "exactly one zero-length ack frame before ResultStart");

@@ -47,7 +47,7 @@ async fn sigterm_drains_in_flight_calls_nacks_new_ones_and_removes_containers() 
     assert_eq!(health(&runner).await?, ServingStatus::Serving as i32);
     let mut long_client = runner.client().await?;
     let long = tokio::spawn(async move {
-        let call = call_json(TESTFN_IMAGE, &fn_id(1), &[], |_| {});
+        let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(1), &[], |_| {});
         engage(
             &mut long_client,
             &call,
@@ -77,7 +77,7 @@ async fn sigterm_drains_in_flight_calls_nacks_new_ones_and_removes_containers() 
     })
     .await?;
     let mut client = runner.client().await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(2), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(2), &[], |_| {});
     let r = engage(&mut client, &call, b"{}", EngageOpts::default()).await?;
     let f = r.finished();
     assert_eq!(
@@ -109,7 +109,7 @@ async fn leftovers_of_a_killed_runner_are_removed_at_its_next_start() -> Result<
     let mut client = runner.client().await?;
     let r = engage(
         &mut client,
-        &call_json(TESTFN_IMAGE, &fn_id(3), &[], |_| {}),
+        &call_json(TESTFN_IMAGE.as_str(), &fn_id(3), &[], |_| {}),
         b"{}",
         EngageOpts::default(),
     )
@@ -176,7 +176,7 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
 
     let r = engage(
         &mut client,
-        &call_json(TESTFN_IMAGE, &fn_id(4), &[], |_| {}),
+        &call_json(TESTFN_IMAGE.as_str(), &fn_id(4), &[], |_| {}),
         b"{}",
         EngageOpts::default(),
     )
@@ -189,7 +189,7 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
         tokio::spawn(async move {
             engage(
                 &mut c,
-                &call_json(TESTFN_IMAGE, &fn_id(5), &[], |_| {}),
+                &call_json(TESTFN_IMAGE.as_str(), &fn_id(5), &[], |_| {}),
                 b"{\"sleepTime\":2000}",
                 EngageOpts::default(),
             )
@@ -225,7 +225,7 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
     .await?;
     let r = engage(
         &mut client,
-        &call_json(TESTFN_IMAGE, &fn_id(4), &[], |_| {}),
+        &call_json(TESTFN_IMAGE.as_str(), &fn_id(4), &[], |_| {}),
         b"{}",
         EngageOpts::default(),
     )
@@ -274,7 +274,12 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
 #[tokio::test]
 async fn status_image_runs_cached_status_calls() -> Result<()> {
     let docker = docker_with(&[FnImage::Status, FnImage::Testfn]).await?;
-    let runner = RunnerProc::start_named(&unique_name("st"), &[], &["--status-image", STATUS_IMAGE]).await?;
+    let runner = RunnerProc::start_named(
+        &unique_name("st"),
+        &[],
+        &["--status-image", STATUS_IMAGE.as_str()],
+    )
+    .await?;
     let mut client = runner.client().await?;
     let s1 = client.status(()).await?.into_inner();
     assert!(!s1.failed, "{s1:?}\n{}", runner.logs());
@@ -323,7 +328,7 @@ async fn status_image_runs_cached_status_calls() -> Result<()> {
     .await?;
 
     // Calls may not use the status image.
-    let call = call_json(STATUS_IMAGE, &fn_id(6), &[], |_| {});
+    let call = call_json(STATUS_IMAGE.as_str(), &fn_id(6), &[], |_| {});
     let r = engage(&mut client, &call, b"{}", EngageOpts::default()).await?;
     assert_eq!(
         (r.finished().error_code, r.finished().error_str.as_str()),
@@ -472,7 +477,7 @@ async fn a_runner_dropped_without_drain_leaves_no_container() -> Result<()> {
     let mut client = runner.client().await?;
     let r = engage(
         &mut client,
-        &call_json(TESTFN_IMAGE, &fn_id(7), &[], |_| {}),
+        &call_json(TESTFN_IMAGE.as_str(), &fn_id(7), &[], |_| {}),
         b"{}",
         EngageOpts::default(),
     )

@@ -15,7 +15,7 @@ use ferrofn_tests::testfn::{fn_id, knobs, pattern};
 async fn premature_write_is_502() -> Result<()> {
     let (docker, runner) = setup(&[]).await?;
     let mut client = runner.client().await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(6), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(6), &[], |_| {});
     let mut body = knobs(serde_json::json!({"writeBeforeRead": true}));
     body.extend_from_slice(&pattern(64 * 1024));
     let opts = EngageOpts {
@@ -50,7 +50,7 @@ async fn accept_ack_mode_is_full_duplex_and_fn_mode_keeps_the_premature_write() 
         hold_eof_until_result_start: true,
         ..Default::default()
     };
-    let call = call_json(TESTFN_IMAGE, &fn_id(20), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(20), &[], |_| {});
     let r = tokio::time::timeout(
         Duration::from_secs(60),
         engage(&mut client, &call, &body, ack.clone()),
@@ -74,7 +74,7 @@ async fn accept_ack_mode_is_full_duplex_and_fn_mode_keeps_the_premature_write() 
         ("answer without reading", unread, ack.clone()),
         ("next call", next, plain_ack),
     ] {
-        let call = call_json(TESTFN_IMAGE, &fn_id(20), &[], |_| {});
+        let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(20), &[], |_| {});
         let r = tokio::time::timeout(Duration::from_secs(30), engage(&mut client, &call, &b, opts))
             .await
             .map_err(|_| anyhow::anyhow!("{what}: no answer within 30 s\n{}", runner.logs()))??;
@@ -96,7 +96,7 @@ async fn accept_ack_mode_is_full_duplex_and_fn_mode_keeps_the_premature_write() 
         hold_eof_until_result_start: true,
         ..Default::default()
     };
-    let call = call_json(TESTFN_IMAGE, &fn_id(20), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(20), &[], |_| {});
     let r = tokio::time::timeout(
         Duration::from_secs(60),
         engage(&mut client, &call, &body, fn_mode),

@@ -40,14 +40,14 @@ async fn bad_input() -> Result<()> {
         "{f:?}"
     );
     // A bare-number cpus is Fn's 400 Invalid JSON.
-    let call = call_json(TESTFN_IMAGE, &fn_id(8), &[], |v| v["cpus"] = 250.into());
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(8), &[], |v| v["cpus"] = 250.into());
     let r = engage(&mut client, &call, b"", EngageOpts::default()).await?;
     assert_eq!(
         (r.finished().error_code, r.finished().error_str.as_str()),
         (400, "Invalid JSON")
     );
     // Memory the node can never have: 400.
-    let call = call_json(TESTFN_IMAGE, &fn_id(8), &[], |v| {
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(8), &[], |v| {
         v["memory"] = (1u64 << 40).into()
     });
     let r = engage(&mut client, &call, b"", EngageOpts::default()).await?;
@@ -57,7 +57,7 @@ async fn bad_input() -> Result<()> {
     );
 
     // A stream cancelled in the middle of the body: the runner survives and serves the next call.
-    let call = call_json(TESTFN_IMAGE, &fn_id(9), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(9), &[], |_| {});
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(ClientMsg {
         body: Some(client_msg::Body::Try(TryCall {
@@ -103,7 +103,7 @@ async fn bad_input() -> Result<()> {
         }
     })
     .await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(9), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(9), &[], |_| {});
     let r = engage(
         &mut client,
         &call,

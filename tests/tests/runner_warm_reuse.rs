@@ -29,7 +29,7 @@ async fn warm_calls_in_both_modes_reuse_one_container() -> Result<()> {
         ("accept-ack, 200 KB answer", ack, &large),
     ] {
         for i in 0..31 {
-            let call = call_json(TESTFN_IMAGE, &fn_id(21), &[], |_| {});
+            let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(21), &[], |_| {});
             let r = engage(&mut client, &call, body, opts.clone()).await?;
             assert!(r.finished().success, "{mode}, call {i}: {:?}", r.finished());
             if body == &large {

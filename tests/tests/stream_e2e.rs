@@ -233,7 +233,9 @@ impl Stack {
         let f = call(
             "POST",
             &lb.url("/v2/fns"),
-            Some(json!({"app_id": app["id"], "name": "echo", "image": TESTFN_IMAGE, "timeout": 120})),
+            Some(
+                json!({"app_id": app["id"], "name": "echo", "image": TESTFN_IMAGE.as_str(), "timeout": 120}),
+            ),
         )
         .await?
         .json();
