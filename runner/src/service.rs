@@ -1,5 +1,6 @@
 //! The gRPC face of the runner: the `RunnerProtocol` impl (Engage -> [`crate::engage`], Status /
-//! Status2 -> [`crate::status`], ConfigureRunner / StreamLogs UNIMPLEMENTED), `grpc.health.v1` and
+//! Status2 -> [`crate::status`], ConfigureRunner answers OK with an empty `ConfigStatus` as Fn's
+//! runner does without a configuration function, StreamLogs UNIMPLEMENTED), `grpc.health.v1` and
 //! reflection on the same port, the `/metrics` HTTP listener, and [`start`], which wires it all up.
 
 use std::net::SocketAddr;
@@ -66,10 +67,16 @@ impl RunnerProtocol for RunnerService {
         Ok(Response::new(self.status.status("{}".to_string()).await))
     }
 
-    async fn configure_runner(&self, _request: Request<ConfigMsg>) -> Result<Response<ConfigStatus>, Status> {
-        Err(Status::unimplemented(
-            "ConfigureRunner is not supported by ferrofn-runner",
-        ))
+    /// ferrofn has no configuration function: like Fn's runner without one, the message is logged
+    /// and acknowledged, so an LB that sends it does not take the runner for a broken one.
+    async fn configure_runner(&self, request: Request<ConfigMsg>) -> Result<Response<ConfigStatus>, Status> {
+        // Keys only: the values may be credentials.
+        let keys: Vec<&String> = request.get_ref().config.keys().collect();
+        warn!(
+            ?keys,
+            "ConfigureRunner received but no configuration function is set; ignored"
+        );
+        Ok(Response::new(ConfigStatus {}))
     }
 
     async fn stream_logs(
@@ -572,8 +579,13 @@ mod tests {
                 .map(String::as_str),
             Some("accept-ack")
         );
+        let config = ferrofn_proto::ConfigMsg {
+            config: [("some".to_string(), "setting".to_string())].into(),
+        };
+        let answer = client.configure_runner(config).await.unwrap().into_inner();
+        assert_eq!(answer, ferrofn_proto::ConfigStatus {});
         let e = client
-            .configure_runner(ferrofn_proto::ConfigMsg::default())
+            .stream_logs(tokio_stream::iter(Vec::<ferrofn_proto::LogRequestMsg>::new()))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
