@@ -185,6 +185,17 @@ pub struct QueueStats {
     pub busy: usize,
 }
 
+impl QueueStats {
+    /// The container counts under their state names (the `state` label of the pool gauges).
+    pub fn containers_by_state(&self) -> [(&'static str, usize); 3] {
+        [
+            ("idle", self.idle),
+            ("busy", self.busy),
+            ("starting", self.starting),
+        ]
+    }
+}
+
 /// What the launch decision needs besides the queue's own state.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LaunchPolicy {
@@ -534,6 +545,10 @@ mod tests {
                 starting: 2,
                 busy: 0
             }
+        );
+        assert_eq!(
+            q.stats().containers_by_state(),
+            [("idle", 0), ("busy", 0), ("starting", 2)]
         );
         q.launch_aborted(now + Duration::from_millis(200));
         assert!(

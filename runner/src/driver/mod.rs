@@ -5,6 +5,8 @@
 //! tests of the agent plug in a fake that serves the FDK socket in-process.
 
 pub mod docker;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::collections::BTreeMap;
 use std::future::Future;
