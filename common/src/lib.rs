@@ -8,7 +8,8 @@
 //! - [`config`]: layered settings (defaults < TOML file < environment < flags);
 //! - [`tls`], [`certs`]: rustls mTLS configs that reload their PEM files, and cluster certificate
 //!   generation;
-//! - [`telemetry`], [`shutdown`]: tracing and Prometheus set-up, and the shutdown signal.
+//! - [`telemetry`], [`shutdown`]: tracing and Prometheus set-up, and the shutdown signal;
+//! - [`lock`]: the one policy for poisoned std locks (take the guard anyway), as two small traits.
 #![forbid(unsafe_code)]
 
 pub mod call;
@@ -18,6 +19,7 @@ pub mod datetime;
 pub mod error;
 pub mod frames;
 pub mod id;
+pub mod lock;
 pub mod models;
 pub mod shutdown;
 pub mod telemetry;

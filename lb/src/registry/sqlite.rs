@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
+use ferrofn_common::lock::LockExt;
 use ferrofn_common::models::{App, Function, Trigger};
 
 use super::{Kind, ListQuery, Page, RegResult, Registry, RegistryError, Stored};
@@ -146,8 +147,7 @@ impl SqliteRegistry {
         let conn = self.conn.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let mut guard: MutexGuard<'_, Connection> =
-                    conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut guard: MutexGuard<'_, Connection> = conn.lock_unpoisoned();
                 f(&mut guard)
             })
             .await

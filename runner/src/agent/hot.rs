@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferrofn_common::error::FnError;
+use ferrofn_common::lock::LockExt;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +70,7 @@ impl std::fmt::Debug for ContainerHandle {
 impl ContainerHandle {
     /// Routes the container's output to `call_id` until [`ContainerHandle::end_call`].
     pub fn begin_call(&self, call_id: &str) {
-        *self.sink.lock().expect("sink lock") = Sink::Call {
+        *self.sink.lock_unpoisoned() = Sink::Call {
             call_id: call_id.to_string(),
             written: 0,
             truncated: false,
@@ -79,7 +80,7 @@ impl ContainerHandle {
 
     /// Routes output back to the container (after a short grace for late output).
     pub fn end_call(&self) {
-        if let Sink::Call { ended, .. } = &mut *self.sink.lock().expect("sink lock") {
+        if let Sink::Call { ended, .. } = &mut *self.sink.lock_unpoisoned() {
             *ended = Some(Instant::now());
         }
     }
@@ -105,7 +106,7 @@ impl ContainerHandle {
     /// Logs one line of output to the current sink.
     fn log_line(&self, stream: &'static str, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        let mut sink = self.sink.lock().expect("sink lock");
+        let mut sink = self.sink.lock_unpoisoned();
         if let Sink::Call { ended: Some(at), .. } = &*sink
             && at.elapsed() > LATE_OUTPUT_GRACE
         {
