@@ -7,7 +7,9 @@
 //! - [`config`]: layered settings (defaults < TOML file < environment < flags);
 //! - [`tls`], [`certs`], [`tls_files`]: rustls mTLS configs that reload their PEM files, cluster
 //!   certificate generation, and where a node's PEM files are (which both use);
-//! - [`telemetry`], [`shutdown`]: tracing and Prometheus set-up, and the shutdown signal.
+//! - [`telemetry`], [`shutdown`]: tracing and Prometheus set-up, and the shutdown signal;
+//! - [`lock`]: the one policy for poisoned std locks (take the guard anyway), as two small traits;
+//! - [`exit`]: how both binaries report an error and which exit code they use.
 #![forbid(unsafe_code)]
 
 pub mod call;
@@ -18,6 +20,7 @@ pub mod error;
 pub mod exit;
 pub mod frames;
 pub mod id;
+pub mod lock;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

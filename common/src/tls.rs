@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Once, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -268,7 +268,7 @@ impl<C> Loaded<C> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave a half-written `Loaded` (fields are replaced
     // whole), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    crate::lock::LockExt::lock_unpoisoned(m)
 }
 
 fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {

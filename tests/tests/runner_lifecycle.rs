@@ -1,6 +1,7 @@
 //! The runner process around the calls: drain on SIGTERM, leftovers of a SIGKILLed runner removed at
 //! its next start, the probe subcommand, Status / Status2 with and without the status image, health,
-//! UNIMPLEMENTED RPCs, `/metrics`, and mTLS (real certificates generated per test).
+//! ConfigureRunner (acknowledged) and StreamLogs (UNIMPLEMENTED), `/metrics`, and mTLS (real
+//! certificates generated per test).
 // `Status` is deprecated in Fn's proto, but it is what Fn's LB calls: it is tested as such.
 #![allow(deprecated)]
 
@@ -162,7 +163,7 @@ async fn probe_subcommand_reports_health() -> Result<()> {
 }
 
 #[tokio::test]
-async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
+async fn status_counters_capabilities_configure_and_stream_logs() -> Result<()> {
     let docker = docker_with(&[FnImage::Testfn]).await?;
     let runner = RunnerProc::start(&[("FN_MAX_TOTAL_MEMORY_BYTES", "134217728")]).await?;
     let mut client = runner.client().await?;
@@ -236,11 +237,12 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
     assert_eq!(s.requests_received, 3);
     assert_eq!(s.requests_handled, 2, "the NACK is not counted as handled");
 
-    let e = client
+    // No configuration function, as on an Fn runner without one: acknowledged, nothing changes.
+    let answer = client
         .configure_runner(ferrofn_proto::ConfigMsg::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+        .await?
+        .into_inner();
+    assert_eq!(answer, ferrofn_proto::ConfigStatus {});
     let e = client
         .stream_logs(tokio_stream::iter(Vec::<ferrofn_proto::LogRequestMsg>::new()))
         .await

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use tonic::transport::Channel;
 
+use ferrofn_common::lock::RwLockExt;
 use ferrofn_common::tls::ClientTls;
 use ferrofn_proto::runner_protocol_client::RunnerProtocolClient;
 
@@ -185,19 +186,13 @@ impl RunnerPool {
             }
         }
         tracing::info!(runners = ?addrs, "runner pool set");
-        *self
-            .runners
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        *self.runners.write_unpoisoned() = Arc::new(next);
         Ok(())
     }
 
     /// The runners in configuration order.
     pub fn runners(&self) -> Arc<Vec<Arc<Runner>>> {
-        self.runners
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.runners.read_unpoisoned().clone()
     }
 
     /// What the placer sees: every runner with its eligibility and load.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
+use ferrofn_common::lock::LockExt;
+
 use super::models::{App, Function, Trigger};
 use super::{ListQuery, Page, RegResult, Registry};
 
@@ -56,9 +58,7 @@ impl CachedRegistry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock_unpoisoned()
     }
 
     fn lookup(&self, key: &Key) -> (Option<Entry>, u64) {

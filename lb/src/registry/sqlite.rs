@@ -10,6 +10,8 @@ use futures::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
+use ferrofn_common::lock::LockExt;
+
 use super::models::{App, Function, Trigger};
 use super::{Kind, ListQuery, Page, RegResult, Registry, RegistryError, Stored};
 
@@ -161,8 +163,7 @@ impl SqliteRegistry {
         let conn = self.conn.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let mut guard: MutexGuard<'_, Connection> =
-                    conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut guard: MutexGuard<'_, Connection> = conn.lock_unpoisoned();
                 f(&mut guard)
             })
             .await
