@@ -48,6 +48,11 @@ pub const ENV_NAMES: EnvNames = EnvNames {
         ),
         ("FN_LOG_LEVEL", "log_level"),
         ("FN_LOG_FORMAT", "log_format"),
+        ("FERROFN_API_TOKEN", "api_token"),
+        ("FERROFN_API_TOKENS_FILE", "api_tokens_file"),
+        ("FERROFN_INVOKE_TOKEN", "invoke_token"),
+        ("FERROFN_INVOKE_TOKENS_FILE", "invoke_tokens_file"),
+        ("FERROFN_INSECURE_OPEN_API", "insecure_open_api"),
     ],
     // Names of earlier releases that looked like Fn's without being Fn's.
     deprecated: &[
@@ -154,6 +159,17 @@ pub struct LbSettings {
     pub log_level: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// A bearer token the management API (`/v2`) accepts ("" = none; see `api_tokens_file`).
+    pub api_token: String,
+    /// A file of tokens the management API accepts, one per line, re-read when it changes.
+    pub api_tokens_file: PathBuf,
+    /// A bearer token `/invoke` and `/t` require ("" and no file: they are open, as in Fn).
+    pub invoke_token: String,
+    /// A file of tokens for `/invoke` and `/t`, re-read when it changes.
+    pub invoke_tokens_file: PathBuf,
+    /// Serve `/v2` without a token on a non-loopback listener (anyone who reaches the port can
+    /// register and run any image). Off: such a start is refused.
+    pub insecure_open_api: bool,
 }
 
 impl Default for LbSettings {
@@ -182,6 +198,11 @@ impl Default for LbSettings {
             runner_keepalive_timeout_ms: ChannelOptions::default().keepalive_timeout.as_millis() as u64,
             log_level: "info".into(),
             log_format: LogFormat::Human,
+            api_token: String::new(),
+            api_tokens_file: PathBuf::new(),
+            invoke_token: String::new(),
+            invoke_tokens_file: PathBuf::new(),
+            insecure_open_api: false,
         }
     }
 }
@@ -220,6 +241,22 @@ impl LbSettings {
             return Err(BadSetting::new(
                 "public_lb_url",
                 format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        let loopback = self
+            .listen_address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && !self.insecure_open_api && self.api_token.trim().is_empty() && self.api_tokens_file.as_os_str().is_empty() {
+            return Err(BadSetting::new(
+                "api_token",
+                format!(
+                    "the LB listens on {} but the management API (/v2) has no token: anyone reaching the port could \
+                     register and run any image. Set FERROFN_API_TOKEN or FERROFN_API_TOKENS_FILE (clients send \
+                     Authorization: Bearer <token>; the fn CLI sends its context's token), listen on loopback, or \
+                     accept an open API with --insecure-open-api",
+                    self.listen_address
+                ),
             ));
         }
         for (field, v) in [
@@ -287,6 +324,14 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_lb_url: Option<String>,
+    /// File of management API tokens (one per line, re-read when it changes).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Serve /v2 without a token on a non-loopback listener.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_open_api: Option<bool>,
 }
 
 #[cfg(test)]

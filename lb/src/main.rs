@@ -86,7 +86,14 @@ fn run() -> anyhow::Result<()> {
             for d in loaded.deprecations() {
                 eprintln!("ferrofn-lb: warning: {d}");
             }
-            print!("{}", loaded.render());
+            // Tokens are secrets: print-config says whether one is set, never what it is.
+            let mut shown = loaded.clone();
+            for t in [&mut shown.settings.api_token, &mut shown.settings.invoke_token] {
+                if !t.is_empty() {
+                    *t = "<set>".into();
+                }
+            }
+            print!("{}", shown.render());
             return Ok(());
         }
         Some(Command::Certs(args)) => return run_certs(args),

@@ -12,6 +12,7 @@ use ferrofn_common::shutdown::Shutdown;
 use ferrofn_common::tls::{ClientTls, TlsFiles};
 
 use crate::config::LbSettings;
+use crate::http::auth::Tokens;
 use crate::http::{LbState, router};
 use crate::placer;
 use crate::pool::{RunnerPool, health};
@@ -32,6 +33,9 @@ pub enum StartError {
     /// A runner address.
     #[error(transparent)]
     Address(#[from] crate::pool::AddressError),
+    /// An API token file.
+    #[error(transparent)]
+    Tokens(#[from] crate::http::auth::TokenFileError),
     /// Binding the HTTP port.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -99,7 +103,18 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
             .max(1),
         sync_deadline_margin: Some(Duration::from_millis(settings.sync_deadline_margin_ms))
             .filter(|_| settings.sync_deadline_margin_ms > 0),
+        api_tokens: Tokens::new(
+            std::slice::from_ref(&settings.api_token),
+            Some(&settings.api_tokens_file),
+        )?,
+        invoke_tokens: Tokens::new(
+            std::slice::from_ref(&settings.invoke_token),
+            Some(&settings.invoke_tokens_file),
+        )?,
     });
+    if state.api_tokens.is_empty() {
+        tracing::warn!("the management API (/v2) is open: no token is configured");
+    }
     let addr = format!("{}:{}", settings.listen_address, settings.port);
     let listener = TcpListener::bind(&addr)
         .await

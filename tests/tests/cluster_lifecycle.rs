@@ -29,7 +29,7 @@ async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
     docker(&["restart", "--time", "20", &lb]).await?;
     cluster.wait_lb(Duration::from_secs(60)).await?;
 
-    let apps = json("GET", &cluster.url("/v2/apps?name=keep"), None).await?;
+    let apps = cluster.api("GET", "/v2/apps?name=keep", None).await?;
     ensure!(
         apps.status == 200,
         "GET /v2/apps: {} {}",
@@ -40,7 +40,7 @@ async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
         .as_str()
         .context("app `keep` is gone after the LB restart")?
         .to_owned();
-    let fns = json("GET", &cluster.url(&format!("/v2/fns?app_id={app_id}")), None).await?;
+    let fns = cluster.api("GET", &format!("/v2/fns?app_id={app_id}"), None).await?;
     let mut ids: Vec<String> = fns.json()["items"]
         .as_array()
         .context("fn list")?

@@ -24,7 +24,11 @@ async fn run_lb(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 async fn print_config_names_the_source_of_every_value() {
     let out = run_lb(
         &["--placer", "ch-bounded", "print-config"],
-        &[("FN_PORT", "9999"), ("FN_TLS_CA", "/old/ca.pem")],
+        &[
+            ("FN_PORT", "9999"),
+            ("FN_TLS_CA", "/old/ca.pem"),
+            ("FERROFN_API_TOKEN", "s3cret"),
+        ],
     )
     .await;
     let (stdout, stderr) = (

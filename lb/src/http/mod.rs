@@ -3,6 +3,7 @@
 //! `FN_MAX_REQUEST_SIZE` check on every route.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod invoke;
 pub mod trigger;
@@ -49,6 +50,10 @@ pub struct LbState {
     pub response_head: usize,
     /// Added to the fn timeout to bound a committed sync call (504 past it); `None`: unbounded.
     pub sync_deadline_margin: Option<Duration>,
+    /// Tokens the management API requires (empty: open).
+    pub api_tokens: auth::Tokens,
+    /// Tokens `/invoke` and `/t` require (empty: open).
+    pub invoke_tokens: auth::Tokens,
 }
 
 /// Shared state handle.
@@ -191,6 +196,7 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), size_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
 }
