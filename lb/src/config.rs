@@ -247,7 +247,11 @@ impl LbSettings {
             .listen_address
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-        if !loopback && !self.insecure_open_api && self.api_token.trim().is_empty() && self.api_tokens_file.as_os_str().is_empty() {
+        if !loopback
+            && !self.insecure_open_api
+            && self.api_token.trim().is_empty()
+            && self.api_tokens_file.as_os_str().is_empty()
+        {
             return Err(BadSetting::new(
                 "api_token",
                 format!(

@@ -171,7 +171,10 @@ impl Cluster {
     /// A management API request (`/v2/...`) with the cluster's token; `body` as JSON.
     pub async fn api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<Resp> {
         let auth = format!("Bearer {}", self.api_token);
-        let headers = BTreeMap::from([("content-type", "application/json"), ("authorization", auth.as_str())]);
+        let headers = BTreeMap::from([
+            ("content-type", "application/json"),
+            ("authorization", auth.as_str()),
+        ]);
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         request(method, &self.url(path), &headers, body).await
     }

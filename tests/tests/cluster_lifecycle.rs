@@ -9,7 +9,6 @@ use bytes::Bytes;
 
 use ferrofn_tests::cluster::{Cluster, RUNNERS, docker};
 use ferrofn_tests::images::{HELLO_IMAGE, TESTFN_IMAGE};
-use ferrofn_tests::lb_proc::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
@@ -40,7 +39,9 @@ async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
         .as_str()
         .context("app `keep` is gone after the LB restart")?
         .to_owned();
-    let fns = cluster.api("GET", &format!("/v2/fns?app_id={app_id}"), None).await?;
+    let fns = cluster
+        .api("GET", &format!("/v2/fns?app_id={app_id}"), None)
+        .await?;
     let mut ids: Vec<String> = fns.json()["items"]
         .as_array()
         .context("fn list")?

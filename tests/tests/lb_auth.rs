@@ -40,27 +40,53 @@ async fn the_management_api_needs_a_valid_bearer_token() {
     let r = get(&apps, None).await;
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(r.header("www-authenticate"), "Bearer realm=\"ferrofn\"");
-    assert!(r.json()["message"].as_str().unwrap().contains("Authorization"), "{}", r.text());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("Authorization"),
+        "{}",
+        r.text()
+    );
     let r = get(&apps, Some("wrong")).await;
-    assert_eq!((r.status, r.json()["message"].clone()), (401, json!("Invalid token")));
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (401, json!("Invalid token"))
+    );
     // Another scheme, or a prefix of a valid token, is not a token.
-    for auth in ["Basic Zml4ZWQtdG9rZW4=", "Bearer fixed-toke", "Bearer", "fixed-token"] {
+    for auth in [
+        "Basic Zml4ZWQtdG9rZW4=",
+        "Bearer fixed-toke",
+        "Bearer",
+        "fixed-token",
+    ] {
         let r = post_app(&apps, auth, "x").await;
         assert_eq!(r.status, 401, "{auth}: {}", r.text());
     }
     assert_eq!(get(&apps, Some("fixed-token")).await.status, 200);
     assert_eq!(get(&apps, Some("file-token-1")).await.status, 200);
-    assert_eq!(post_app(&apps, "bearer file-token-1", "made").await.status, 200, "scheme is case-insensitive");
+    assert_eq!(
+        post_app(&apps, "bearer file-token-1", "made").await.status,
+        200,
+        "scheme is case-insensitive"
+    );
     // Refused requests changed nothing.
     let list = get(&apps, Some("fixed-token")).await.json();
-    let names: Vec<&str> = list["items"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["made"]);
 
     // Rotation without a restart: a new file replaces the old token.
     let next = dir.path().join("tokens.new");
     std::fs::write(&next, "file-token-2\n").unwrap();
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
-    std::fs::File::options().write(true).open(&next).unwrap().set_modified(later).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&next)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
     std::fs::rename(&next, &file).unwrap();
     assert_eq!(get(&apps, Some("file-token-2")).await.status, 200);
     assert_eq!(get(&apps, Some("file-token-1")).await.status, 401);
@@ -83,7 +109,11 @@ async fn an_invoke_token_guards_the_invocation_paths() {
     .unwrap();
     for path in ["/invoke/01ABCDEFGHJKMNPQRSTVWXYZ00", "/t/app/hook"] {
         assert_eq!(get(&lb.url(path), None).await.status, 401, "{path}");
-        assert_eq!(get(&lb.url(path), Some("admin")).await.status, 401, "{path}: the API token is not an invoke token");
+        assert_eq!(
+            get(&lb.url(path), Some("admin")).await.status,
+            401,
+            "{path}: the API token is not an invoke token"
+        );
         let r = get(&lb.url(path), Some("caller")).await;
         assert_eq!(r.status, 404, "{path}: past the token check: {}", r.text());
     }
@@ -102,7 +132,10 @@ async fn a_non_loopback_lb_without_a_token_refuses_to_start() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("invalid setting api_token") && err.contains("--insecure-open-api"), "{err}");
+    assert!(
+        err.contains("invalid setting api_token") && err.contains("--insecure-open-api"),
+        "{err}"
+    );
     // print-config says the same.
     let out = tokio::process::Command::new(&bin)
         .args(["--listen-address", "0.0.0.0", "print-config"])
@@ -112,8 +145,19 @@ async fn a_non_loopback_lb_without_a_token_refuses_to_start() {
     assert_eq!(out.status.code(), Some(2));
     // With a token (or the explicit flag) the settings are accepted.
     for (args, env) in [
-        (vec!["--listen-address", "0.0.0.0", "print-config"], vec![("FERROFN_API_TOKEN", "t")]),
-        (vec!["--listen-address", "0.0.0.0", "--insecure-open-api", "print-config"], vec![]),
+        (
+            vec!["--listen-address", "0.0.0.0", "print-config"],
+            vec![("FERROFN_API_TOKEN", "t")],
+        ),
+        (
+            vec![
+                "--listen-address",
+                "0.0.0.0",
+                "--insecure-open-api",
+                "print-config",
+            ],
+            vec![],
+        ),
     ] {
         let out = tokio::process::Command::new(&bin)
             .args(&args)
@@ -121,6 +165,10 @@ async fn a_non_loopback_lb_without_a_token_refuses_to_start() {
             .output()
             .await
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

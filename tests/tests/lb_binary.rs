@@ -12,7 +12,13 @@ use ferrofn_tests::lb_proc::{LbBinary, json as call, lb_binary, register};
 async fn print_config_layers_env_and_flags() {
     let bin = lb_binary().await.unwrap();
     let out = tokio::process::Command::new(&bin)
-        .args(["--placer", "ch-bounded", "--listen-address", "127.0.0.1", "print-config"])
+        .args([
+            "--placer",
+            "ch-bounded",
+            "--listen-address",
+            "127.0.0.1",
+            "print-config",
+        ])
         .env("FN_PORT", "9999")
         .env("FN_PLACER", "ch")
         .env("FN_RUNNER_ADDRESSES", "a:1,b:2")
