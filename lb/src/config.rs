@@ -332,10 +332,11 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_tokens_file: Option<PathBuf>,
-    /// Serve /v2 without a token on a non-loopback listener.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub insecure_open_api: Option<bool>,
+    /// Serve /v2 without a token on a non-loopback listener (anyone reaching the port can
+    /// register and run any image).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_open_api: bool,
 }
 
 #[cfg(test)]
