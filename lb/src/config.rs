@@ -53,6 +53,12 @@ pub const ENV_NAMES: EnvNames = EnvNames {
         ("FERROFN_INVOKE_TOKEN", "invoke_token"),
         ("FERROFN_INVOKE_TOKENS_FILE", "invoke_tokens_file"),
         ("FERROFN_INSECURE_OPEN_API", "insecure_open_api"),
+        ("FN_MAX_REQUEST_HEADER_SIZE", "max_request_header_size"),
+        (
+            "FN_REQUEST_HEADER_READ_TIMEOUT",
+            "request_header_read_timeout_secs",
+        ),
+        ("FERROFN_MAX_CONNECTIONS", "max_connections"),
     ],
     // Names of earlier releases that looked like Fn's without being Fn's.
     deprecated: &[
@@ -170,6 +176,14 @@ pub struct LbSettings {
     /// Serve `/v2` without a token on a non-loopback listener (anyone who reaches the port can
     /// register and run any image). Off: such a start is refused.
     pub insecure_open_api: bool,
+    /// Bytes a request line and headers may take (`FN_MAX_REQUEST_HEADER_SIZE`; Fn: 1 MiB); more
+    /// is answered 431.
+    pub max_request_header_size: u64,
+    /// Seconds a client has to send its request line and headers, on a new or a kept-alive
+    /// connection (`FN_REQUEST_HEADER_READ_TIMEOUT`; Fn: none); then the connection is closed.
+    pub request_header_read_timeout_secs: u64,
+    /// Client connections served at once; more are closed at accept (0 = no limit).
+    pub max_connections: u64,
 }
 
 impl Default for LbSettings {
@@ -203,6 +217,9 @@ impl Default for LbSettings {
             invoke_token: String::new(),
             invoke_tokens_file: PathBuf::new(),
             insecure_open_api: false,
+            max_request_header_size: 64 * 1024,
+            request_header_read_timeout_secs: 10,
+            max_connections: 10_000,
         }
     }
 }
@@ -269,10 +286,20 @@ impl LbSettings {
             ("runner_keepalive_timeout_ms", self.runner_keepalive_timeout_ms),
             ("placer_timeout_ms", self.placer_timeout_ms),
             ("detached_placer_timeout_ms", self.detached_placer_timeout_ms),
+            (
+                "request_header_read_timeout_secs",
+                self.request_header_read_timeout_secs,
+            ),
         ] {
             if v == 0 {
-                return Err(BadSetting::new(field, "must be more than 0 ms"));
+                return Err(BadSetting::new(field, "must be more than 0"));
             }
+        }
+        if self.max_request_header_size < 8192 {
+            return Err(BadSetting::new(
+                "max_request_header_size",
+                "must be at least 8192 bytes (a request line and the usual headers)",
+            ));
         }
         Ok(())
     }
