@@ -159,17 +159,6 @@ async fn method_not_allowed(req: Request) -> Response {
 /// `FN_MAX_REQUEST_SIZE` on every route: a declared length over the limit is refused at once.
 /// (Bodies of unknown length are counted while read: see `engage::read_limited`.)
 async fn size_limit(State(st): State<SharedState>, req: Request, next: Next) -> Response {
-    // Both framings at once is how requests are smuggled past a proxy that reads the other one
-    // (RFC 9112 6.3 allows a server to refuse it): refused, never guessed.
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return error_response(&FnError::new(
-            400,
-            "Invalid request: Content-Length and Transfer-Encoding together",
-            false,
-        ));
-    }
     if st.max_request > 0 {
         let declared = req
             .headers()
