@@ -371,8 +371,9 @@ mod tests {
     use super::*;
     use ferrofn_common::config::{Source, TlsFlags};
 
+    /// `pairs` plus an API token (the default listener is 0.0.0.0, which needs one).
     fn env<const N: usize>(pairs: [(&str, &str); N]) -> EnvSource {
-        EnvSource::from_pairs(pairs)
+        EnvSource::from_pairs([("FERROFN_API_TOKEN", "t")].into_iter().chain(pairs))
     }
 
     fn load_env<const N: usize>(pairs: [(&str, &str); N]) -> Result<LbSettings, ConfigError> {
@@ -400,7 +401,13 @@ mod tests {
         assert_eq!(s.placer_config().timeout, Duration::from_secs(360));
         assert_eq!(s.placer_config().detached_timeout, Duration::from_secs(30));
         let d = load_env([]).unwrap();
-        assert_eq!(d, LbSettings::default());
+        assert_eq!(
+            d,
+            LbSettings {
+                api_token: "t".into(),
+                ..LbSettings::default()
+            }
+        );
         assert_eq!(d.port, 8080);
         assert_eq!(d.placer, "naive");
         assert!(load_env([("FERROFN_PLAINTEXT", "1")]).unwrap().plaintext);
@@ -471,5 +478,48 @@ mod tests {
         };
         let e = LbSettings::load(None, &env([]), &flags).unwrap_err().to_string();
         assert!(e.contains("flag --placer"), "{e}");
+    }
+
+    #[test]
+    fn an_open_api_needs_loopback_or_the_explicit_flag() {
+        let open = |pairs: &[(&str, &str)], flags: &Flags| {
+            LbSettings::load(None, &EnvSource::from_pairs(pairs.iter().copied()), flags).map(|l| l.settings)
+        };
+        let e = open(&[], &Flags::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid setting api_token") && e.contains("0.0.0.0"),
+            "{e}"
+        );
+        assert!(open(&[("FERROFN_LISTEN_ADDRESS", "127.0.0.1")], &Flags::default()).is_ok());
+        assert!(open(&[("FERROFN_LISTEN_ADDRESS", "::1")], &Flags::default()).is_ok());
+        assert!(
+            open(
+                &[("FERROFN_API_TOKENS_FILE", "/etc/ferrofn/api-tokens")],
+                &Flags::default()
+            )
+            .is_ok()
+        );
+        let insecure = Flags {
+            insecure_open_api: true,
+            ..Flags::default()
+        };
+        assert!(open(&[], &insecure).is_ok());
+        assert!(open(&[("FERROFN_INSECURE_OPEN_API", "1")], &Flags::default()).is_ok());
+    }
+
+    #[test]
+    fn the_reference_settings_file_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/lb.toml");
+        let l = LbSettings::load(
+            Some(&file),
+            &EnvSource::from_pairs::<[(&str, &str); 0], _, _>([]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(l.settings.listen_address, "127.0.0.1");
+        assert_eq!(
+            l.source("tls.ca"),
+            ferrofn_common::config::Source::File(file.clone())
+        );
     }
 }

@@ -356,4 +356,15 @@ mod tests {
         );
         assert_eq!(l.deprecations().len(), 2, "{:?}", l.deprecations());
     }
+
+    #[test]
+    fn the_reference_settings_file_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/runner.toml");
+        let l = RunnerSettings::load(Some(&file), &env([]), &Flags::default()).unwrap();
+        assert_eq!(
+            l.settings.tls.cert,
+            PathBuf::from("/etc/ferrofn/certs/runner.pem")
+        );
+        assert_eq!(l.source("tls.cert"), Source::File(file.clone()));
+    }
 }
