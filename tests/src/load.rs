@@ -161,11 +161,6 @@ impl LoadReport {
     pub fn ended_within(&self, from: Instant, to: Instant) -> Summary {
         Summary::of(self.calls.iter().filter(|c| c.end >= from && c.end < to))
     }
-
-    /// The calls started at or after `from` (after [`LoadRun::stop`] every one of them has ended).
-    pub fn started_from(&self, from: Instant) -> Summary {
-        Summary::of(self.calls.iter().filter(|c| c.start >= from))
-    }
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
