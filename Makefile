@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUNCTIONS := -p ferrofn-fn-testfn -p ferrofn-fn-hello -p ferrofn-fn-status
 
-.PHONY: all build images lint test soak demo down bench
+.PHONY: all build images lint prereqs test soak demo down bench
 
 all: build
 
@@ -15,16 +15,20 @@ build:
 ## and the nodes (ferrofn/lb, ferrofn/runner).
 images:
 	$(CARGO) build $(FUNCTIONS) -p ferrofn-lb -p ferrofn-runner
-	$(CARGO) run -q -p ferrofn-tests --bin ferrofn-images
-	FERROFN_SKIP_CARGO=1 bash deploy/images.sh
+	FERROFN_IMAGE_TAG=latest $(CARGO) run -q -p ferrofn-tests --bin ferrofn-images
+	FERROFN_IMAGE_TAG=latest FERROFN_SKIP_CARGO=1 bash deploy/images.sh
 
 ## Formatting and lints, as CI enforces them.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## The tools `make test` needs (one line per missing one, with its install command).
+prereqs:
+	bash deploy/prereqs.sh
+
 ## Everything CI runs: lints, the images, then every unit and integration test (real Docker, real TLS).
-test: lint images
+test: prereqs lint images
 	$(CARGO) test --workspace --no-fail-fast
 
 ## The long forms of the correctness-under-load tests (issue 10), not part of `make test` (which runs

@@ -105,7 +105,7 @@ log "release build of ferrofn-lb, ferrofn-runner, ferrofn-bench"
 "$CARGO" build --release -p ferrofn-lb -p ferrofn-runner -p ferrofn-bench
 log "function image $IMAGE"
 "$CARGO" build -q -p ferrofn-fn-testfn
-"$CARGO" run -q -p ferrofn-tests --bin ferrofn-images -- --only testfn
+FERROFN_IMAGE_TAG=latest "$CARGO" run -q -p ferrofn-tests --bin ferrofn-images -- --only testfn
 
 BENCH="$REL/ferrofn-bench"
 
@@ -129,7 +129,7 @@ log "runners: ${RUNNER_ADDRS[*]} (plaintext)"
 
 LB_PORT="$(free_port)"
 LB="http://127.0.0.1:$LB_PORT"
-FN_PORT="$LB_PORT" FN_LISTEN_ADDRESS=127.0.0.1 FN_RUNNER_PLAINTEXT=true FN_PLACER="$PLACER" \
+FN_PORT="$LB_PORT" FERROFN_LISTEN_ADDRESS=127.0.0.1 FERROFN_PLAINTEXT=true FN_PLACER="$PLACER" \
     FN_RUNNER_ADDRESSES="$(IFS=,; echo "${RUNNER_ADDRS[*]}")" FN_DB_URL="sqlite3://$WORK/fn.db" \
     FN_LOG_LEVEL=warn NO_COLOR=1 "$REL/ferrofn-lb" >"$WORK/lb.log" 2>&1 &
 LB_PID=$!

@@ -9,6 +9,20 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APP=hello
 FN=hello
+# The demo runs the images `make images` tags `latest` (the tests use a tag per checkout).
+export FERROFN_IMAGE_TAG=latest
+# The management API's bearer token: FERROFN_API_TOKEN if set, else one made on the first run and
+# kept (mode 0600) so that later runs and `fn` contexts keep working.
+TOKEN_FILE="${FERROFN_TOKEN_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ferrofn/$FERROFN_CLUSTER-api-token}"
+if [[ -z "${FERROFN_API_TOKEN:-}" ]]; then
+  if [[ ! -s "$TOKEN_FILE" ]]; then
+    mkdir -p "$(dirname "$TOKEN_FILE")"
+    (umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE")
+    say "made an API token in $TOKEN_FILE"
+  fi
+  FERROFN_API_TOKEN="$(cat "$TOKEN_FILE")"
+fi
+export FERROFN_API_TOKEN
 FN_IMAGE=ferrofn/hello:latest
 BASE="http://$FERROFN_BIND:$FERROFN_PORT"
 started=$SECONDS
@@ -23,8 +37,8 @@ if [[ "${FERROFN_SKIP_BUILD:-0}" != 1 ]]; then
   say "building binaries (cargo build; the first build takes several minutes)"
   (cd "$ROOT_DIR" && "${CARGO:-cargo}" build -p ferrofn-lb -p ferrofn-runner -p ferrofn-fn-hello)
   say "building images"
-  FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
-  (cd "$ROOT_DIR" && "${CARGO:-cargo}" run -q -p ferrofn-tests --bin ferrofn-images -- --only hello)
+  FERROFN_IMAGE_TAG=latest FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
+  (cd "$ROOT_DIR" && FERROFN_IMAGE_TAG=latest "${CARGO:-cargo}" run -q -p ferrofn-tests --bin ferrofn-images -- --only hello)
 fi
 docker image inspect "$FN_IMAGE" >/dev/null 2>&1 || die "image $FN_IMAGE is missing (run without FERROFN_SKIP_BUILD)"
 bash "$DEPLOY_DIR/up.sh"
@@ -34,7 +48,8 @@ json_id() { grep -o '"id":"[^"]*"' | head -n1 | cut -d'"' -f4; }
 # `curl` returning "<status> <body>" so that 409 is not an error.
 api() { # <method> <path> [json]
   local out
-  out="$(curl -sS --max-time 10 -X "$1" -H 'Content-Type: application/json' ${3:+--data "$3"} \
+  out="$(curl -sS --max-time 10 -X "$1" -H 'Content-Type: application/json' \
+    -H "Authorization: Bearer $FERROFN_API_TOKEN" ${3:+--data "$3"} \
     -w '\n%{http_code}' "$BASE$2")" || die "$1 $2 failed: no answer from the LB"
   API_STATUS="${out##*$'\n'}"
   API_BODY="${out%$'\n'*}"
@@ -68,4 +83,8 @@ body="${answer%$'\n'*}"
 printf '%s\n' "$body"
 say "cluster up in $((SECONDS - started))s. Call it again with:"
 printf "  curl -X POST -d '{\"name\":\"you\"}' %s/invoke/%s\n" "$BASE" "$fn_id"
+say "the management API (/v2) needs the token in $TOKEN_FILE:"
+printf '  curl -H "Authorization: Bearer $(cat %s)" %s/v2/apps\n' "$TOKEN_FILE" "$BASE"
+printf '  fn create context ferrofn --api-url %s --registry local && fn use context ferrofn\n' "$BASE"
+printf '  fn update context token "$(cat %s)"   # the fn CLI sends it as Authorization: Bearer\n' "$TOKEN_FILE"
 printf '  (stop and remove everything: make down)\n'

@@ -7,6 +7,19 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v docker >/dev/null || die "docker is not installed"
 
+# Anything of this cluster at all? (containers of the compose project, its function containers,
+# volumes, network, iofs dir). Nothing: say so and stop, without compose's "not found" noise.
+leftovers="$(docker ps -aq --filter "label=com.docker.compose.project=$FERROFN_CLUSTER")"
+for svc in "${RUNNER_SERVICES[@]}"; do
+  leftovers+="$(docker ps -aq --filter "label=ferrofn.runner=$FERROFN_CLUSTER-$svc")"
+done
+leftovers+="$(docker volume ls -q --filter "name=^${FERROFN_CLUSTER}_")"
+leftovers+="$(docker network ls -q --filter "name=^${FERROFN_CLUSTER}_cluster\$")"
+if [[ -z "$leftovers" && ! -d "$FERROFN_IOFS_DIR" ]]; then
+  say "cluster '$FERROFN_CLUSTER' is not running: nothing to remove"
+  exit 0
+fi
+
 say "stopping cluster '$FERROFN_CLUSTER'"
 # Runners first: on SIGTERM they drain and remove their own function containers.
 compose stop --timeout 40 "${RUNNER_SERVICES[@]}" >/dev/null 2>&1 || true

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the cluster images ferrofn/lb:latest and ferrofn/runner:latest FROM scratch: the static
-# binaries (debug info stripped) plus the few empty dirs they need. No registry is involved.
+# Builds the cluster images ferrofn/lb and ferrofn/runner FROM scratch: the static binaries (debug
+# info stripped) plus the few empty dirs they need. No registry is involved.
+#   FERROFN_IMAGE_TAG=T   tag them T (default latest; the tests use a tag per checkout)
 #   FERROFN_SKIP_CARGO=1  use the binaries already in target/ instead of running cargo build first
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -35,7 +36,8 @@ build_image() { # <binary> <dockerfile> <tag>
   say "built $3 ($(docker image inspect --format '{{.Size}}' "$3" | awk '{printf "%.1f MB", $1/1e6}'))"
 }
 
-build_image ferrofn-lb lb.Dockerfile ferrofn/lb:latest
-build_image ferrofn-runner runner.Dockerfile ferrofn/runner:latest
+TAG="${FERROFN_IMAGE_TAG:-latest}"
+build_image ferrofn-lb lb.Dockerfile "ferrofn/lb:$TAG"
+build_image ferrofn-runner runner.Dockerfile "ferrofn/runner:$TAG"
 # Images a rebuild superseded (untagged now); kept if a container still uses one.
 docker image prune --force --filter label=ferrofn.built-by=ferrofn-deploy >/dev/null 2>&1 || true

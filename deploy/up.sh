@@ -23,7 +23,7 @@ if [[ "${COMPOSE_CMD[0]}" == docker-compose ]]; then
     die "docker-compose $v is too old: 1.29 or later (or the 'docker compose' plugin) is needed"
   fi
 fi
-for image in ferrofn/lb:latest ferrofn/runner:latest; do
+for image in "ferrofn/lb:${FERROFN_IMAGE_TAG:-latest}" "ferrofn/runner:${FERROFN_IMAGE_TAG:-latest}"; do
   docker image inspect "$image" >/dev/null 2>&1 || die "image $image is missing: run bash deploy/images.sh"
 done
 

@@ -112,6 +112,9 @@ struct SimArgs {
     /// Placers to compare (comma-separated).
     #[arg(long, default_value = "naive,ch,ch-bounded", value_delimiter = ',')]
     placers: Vec<String>,
+    /// LB counts to compare (comma-separated): each LB places on its own view of the runners.
+    #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
+    lbs: Vec<usize>,
 }
 
 /// Where calls go.
@@ -519,7 +522,7 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
                 seed: a.seed,
             };
             let placers: Vec<&str> = a.placers.iter().map(|p| p.trim()).collect();
-            report.sim = Some(sim::run(&opts, &placers)?);
+            report.sim = Some(sim::run(&opts, &placers, &a.lbs)?);
             Ok(())
         }
         Command::Cold(a) => {

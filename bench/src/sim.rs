@@ -8,6 +8,10 @@
 //! (as a full ferrofn or Fn runner does) and the call goes to the next runner of the placer's order.
 //! A call keeps its container busy for its duration (exponential, plus the cold start when cold);
 //! the placers see each runner's in-flight calls as its load, as the LB's pool reports them.
+//!
+//! With several LBs in front of the same runners, each call goes to one LB (uniformly at random,
+//! as an ingress spreading connections would), and that LB places it on its own view: the calls it
+//! placed itself that are still in flight. The runners' containers, busy slots and NACKs are shared.
 
 use std::{cmp::Reverse, collections::BinaryHeap, fmt::Write as _};
 
@@ -99,6 +103,10 @@ impl SimOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimResult {
     pub placer: String,
+    /// LBs placing on the same runners, each on its own load view.
+    pub lbs: usize,
+    /// Counted calls each LB received from the ingress.
+    pub calls_per_lb: Vec<u64>,
     /// Counted calls (warm-up excluded).
     pub calls: u64,
     pub warm_hits: u64,
@@ -110,20 +118,26 @@ pub struct SimResult {
     /// Idle containers evicted to make room.
     pub evictions: u64,
     pub warm_hit_ratio: f64,
-    /// Time-averaged in-flight calls of each runner.
+    /// Time-averaged in-flight calls of each runner (all LBs' calls: the runner's true load).
     pub mean_load: Vec<f64>,
     /// Busiest runner's time-averaged load over the runners' mean (1.0 = perfectly even).
     pub max_over_mean_load: f64,
     /// The most calls any runner had in flight at once.
     pub peak_in_flight: u64,
+    /// Placed calls that took their runner past ch-bounded's bound computed on the runners' true
+    /// loads, `ceil(c x mean)` (counting the new call): what one LB seeing every call keeps to.
+    pub over_bound: u64,
     /// Distinct runners each of the 10 busiest fns ran on (counted calls).
     pub top_fn_spread: Vec<usize>,
 }
 
-/// The whole simulation: parameters and one result per placer.
+/// The whole simulation: parameters and one result per placer and LB count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimReport {
     pub options: SimOptions,
+    /// The LB counts simulated.
+    pub lbs: Vec<usize>,
+    /// Placer by placer, each with its LB counts in `lbs` order.
     pub results: Vec<SimResult>,
 }
 
@@ -272,6 +286,47 @@ enum Admit {
     Cold { slot: usize, evicted: bool },
 }
 
+/// One LB's load view: the calls it placed that are still in flight, per runner (the LB's pool
+/// counts its own Engage streams; it knows nothing of the other LBs' calls).
+struct LbView {
+    /// End times of this LB's calls in flight, per runner (min-heaps).
+    in_flight: Vec<BinaryHeap<Reverse<u64>>>,
+}
+
+impl LbView {
+    fn new(runners: usize) -> Self {
+        LbView {
+            in_flight: (0..runners).map(|_| BinaryHeap::new()).collect(),
+        }
+    }
+
+    /// Forgets the calls that ended by `t`.
+    fn advance(&mut self, t: f64) {
+        for heap in &mut self.in_flight {
+            while heap.peek().is_some_and(|&Reverse(end)| f64::from_bits(end) <= t) {
+                heap.pop();
+            }
+        }
+    }
+
+    fn load(&self, runner: usize) -> u64 {
+        self.in_flight[runner].len() as u64
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        (0..self.in_flight.len())
+            .map(|i| Candidate {
+                eligible: true,
+                load: self.load(i),
+            })
+            .collect()
+    }
+
+    fn placed(&mut self, runner: usize, end: f64) {
+        self.in_flight[runner].push(Reverse(end.to_bits()));
+    }
+}
+
 /// The fn ids: 26 characters, like the ULIDs the registry hands out.
 pub fn fn_ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("01SIMFN{i:019}")).collect()
@@ -287,23 +342,44 @@ fn order(placer: &str, c: f64, fn_id: &str, runners: &[Candidate], rng: &mut Rng
     }
 }
 
-/// Simulates one placer. The traffic (fns, arrival times, durations) depends only on the seed,
-/// so every placer sees the same calls.
-pub fn simulate(opts: &SimOptions, placer: &str) -> Result<SimResult, SimError> {
+/// Simulates one placer behind `lbs` LBs. The traffic (fns, arrival times, durations) and the
+/// LB each call goes to depend only on the seed, so every placer sees the same calls.
+pub fn simulate(opts: &SimOptions, placer: &str, lbs: usize) -> Result<SimResult, SimError> {
+    simulate_observed(opts, placer, lbs, &mut |_, _| {})
+}
+
+/// [`simulate`], calling `observe` with the runners and the LBs' views after each call.
+fn simulate_observed(
+    opts: &SimOptions,
+    placer: &str,
+    lbs: usize,
+    observe: &mut dyn FnMut(&[Runner], &[LbView]),
+) -> Result<SimResult, SimError> {
     opts.validate()?;
     if !PLACERS.contains(&placer) {
         return Err(SimError::Placer(placer.to_owned()));
+    }
+    if lbs == 0 {
+        return Err(SimError::Param {
+            name: "lbs",
+            why: "must be at least 1",
+        });
     }
     let ids = fn_ids(opts.functions);
     let zipf = Zipf::new(opts.functions, opts.zipf_s);
     let mut traffic = Rng::new(opts.seed);
     // The naive placer's randomness is separate, so traffic stays identical across placers.
     let mut choice = Rng::new(opts.seed ^ 0x5eed);
+    // So is the ingress's choice of LB, so that the LB count changes neither.
+    let mut ingress = Rng::new(opts.seed ^ 0x1b5);
     let mut runners: Vec<Runner> = (0..opts.runners).map(|_| Runner::default()).collect();
+    let mut views: Vec<LbView> = (0..lbs).map(|_| LbView::new(opts.runners)).collect();
     let mut spread = vec![0_u64; opts.functions];
     let mut calls_per_fn = vec![0_u64; opts.functions];
     let mut r = SimResult {
         placer: placer.to_owned(),
+        lbs,
+        calls_per_lb: vec![0; lbs],
         calls: 0,
         warm_hits: 0,
         cold_starts: 0,
@@ -314,6 +390,7 @@ pub fn simulate(opts: &SimOptions, placer: &str) -> Result<SimResult, SimError> 
         mean_load: Vec::new(),
         max_over_mean_load: 0.0,
         peak_in_flight: 0,
+        over_bound: 0,
         top_fn_spread: Vec::new(),
     };
     let mean_gap_ms = 1000.0 / opts.rate_per_s;
@@ -335,16 +412,25 @@ pub fn simulate(opts: &SimOptions, placer: &str) -> Result<SimResult, SimError> 
         for runner in &mut runners {
             runner.advance(now);
         }
-        let candidates: Vec<Candidate> = runners
-            .iter()
-            .map(|r| Candidate {
-                eligible: true,
-                load: r.load(),
-            })
-            .collect();
+        let lb = (ingress.next_u64() % lbs as u64) as usize;
+        let view = &mut views[lb];
+        view.advance(now);
+        let candidates = view.candidates();
+        // ch-bounded's bound over the runners' true loads (every LB's calls), the bound one LB keeps.
+        let true_cap = bounded::capacity(
+            opts.load_factor,
+            &runners
+                .iter()
+                .map(|x| Candidate {
+                    eligible: true,
+                    load: x.load(),
+                })
+                .collect::<Vec<_>>(),
+        );
         let mut placed = false;
         for idx in order(placer, opts.load_factor, &ids[func], &candidates, &mut choice) {
             let runner = &mut runners[idx];
+            let over_bound = runner.load() >= true_cap;
             let Some(admit) = runner.admit(func, now, opts.capacity) else {
                 if counted {
                     r.nacks += 1;
@@ -367,14 +453,21 @@ pub fn simulate(opts: &SimOptions, placer: &str) -> Result<SimResult, SimError> 
                 }
             };
             runner.occupy(slot, now, end);
+            view.placed(idx, end);
             if counted {
                 spread[func] |= 1 << idx.min(63);
+                r.over_bound += u64::from(over_bound);
             }
             placed = true;
             break;
         }
+        for view in &mut views {
+            view.advance(now);
+        }
+        observe(&runners, &views);
         if counted {
             r.calls += 1;
+            r.calls_per_lb[lb] += 1;
             calls_per_fn[func] += 1;
             r.rejected += u64::from(!placed);
         }
@@ -403,14 +496,15 @@ pub fn simulate(opts: &SimOptions, placer: &str) -> Result<SimResult, SimError> 
     Ok(r)
 }
 
-/// Simulates each of `placers` on the same traffic.
-pub fn run(opts: &SimOptions, placers: &[&str]) -> Result<SimReport, SimError> {
+/// Simulates each of `placers` behind each of `lbs` LB counts, on the same traffic.
+pub fn run(opts: &SimOptions, placers: &[&str], lbs: &[usize]) -> Result<SimReport, SimError> {
     let results = placers
         .iter()
-        .map(|p| simulate(opts, p))
+        .flat_map(|p| lbs.iter().map(move |&n| simulate(opts, p, n)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(SimReport {
         options: opts.clone(),
+        lbs: lbs.to_vec(),
         results,
     })
 }
@@ -436,8 +530,16 @@ impl SimReport {
             o.load_factor,
             o.seed
         );
+        if self.lbs.iter().any(|&n| n > 1) {
+            let _ = writeln!(
+                out,
+                "several LBs: each call goes to one LB at random; each LB places on its own view \
+                 (its own calls in flight); the loads below are the runners' true loads"
+            );
+        }
         let header = [
             "placer",
+            "LBs",
             "warm hit",
             "cold starts",
             "evictions",
@@ -446,6 +548,7 @@ impl SimReport {
             "max/mean load",
             "mean load",
             "peak in flight",
+            "over c bound",
             "top-10 fn runners",
         ];
         let rows: Vec<Vec<String>> = self
@@ -455,6 +558,7 @@ impl SimReport {
                 let mean = r.mean_load.iter().sum::<f64>() / r.mean_load.len().max(1) as f64;
                 vec![
                     r.placer.clone(),
+                    r.lbs.to_string(),
                     format!("{:.1}%", r.warm_hit_ratio * 100.0),
                     r.cold_starts.to_string(),
                     r.evictions.to_string(),
@@ -463,6 +567,7 @@ impl SimReport {
                     format!("{:.2}", r.max_over_mean_load),
                     format!("{mean:.1}"),
                     r.peak_in_flight.to_string(),
+                    format!("{:.2}%", r.over_bound as f64 * 100.0 / r.calls.max(1) as f64),
                     r.top_fn_spread
                         .iter()
                         .map(|n| n.to_string())
@@ -513,7 +618,7 @@ mod tests {
 
     #[test]
     fn ch_keeps_more_calls_warm_than_naive_on_zipf() {
-        let report = run(&small(), &PLACERS).unwrap();
+        let report = run(&small(), &PLACERS, &[1]).unwrap();
         let naive = by_placer(&report, "naive");
         let ch = by_placer(&report, "ch");
         let bounded = by_placer(&report, "ch-bounded");
@@ -538,7 +643,7 @@ mod tests {
 
     #[test]
     fn bounded_load_is_no_less_even_than_ch() {
-        let report = run(&small(), &["ch", "ch-bounded"]).unwrap();
+        let report = run(&small(), &["ch", "ch-bounded"], &[1]).unwrap();
         let ch = by_placer(&report, "ch");
         let bounded = by_placer(&report, "ch-bounded");
         assert!(
@@ -558,9 +663,9 @@ mod tests {
             warmup_calls: 500,
             ..SimOptions::default()
         };
-        let a = simulate(&opts, "naive").unwrap();
-        assert_eq!(a, simulate(&opts, "naive").unwrap());
-        let b = simulate(&SimOptions { seed: 7, ..opts }, "naive").unwrap();
+        let a = simulate(&opts, "naive", 1).unwrap();
+        assert_eq!(a, simulate(&opts, "naive", 1).unwrap());
+        let b = simulate(&SimOptions { seed: 7, ..opts }, "naive", 1).unwrap();
         assert_ne!(a, b);
     }
 
@@ -575,7 +680,7 @@ mod tests {
             warmup_calls: 5_000,
             ..SimOptions::default()
         };
-        let r = simulate(&opts, "ch").unwrap();
+        let r = simulate(&opts, "ch", 1).unwrap();
         assert!(r.warm_hit_ratio > 0.99, "{r:?}");
         assert_eq!(r.evictions, 0);
         assert_eq!(r.rejected, 0);
@@ -591,7 +696,7 @@ mod tests {
             warmup_calls: 100,
             ..SimOptions::default()
         };
-        let r = simulate(&opts, "ch-bounded").unwrap();
+        let r = simulate(&opts, "ch-bounded", 1).unwrap();
         assert!(r.nacks > 0 && r.rejected > 0, "{r:?}");
         assert!(r.peak_in_flight <= 2);
     }
@@ -614,7 +719,7 @@ mod tests {
     #[test]
     fn rejects_bad_parameters() {
         assert!(matches!(
-            simulate(&SimOptions::default(), "random"),
+            simulate(&SimOptions::default(), "random", 1),
             Err(SimError::Placer(_))
         ));
         let zero = SimOptions {
@@ -622,22 +727,146 @@ mod tests {
             ..SimOptions::default()
         };
         assert!(matches!(
-            simulate(&zero, "ch"),
+            simulate(&zero, "ch", 1),
             Err(SimError::Param { name: "runners", .. })
         ));
     }
 
     #[test]
-    fn renders_a_row_per_placer() {
+    fn renders_a_row_per_placer_and_lb_count() {
         let opts = SimOptions {
             calls: 500,
             warmup_calls: 100,
             ..SimOptions::default()
         };
-        let text = run(&opts, &PLACERS).unwrap().render();
+        let report = run(&opts, &PLACERS, &[1, 2, 4]).unwrap();
+        assert_eq!(report.results.len(), 9);
+        let text = report.render();
         for p in PLACERS {
-            assert!(text.contains(&format!("  {p} ")), "{text}");
+            for n in [1, 2, 4] {
+                let row = text.lines().any(|l| {
+                    let cells: Vec<&str> = l.split_whitespace().collect();
+                    cells.len() > 2 && cells[0] == p && cells[1] == n.to_string()
+                });
+                assert!(row, "no row for {p} with {n} LBs:\n{text}");
+            }
         }
-        assert!(text.contains("max/mean load"));
+        assert!(text.contains("max/mean load") && text.contains("several LBs"));
+        let single = run(&opts, &PLACERS, &[1]).unwrap().render();
+        assert!(!single.contains("several LBs"), "{single}");
+    }
+
+    /// The figures the simulator gave for `small()` before it modelled several LBs (one view:
+    /// the runners' own loads). One LB on its own view must give exactly these.
+    #[test]
+    fn one_lb_gives_the_single_lb_figures() {
+        // placer, warm hits, cold starts, evictions, nacks, rejected, peak, max/mean load
+        let before = [
+            ("naive", 5379, 14621, 14621, 0, 0, 30, 1.0497750491559539),
+            ("ch", 9486, 10514, 10511, 255, 0, 32, 2.300409268635871),
+            ("ch-bounded", 8896, 11104, 11104, 0, 0, 19, 1.2233951991712844),
+        ];
+        for (placer, warm, cold, evictions, nacks, rejected, peak, max_over_mean) in before {
+            let r = simulate(&small(), placer, 1).unwrap();
+            let got = (r.warm_hits, r.cold_starts, r.evictions, r.nacks, r.rejected);
+            assert_eq!(got, (warm, cold, evictions, nacks, rejected), "{placer}");
+            assert_eq!(r.peak_in_flight, peak, "{placer}");
+            assert_eq!(
+                r.max_over_mean_load.to_bits(),
+                f64::to_bits(max_over_mean),
+                "{placer}"
+            );
+            assert_eq!(r.calls_per_lb, vec![20_000]);
+        }
+    }
+
+    /// Every figure but the LB fields, to compare runs behind different LB counts.
+    fn figures(r: &SimResult) -> SimResult {
+        SimResult {
+            lbs: 0,
+            calls_per_lb: Vec::new(),
+            ..r.clone()
+        }
+    }
+
+    #[test]
+    fn load_blind_placers_do_not_care_how_many_lbs_there_are() {
+        // naive (a random start) and ch (the ring from the fn id) never read the loads, so each LB
+        // picks what a single LB would: same homes, same warm hits, same balance.
+        for placer in ["naive", "ch"] {
+            let one = simulate(&small(), placer, 1).unwrap();
+            for lbs in [2, 4] {
+                let several = simulate(&small(), placer, lbs).unwrap();
+                assert_eq!(figures(&several), figures(&one), "{placer} with {lbs} LBs");
+            }
+        }
+    }
+
+    #[test]
+    fn bounded_with_several_lbs_bounds_each_view_not_the_runners() {
+        let one = simulate(&small(), "ch-bounded", 1).unwrap();
+        let four = simulate(&small(), "ch-bounded", 4).unwrap();
+        // The LBs see different loads, so they place differently (no bound is asserted on the
+        // true load: each LB keeps only its own share within c x its own mean).
+        assert_ne!(figures(&four), figures(&one));
+        assert_eq!(four.calls, one.calls);
+        // One LB sees every call: a runner within the bound always exists, so it only goes past
+        // the bound after a NACK from every runner within it.
+        assert!(one.over_bound <= one.nacks, "{one:?}");
+    }
+
+    #[test]
+    fn views_add_up_to_the_runners_and_every_call_is_counted_once() {
+        let saturated = SimOptions {
+            runners: 3,
+            capacity: 2,
+            rate_per_s: 1000.0,
+            calls: 3_000,
+            warmup_calls: 200,
+            ..SimOptions::default()
+        };
+        for opts in [small(), saturated] {
+            for placer in PLACERS {
+                for lbs in [1, 2, 4] {
+                    let mut steps = 0_usize;
+                    let r = simulate_observed(&opts, placer, lbs, &mut |runners, views| {
+                        steps += 1;
+                        assert_eq!(views.len(), lbs);
+                        for (i, runner) in runners.iter().enumerate() {
+                            let seen: u64 = views.iter().map(|v| v.load(i)).sum();
+                            assert_eq!(seen, runner.load(), "{placer} {lbs} LBs runner {i}");
+                        }
+                    })
+                    .unwrap();
+                    assert_eq!(steps, opts.warmup_calls + opts.calls);
+                    assert_eq!(r.calls, opts.calls as u64);
+                    assert_eq!(r.warm_hits + r.cold_starts + r.rejected, r.calls, "{r:?}");
+                    assert_eq!(r.calls_per_lb.len(), lbs);
+                    assert_eq!(r.calls_per_lb.iter().sum::<u64>(), r.calls);
+                    // Uniform spread: each LB within 10% of its share.
+                    let share = r.calls as f64 / lbs as f64;
+                    for &n in &r.calls_per_lb {
+                        assert!((n as f64 - share).abs() < 0.1 * share, "{:?}", r.calls_per_lb);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn several_lbs_are_deterministic_for_a_seed() {
+        let opts = SimOptions {
+            calls: 3_000,
+            warmup_calls: 500,
+            ..SimOptions::default()
+        };
+        let a = simulate(&opts, "ch-bounded", 4).unwrap();
+        assert_eq!(a, simulate(&opts, "ch-bounded", 4).unwrap());
+        let b = simulate(&SimOptions { seed: 7, ..opts }, "ch-bounded", 4).unwrap();
+        assert_ne!(a, b);
+        assert!(matches!(
+            simulate(&opts, "ch", 0),
+            Err(SimError::Param { name: "lbs", .. })
+        ));
     }
 }

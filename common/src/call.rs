@@ -124,10 +124,9 @@ impl<'de> Deserialize<'de> for MilliCpus {
     }
 }
 
-/// Go leaves a field at its zero value when the JSON says `null`; serde would fail instead.
-pub(crate) fn null_default<'de, D: Deserializer<'de>, T: Default + DeserializeOwned>(
-    d: D,
-) -> Result<T, D::Error> {
+/// Go leaves a field at its zero value when the JSON says `null`; serde would fail instead. For
+/// `#[serde(deserialize_with = "null_default")]`, here and in the LB's registry models.
+pub fn null_default<'de, D: Deserializer<'de>, T: Default + DeserializeOwned>(d: D) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 

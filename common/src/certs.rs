@@ -14,26 +14,12 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
-use crate::tls::TlsFiles;
+use crate::tls_files::{CA_CERT_FILE, CA_KEY_FILE, TlsFiles};
 
-pub const CA_CERT_FILE: &str = "ca.pem";
-pub const CA_KEY_FILE: &str = "ca-key.pem";
-pub const LB_CERT_FILE: &str = "lb.pem";
-pub const LB_KEY_FILE: &str = "lb-key.pem";
 /// Common name of the cluster CA this module creates.
 pub const CA_COMMON_NAME: &str = "ferrofn cluster CA";
 /// Common name of the LB's client certificate.
 pub const LB_COMMON_NAME: &str = "ferrofn-lb";
-
-/// `runner-<name>.pem`
-pub fn runner_cert_file(name: &str) -> String {
-    format!("runner-{name}.pem")
-}
-
-/// `runner-<name>-key.pem`
-pub fn runner_key_file(name: &str) -> String {
-    format!("runner-{name}-key.pem")
-}
 
 /// Why certificates could not be generated, loaded or written.
 #[derive(Debug, thiserror::Error)]
@@ -485,6 +471,7 @@ pub fn run_certs(args: &CertsArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls_files::runner_cert_file;
     use rustls::client::danger::ServerCertVerifier;
 
     #[test]

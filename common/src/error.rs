@@ -79,6 +79,18 @@ impl FnError {
     pub const fn server_busy() -> Self {
         api(503, "Timed out - server too busy")
     }
+    /// 503: the LB has no runner to place the call on (ferrofn's; Fn spins until its placer
+    /// timeout and then answers [`FnError::server_busy`]). `configured` = 0: the list is empty.
+    pub fn no_runner(configured: usize) -> Self {
+        let message = if configured == 0 {
+            "No runner is configured on this LB (FN_RUNNER_ADDRESSES is empty)".to_owned()
+        } else {
+            format!(
+                "No runner is up: all {configured} configured runners are down or draining (the LB log says why)"
+            )
+        };
+        FnError::new(503, message, false)
+    }
     /// 400: the call can never fit the runner's totals.
     pub const fn resource_too_big() -> Self {
         api(400, "Requested CPU/Memory cannot be allocated")

@@ -28,8 +28,11 @@ pub fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: a log collected from a pipe or a file stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Human => builder.try_init(),
@@ -132,10 +135,27 @@ mod tests {
     }
 
     #[test]
-    fn init_tracing_twice_is_harmless() {
+    fn init_tracing_installs_once_and_a_second_call_changes_nothing() {
+        use tracing::Level;
+        // Without RUST_LOG the level comes from the argument; with it, only the install is checked.
+        let levels_from_args = std::env::var_os("RUST_LOG").is_none();
         init_tracing(LogFormat::Json, "info");
-        init_tracing(LogFormat::Human, "debug");
-        tracing::info!("still logging");
+        assert!(
+            tracing::dispatcher::has_been_set(),
+            "a global subscriber is installed"
+        );
+        if levels_from_args {
+            assert!(tracing::enabled!(Level::INFO) && !tracing::enabled!(Level::DEBUG));
+        }
+        // Neither panics nor replaces the first subscriber, whose filter stays in force.
+        init_tracing(LogFormat::Human, "trace");
+        if levels_from_args {
+            assert!(tracing::enabled!(Level::INFO), "INFO still logged");
+            assert!(
+                !tracing::enabled!(Level::DEBUG),
+                "the second call replaced the first subscriber"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Once, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,8 @@ use tonic::codegen::Service;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, info, warn};
 
-use crate::certs;
+/// The files a config is built from (defined with their names in [`crate::tls_files`]).
+pub use crate::tls_files::TlsFiles;
 
 /// ALPN protocol both sides offer: gRPC is HTTP/2 only.
 const ALPN_H2: &[u8] = b"h2";
@@ -121,42 +122,8 @@ fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-/// The PEM files of one node: the cluster CA (trust anchor for the peer), this node's certificate
-/// chain (leaf first) and its private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
+/// Reading the files, for the reloading configs below.
 impl TlsFiles {
-    pub fn new(ca: impl Into<PathBuf>, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        Self {
-            ca: ca.into(),
-            cert: cert.into(),
-            key: key.into(),
-        }
-    }
-
-    /// The runner `name`'s files as `ferrofn-* certs` writes them in `dir`.
-    pub fn runner_in(dir: &Path, name: &str) -> Self {
-        Self::new(
-            dir.join(certs::CA_CERT_FILE),
-            dir.join(certs::runner_cert_file(name)),
-            dir.join(certs::runner_key_file(name)),
-        )
-    }
-
-    /// The LB's (client) files as `ferrofn-* certs` writes them in `dir`.
-    pub fn lb_in(dir: &Path) -> Self {
-        Self::new(
-            dir.join(certs::CA_CERT_FILE),
-            dir.join(certs::LB_CERT_FILE),
-            dir.join(certs::LB_KEY_FILE),
-        )
-    }
-
     /// Identity of the three files; any write, replace (rename) or re-link changes it.
     fn fingerprint(&self) -> Fingerprint {
         Fingerprint([
@@ -301,7 +268,7 @@ impl<C> Loaded<C> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave a half-written `Loaded` (fields are replaced
     // whole), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    crate::lock::LockExt::lock_unpoisoned(m)
 }
 
 fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
@@ -680,6 +647,7 @@ pub fn connect_channel_lazy(endpoint: Endpoint, tls: Option<ClientTls>, host: &s
 mod tests {
     use super::*;
     use crate::certs::{ClusterCertOptions, generate_cluster};
+    use crate::tls_files::LB_KEY_FILE;
 
     fn cluster(dir: &Path) {
         let opts = ClusterCertOptions {
@@ -751,7 +719,7 @@ mod tests {
         assert!(matches!(e, TlsError::NoKey { .. }), "{e}");
 
         // The LB's key does not belong to the runner's certificate.
-        files.key = dir.path().join(certs::LB_KEY_FILE);
+        files.key = dir.path().join(LB_KEY_FILE);
         let e = ReloadingServerTls::new(files.clone()).unwrap_err();
         assert!(matches!(e, TlsError::CertKey { .. }), "{e}");
 

@@ -14,11 +14,11 @@ use tracing::Instrument;
 use ferrofn_common::call::{CallModel, TYPE_DETACHED, TYPE_SYNC};
 use ferrofn_common::datetime::DateTime;
 use ferrofn_common::error::FnError;
-use ferrofn_common::models::{App, Function};
 
 use crate::engage::{BodyState, CallResponse, EngageCall, try_runner};
 use crate::http::SharedState;
 use crate::placer::{DEFAULT_DETACHED_PLACER_TIMEOUT, PlaceError, place};
+use crate::registry::models::{App, Function};
 
 /// Headers that never travel to a function (Go's hop-by-hop list).
 pub const HOP_BY_HOP: &[&str] = &[
@@ -211,7 +211,11 @@ pub async fn run_call(
         }
         Err(PlaceError::NoRunners) => {
             tracing::warn!(fn_id = %f.id, "no runner configured: answering 503");
-            ("server_busy", Err(FnError::server_busy()))
+            ("no_runner", Err(FnError::no_runner(0)))
+        }
+        Err(PlaceError::NoneUp { configured }) => {
+            tracing::warn!(fn_id = %f.id, configured, "no runner up: none of the configured runners is up; answering 503");
+            ("no_runner", Err(FnError::no_runner(configured)))
         }
         Err(PlaceError::TimedOut { attempts, .. }) => {
             tracing::warn!(fn_id = %f.id, attempts, "no runner took the call within the placer timeout");

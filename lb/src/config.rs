@@ -6,40 +6,87 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use ferrofn_common::config::{ConfigError, EnvSource, load};
+use ferrofn_common::config::{
+    BadSetting, ConfigError, EnvNames, EnvSource, Loaded, NodeFlags, check_host_port, check_listen_address,
+    load_layers,
+};
 use ferrofn_common::telemetry::LogFormat;
 
 use crate::placer::PlacerConfig;
 use crate::pool::ChannelOptions;
 
-/// Environment variable -> settings field.
-pub const ENV_MAP: &[(&str, &str)] = &[
-    ("FN_PORT", "port"),
-    ("FN_LISTEN_ADDRESS", "listen_address"),
-    ("FN_RUNNER_ADDRESSES", "runner_addresses"),
-    ("FN_PLACER", "placer"),
-    ("FN_PLACER_LOAD_FACTOR", "placer_load_factor"),
-    ("FN_PLACER_TIMEOUT_MSECS", "placer_timeout_ms"),
-    ("FN_DETACHED_PLACER_TIMEOUT_MSECS", "detached_placer_timeout_ms"),
-    ("FN_MAX_REQUEST_SIZE", "max_request_size"),
-    ("FN_PUBLIC_LB_URL", "public_lb_url"),
-    ("FN_DB_URL", "db_url"),
-    ("FN_EXECUTION_HEADROOM", "execution_headroom_ms"),
-    ("FN_RUNNER_PLAINTEXT", "plaintext"),
-    // The runner's name for the same choice, so one variable switches a whole cluster.
-    ("FERROFN_PLAINTEXT", "plaintext"),
-    ("FN_TLS_CA", "tls.ca"),
-    ("FN_TLS_CERT", "tls.cert"),
-    ("FN_TLS_KEY", "tls.key"),
-    ("FN_TLS_SERVER_NAME", "tls.server_name"),
-    ("FN_HEALTH_INTERVAL_MSECS", "health_interval_ms"),
-    ("FN_RESPONSE_HEAD_BYTES", "response_head_bytes"),
-    ("FN_SYNC_DEADLINE_MARGIN_MSECS", "sync_deadline_margin_ms"),
-    ("FN_RUNNER_KEEPALIVE_MSECS", "runner_keepalive_ms"),
-    ("FN_RUNNER_KEEPALIVE_TIMEOUT_MSECS", "runner_keepalive_timeout_ms"),
-    ("FN_LOG_LEVEL", "log_level"),
-    ("FN_LOG_FORMAT", "log_format"),
-];
+/// Environment variables: Fn's names where Fn has the setting, `FERROFN_*` for ferrofn's own.
+pub const ENV_NAMES: EnvNames = EnvNames {
+    current: &[
+        ("FN_PORT", "port"),
+        ("FERROFN_LISTEN_ADDRESS", "listen_address"),
+        ("FN_RUNNER_ADDRESSES", "runner_addresses"),
+        ("FN_PLACER", "placer"),
+        ("FERROFN_PLACER_LOAD_FACTOR", "placer_load_factor"),
+        ("FERROFN_PLACER_TIMEOUT_MSECS", "placer_timeout_ms"),
+        (
+            "FERROFN_DETACHED_PLACER_TIMEOUT_MSECS",
+            "detached_placer_timeout_ms",
+        ),
+        ("FERROFN_NO_RUNNER_WAIT_MSECS", "no_runner_wait_ms"),
+        ("FN_MAX_REQUEST_SIZE", "max_request_size"),
+        ("FN_PUBLIC_LB_URL", "public_lb_url"),
+        ("FN_DB_URL", "db_url"),
+        ("FN_EXECUTION_HEADROOM", "execution_headroom_ms"),
+        ("FERROFN_PLAINTEXT", "plaintext"),
+        ("FERROFN_TLS_CA", "tls.ca"),
+        ("FERROFN_TLS_CERT", "tls.cert"),
+        ("FERROFN_TLS_KEY", "tls.key"),
+        ("FERROFN_TLS_SERVER_NAME", "tls.server_name"),
+        ("FERROFN_HEALTH_INTERVAL_MSECS", "health_interval_ms"),
+        ("FERROFN_RESPONSE_HEAD_BYTES", "response_head_bytes"),
+        ("FERROFN_SYNC_DEADLINE_MARGIN_MSECS", "sync_deadline_margin_ms"),
+        ("FERROFN_RUNNER_KEEPALIVE_MSECS", "runner_keepalive_ms"),
+        (
+            "FERROFN_RUNNER_KEEPALIVE_TIMEOUT_MSECS",
+            "runner_keepalive_timeout_ms",
+        ),
+        ("FN_LOG_LEVEL", "log_level"),
+        ("FN_LOG_FORMAT", "log_format"),
+        ("FERROFN_API_TOKEN", "api_token"),
+        ("FERROFN_API_TOKENS_FILE", "api_tokens_file"),
+        ("FERROFN_INVOKE_TOKEN", "invoke_token"),
+        ("FERROFN_INVOKE_TOKENS_FILE", "invoke_tokens_file"),
+        ("FERROFN_INSECURE_OPEN_API", "insecure_open_api"),
+        ("FN_MAX_REQUEST_HEADER_SIZE", "max_request_header_size"),
+        (
+            "FN_REQUEST_HEADER_READ_TIMEOUT",
+            "request_header_read_timeout_secs",
+        ),
+        ("FERROFN_MAX_CONNECTIONS", "max_connections"),
+    ],
+    // Names of earlier releases that looked like Fn's without being Fn's.
+    deprecated: &[
+        ("FN_LISTEN_ADDRESS", "FERROFN_LISTEN_ADDRESS"),
+        ("FN_PLACER_LOAD_FACTOR", "FERROFN_PLACER_LOAD_FACTOR"),
+        ("FN_PLACER_TIMEOUT_MSECS", "FERROFN_PLACER_TIMEOUT_MSECS"),
+        (
+            "FN_DETACHED_PLACER_TIMEOUT_MSECS",
+            "FERROFN_DETACHED_PLACER_TIMEOUT_MSECS",
+        ),
+        ("FN_RUNNER_PLAINTEXT", "FERROFN_PLAINTEXT"),
+        ("FN_TLS_CA", "FERROFN_TLS_CA"),
+        ("FN_TLS_CERT", "FERROFN_TLS_CERT"),
+        ("FN_TLS_KEY", "FERROFN_TLS_KEY"),
+        ("FN_TLS_SERVER_NAME", "FERROFN_TLS_SERVER_NAME"),
+        ("FN_HEALTH_INTERVAL_MSECS", "FERROFN_HEALTH_INTERVAL_MSECS"),
+        ("FN_RESPONSE_HEAD_BYTES", "FERROFN_RESPONSE_HEAD_BYTES"),
+        (
+            "FN_SYNC_DEADLINE_MARGIN_MSECS",
+            "FERROFN_SYNC_DEADLINE_MARGIN_MSECS",
+        ),
+        ("FN_RUNNER_KEEPALIVE_MSECS", "FERROFN_RUNNER_KEEPALIVE_MSECS"),
+        (
+            "FN_RUNNER_KEEPALIVE_TIMEOUT_MSECS",
+            "FERROFN_RUNNER_KEEPALIVE_TIMEOUT_MSECS",
+        ),
+    ],
+};
 
 /// mTLS client files (the LB's certificate and the cluster CA).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +134,8 @@ pub struct LbSettings {
     pub detached_placer_timeout_ms: u64,
     /// Pause between placement passes, ms (Fn: 10).
     pub placer_retry_delay_ms: u64,
+    /// How long a call waits while no runner is up before 503 "no runner is up", ms.
+    pub no_runner_wait_ms: u64,
     /// Request body limit in bytes, 0 = unlimited (`FN_MAX_REQUEST_SIZE`).
     pub max_request_size: u64,
     /// Public base URL for the endpoint annotations ("" = the request's Host).
@@ -116,6 +165,25 @@ pub struct LbSettings {
     pub log_level: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// A bearer token the management API (`/v2`) accepts ("" = none; see `api_tokens_file`).
+    pub api_token: String,
+    /// A file of tokens the management API accepts, one per line, re-read when it changes.
+    pub api_tokens_file: PathBuf,
+    /// A bearer token `/invoke` and `/t` require ("" and no file: they are open, as in Fn).
+    pub invoke_token: String,
+    /// A file of tokens for `/invoke` and `/t`, re-read when it changes.
+    pub invoke_tokens_file: PathBuf,
+    /// Serve `/v2` without a token on a non-loopback listener (anyone who reaches the port can
+    /// register and run any image). Off: such a start is refused.
+    pub insecure_open_api: bool,
+    /// Bytes a request line and headers may take (`FN_MAX_REQUEST_HEADER_SIZE`; Fn: 1 MiB); more
+    /// is answered 431.
+    pub max_request_header_size: u64,
+    /// Seconds a client has to send its request line and headers, on a new or a kept-alive
+    /// connection (`FN_REQUEST_HEADER_READ_TIMEOUT`; Fn: none); then the connection is closed.
+    pub request_header_read_timeout_secs: u64,
+    /// Client connections served at once; more are closed at accept (0 = no limit).
+    pub max_connections: u64,
 }
 
 impl Default for LbSettings {
@@ -130,6 +198,7 @@ impl Default for LbSettings {
             placer_timeout_ms: p.timeout.as_millis() as u64,
             detached_placer_timeout_ms: p.detached_timeout.as_millis() as u64,
             placer_retry_delay_ms: p.retry_delay.as_millis() as u64,
+            no_runner_wait_ms: p.no_runner_wait.as_millis() as u64,
             max_request_size: 0,
             public_lb_url: String::new(),
             db_url: "sqlite3://./data/fn.db".into(),
@@ -143,21 +212,103 @@ impl Default for LbSettings {
             runner_keepalive_timeout_ms: ChannelOptions::default().keepalive_timeout.as_millis() as u64,
             log_level: "info".into(),
             log_format: LogFormat::Human,
+            api_token: String::new(),
+            api_tokens_file: PathBuf::new(),
+            invoke_token: String::new(),
+            invoke_tokens_file: PathBuf::new(),
+            insecure_open_api: false,
+            max_request_header_size: 64 * 1024,
+            request_header_read_timeout_secs: 10,
+            max_connections: 10_000,
         }
     }
 }
 
 impl LbSettings {
-    /// Loads the layers.
-    pub fn load(file: Option<&Path>, env: &EnvSource, flags: &Flags) -> Result<Self, ConfigError> {
-        load(file, env, ENV_MAP, flags)
+    /// Loads the layers and checks the values (the same check in `print-config` and at start).
+    pub fn load(file: Option<&Path>, env: &EnvSource, flags: &Flags) -> Result<Loaded<Self>, ConfigError> {
+        load_layers(file, env, &ENV_NAMES, flags)?.check(Self::check)
+    }
+
+    /// The runner addresses, one per entry (a TOML entry may itself hold a comma list).
+    pub fn runner_list(&self) -> Vec<String> {
+        self.runner_addresses
+            .iter()
+            .flat_map(|a| crate::pool::parse_addresses(a))
+            .collect()
+    }
+
+    /// Values their types cannot check: addresses, names, URLs, non-zero periods.
+    pub fn check(&self) -> Result<(), BadSetting> {
+        check_listen_address("listen_address", &self.listen_address)?;
+        for addr in self.runner_list() {
+            check_host_port("runner_addresses", &addr)?;
+        }
+        crate::placer::from_name(&self.placer, self.placer_load_factor)
+            .map_err(|e| BadSetting::new("placer", e.to_string()))?;
+        if !(self.placer_load_factor.is_finite() && self.placer_load_factor >= 1.0) {
+            return Err(BadSetting::new(
+                "placer_load_factor",
+                format!("{} is not a load factor (a number >= 1)", self.placer_load_factor),
+            ));
+        }
+        crate::registry::sqlite::check_db_url(&self.db_url).map_err(|m| BadSetting::new("db_url", m))?;
+        let url = &self.public_lb_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(BadSetting::new(
+                "public_lb_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        let loopback = self
+            .listen_address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+        if !loopback
+            && !self.insecure_open_api
+            && self.api_token.trim().is_empty()
+            && self.api_tokens_file.as_os_str().is_empty()
+        {
+            return Err(BadSetting::new(
+                "api_token",
+                format!(
+                    "the LB listens on {} but the management API (/v2) has no token: anyone reaching the port could \
+                     register and run any image. Set FERROFN_API_TOKEN or FERROFN_API_TOKENS_FILE (clients send \
+                     Authorization: Bearer <token>; the fn CLI sends its context's token), listen on loopback, or \
+                     accept an open API with --insecure-open-api",
+                    self.listen_address
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("health_interval_ms", self.health_interval_ms),
+            ("runner_keepalive_ms", self.runner_keepalive_ms),
+            ("runner_keepalive_timeout_ms", self.runner_keepalive_timeout_ms),
+            ("placer_timeout_ms", self.placer_timeout_ms),
+            ("detached_placer_timeout_ms", self.detached_placer_timeout_ms),
+            (
+                "request_header_read_timeout_secs",
+                self.request_header_read_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(BadSetting::new(field, "must be more than 0"));
+            }
+        }
+        if self.max_request_header_size < 8192 {
+            return Err(BadSetting::new(
+                "max_request_header_size",
+                "must be at least 8192 bytes (a request line and the usual headers)",
+            ));
+        }
+        Ok(())
     }
 
     /// Runner connection tuning.
     pub fn channel_options(&self) -> ChannelOptions {
         ChannelOptions {
-            keepalive_interval: Duration::from_millis(self.runner_keepalive_ms.max(1)),
-            keepalive_timeout: Duration::from_millis(self.runner_keepalive_timeout_ms.max(1)),
+            keepalive_interval: Duration::from_millis(self.runner_keepalive_ms),
+            keepalive_timeout: Duration::from_millis(self.runner_keepalive_timeout_ms),
             ..ChannelOptions::default()
         }
     }
@@ -168,6 +319,7 @@ impl LbSettings {
             retry_delay: Duration::from_millis(self.placer_retry_delay_ms),
             timeout: Duration::from_millis(self.placer_timeout_ms),
             detached_timeout: Duration::from_millis(self.detached_placer_timeout_ms),
+            no_runner_wait: Duration::from_millis(self.no_runner_wait_ms),
         }
     }
 }
@@ -175,10 +327,10 @@ impl LbSettings {
 /// Command-line flags that override settings (only those given).
 #[derive(Debug, Clone, Default, Serialize, clap::Args)]
 pub struct Flags {
-    /// Listen address.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen_address: Option<String>,
+    /// Listen address, plaintext, `--tls-*`: the same flags as the runner's.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub node: NodeFlags,
     /// HTTP port.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,10 +347,6 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_url: Option<String>,
-    /// Talk to runners in plaintext (Fn runners, trusted networks).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plaintext: Option<bool>,
     /// Request body limit in bytes.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,29 +355,44 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_lb_url: Option<String>,
+    /// File of management API tokens (one per line, re-read when it changes).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Serve /v2 without a token on a non-loopback listener (anyone reaching the port can
+    /// register and run any image).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_open_api: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrofn_common::config::{Source, TlsFlags};
+
+    /// `pairs` plus an API token (the default listener is 0.0.0.0, which needs one).
+    fn env<const N: usize>(pairs: [(&str, &str); N]) -> EnvSource {
+        EnvSource::from_pairs([("FERROFN_API_TOKEN", "t")].into_iter().chain(pairs))
+    }
+
+    fn load_env<const N: usize>(pairs: [(&str, &str); N]) -> Result<LbSettings, ConfigError> {
+        LbSettings::load(None, &env(pairs), &Flags::default()).map(|l| l.settings)
+    }
 
     #[test]
     fn defaults_env_and_flags() {
-        let env = EnvSource::from_pairs([
+        let e = env([
             ("FN_PORT", "9000"),
             ("FN_RUNNER_ADDRESSES", "r1:9190,r2:9190"),
             ("FN_PLACER", "ch"),
             ("FN_MAX_REQUEST_SIZE", "6291456"),
         ]);
-        let s = LbSettings::load(
-            None,
-            &env,
-            &Flags {
-                placer: Some("ch-bounded".into()),
-                ..Flags::default()
-            },
-        )
-        .unwrap();
+        let flags = Flags {
+            placer: Some("ch-bounded".into()),
+            ..Flags::default()
+        };
+        let s = LbSettings::load(None, &e, &flags).unwrap().settings;
         assert_eq!(s.port, 9000);
         assert_eq!(s.runner_addresses, vec!["r1:9190", "r2:9190"]);
         assert_eq!(s.placer, "ch-bounded", "flags win over env");
@@ -237,23 +400,126 @@ mod tests {
         assert!(!s.plaintext, "mTLS by default");
         assert_eq!(s.placer_config().timeout, Duration::from_secs(360));
         assert_eq!(s.placer_config().detached_timeout, Duration::from_secs(30));
-        let d = LbSettings::load(
+        let d = load_env([]).unwrap();
+        assert_eq!(
+            d,
+            LbSettings {
+                api_token: "t".into(),
+                ..LbSettings::default()
+            }
+        );
+        assert_eq!(d.port, 8080);
+        assert_eq!(d.placer, "naive");
+        assert!(load_env([("FERROFN_PLAINTEXT", "1")]).unwrap().plaintext);
+        assert_eq!(d.sync_deadline_margin_ms, 30_000);
+        assert_eq!(d.channel_options().keepalive_interval, Duration::from_secs(5));
+        assert_eq!(d.channel_options().keepalive_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn old_names_still_work_with_a_notice() {
+        let l = LbSettings::load(
             None,
+            &env([("FN_TLS_CA", "old-ca.pem"), ("FN_RUNNER_PLAINTEXT", "true")]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(l.settings.tls.ca, PathBuf::from("old-ca.pem"));
+        assert!(l.settings.plaintext);
+        assert_eq!(l.deprecations().len(), 2, "{:?}", l.deprecations());
+        assert_eq!(l.source("tls.ca"), Source::Env("FN_TLS_CA".into()));
+        // Every deprecated name points at a current one.
+        for (old, new) in ENV_NAMES.deprecated {
+            assert!(ENV_NAMES.current.iter().any(|(n, _)| n == new), "{old} -> {new}");
+            assert!(new.starts_with("FERROFN_"), "{new}");
+        }
+    }
+
+    #[test]
+    fn the_lb_takes_the_runners_tls_flags() {
+        let flags = Flags {
+            node: NodeFlags {
+                tls: TlsFlags {
+                    ca: Some("ca.pem".into()),
+                    cert: Some("lb.pem".into()),
+                    key: Some("lb-key.pem".into()),
+                },
+                listen_address: Some("127.0.0.1".into()),
+                plaintext: None,
+            },
+            ..Flags::default()
+        };
+        let l = LbSettings::load(None, &env([]), &flags).unwrap();
+        assert_eq!(l.settings.tls.cert, PathBuf::from("lb.pem"));
+        assert_eq!(l.settings.tls.key, PathBuf::from("lb-key.pem"));
+        assert_eq!(l.settings.listen_address, "127.0.0.1");
+        assert_eq!(l.source("tls.key"), Source::Flag("--tls-key".into()));
+    }
+
+    #[test]
+    fn bad_values_are_refused_when_read() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("FN_PLACER", "foo", "placer (from environment variable FN_PLACER)"),
+            ("FN_RUNNER_ADDRESSES", "garbage", "runner_addresses"),
+            ("FN_RUNNER_ADDRESSES", "r1:9190,r2", "\"r2\" is not host:port"),
+            ("FERROFN_LISTEN_ADDRESS", "nowhere", "listen_address"),
+            ("FN_DB_URL", "postgres://u@h/db", "db_url"),
+            ("FN_PUBLIC_LB_URL", "lb.example.com", "public_lb_url"),
+            ("FERROFN_PLACER_LOAD_FACTOR", "0.5", "placer_load_factor"),
+            ("FERROFN_RUNNER_KEEPALIVE_MSECS", "0", "runner_keepalive_ms"),
+        ];
+        for (name, value, expect) in cases {
+            let e = load_env([(*name, *value)]).unwrap_err().to_string();
+            assert!(e.contains(expect), "{name}={value}: {e}");
+        }
+        let flags = Flags {
+            placer: Some("foo".into()),
+            ..Flags::default()
+        };
+        let e = LbSettings::load(None, &env([]), &flags).unwrap_err().to_string();
+        assert!(e.contains("flag --placer"), "{e}");
+    }
+
+    #[test]
+    fn an_open_api_needs_loopback_or_the_explicit_flag() {
+        let open = |pairs: &[(&str, &str)], flags: &Flags| {
+            LbSettings::load(None, &EnvSource::from_pairs(pairs.iter().copied()), flags).map(|l| l.settings)
+        };
+        let e = open(&[], &Flags::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid setting api_token") && e.contains("0.0.0.0"),
+            "{e}"
+        );
+        assert!(open(&[("FERROFN_LISTEN_ADDRESS", "127.0.0.1")], &Flags::default()).is_ok());
+        assert!(open(&[("FERROFN_LISTEN_ADDRESS", "::1")], &Flags::default()).is_ok());
+        assert!(
+            open(
+                &[("FERROFN_API_TOKENS_FILE", "/etc/ferrofn/api-tokens")],
+                &Flags::default()
+            )
+            .is_ok()
+        );
+        let insecure = Flags {
+            insecure_open_api: true,
+            ..Flags::default()
+        };
+        assert!(open(&[], &insecure).is_ok());
+        assert!(open(&[("FERROFN_INSECURE_OPEN_API", "1")], &Flags::default()).is_ok());
+    }
+
+    #[test]
+    fn the_reference_settings_file_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/lb.toml");
+        let l = LbSettings::load(
+            Some(&file),
             &EnvSource::from_pairs::<[(&str, &str); 0], _, _>([]),
             &Flags::default(),
         )
         .unwrap();
-        assert_eq!(d.port, 8080);
-        assert_eq!(d.placer, "naive");
-        let p = LbSettings::load(
-            None,
-            &EnvSource::from_pairs([("FERROFN_PLAINTEXT", "1")]),
-            &Flags::default(),
-        )
-        .unwrap();
-        assert!(p.plaintext, "FERROFN_PLAINTEXT, as on the runner");
-        assert_eq!(d.sync_deadline_margin_ms, 30_000);
-        assert_eq!(d.channel_options().keepalive_interval, Duration::from_secs(5));
-        assert_eq!(d.channel_options().keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(l.settings.listen_address, "127.0.0.1");
+        assert_eq!(
+            l.source("tls.ca"),
+            ferrofn_common::config::Source::File(file.clone())
+        );
     }
 }

@@ -3,16 +3,16 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 use ferrofn_common::certs::{CertsArgs, run_certs};
-use ferrofn_common::config::{EnvSource, render_toml};
+use ferrofn_common::config::EnvSource;
 use ferrofn_common::shutdown::Shutdown;
 use ferrofn_lb::config::{Flags, LbSettings};
-use ferrofn_lb::pool::parse_addresses;
 
 /// How long SIGTERM waits for detached calls still running (Fn's longest fn timeout is 300 s).
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(330);
@@ -35,64 +35,94 @@ enum Command {
     PrintConfig,
     /// Generate a cluster CA and the LB / runner certificates.
     Certs(CertsArgs),
-    /// Health check for compose / Kubernetes: exit 0 when `GET /version` answers 200.
+    /// Health check for compose / Kubernetes: exit 0 when `GET /health/live` answers 200 (with
+    /// `--ready`: `GET /health/ready`, the registry answers and a runner is up).
     Probe {
         /// `host:port` of the LB (default: 127.0.0.1 and the configured port).
         #[arg(long)]
         addr: Option<String>,
+        /// Check readiness instead of liveness.
+        #[arg(long)]
+        ready: bool,
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
 }
 
-/// `GET /version` over a plain socket (no HTTP client in a scratch image): true on a 200.
-async fn probe(addr: &str) -> anyhow::Result<()> {
+/// `GET path` over a plain socket (no HTTP client in a scratch image): Ok on a 200.
+async fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    s.write_all(format!("GET /version HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out);
     let status = text.lines().next().unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b.trim());
     anyhow::ensure!(
         status.starts_with("HTTP/1.1 200"),
-        "GET /version on {addr} answered {status:?}"
+        "GET {path} on {addr} answered {status:?} {body}"
     );
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ferrofn_common::exit::fail("ferrofn-lb", &e),
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let load = || LbSettings::load(cli.config.as_deref(), &EnvSource::process(), &cli.flags);
     match &cli.command {
         Some(Command::PrintConfig) => {
-            print!("{}", render_toml(&load()?));
+            let loaded = load()?;
+            for d in loaded.deprecations() {
+                eprintln!("ferrofn-lb: warning: {d}");
+            }
+            // Tokens are secrets: print-config says whether one is set, never what it is.
+            let mut shown = loaded.clone();
+            for t in [&mut shown.settings.api_token, &mut shown.settings.invoke_token] {
+                if !t.is_empty() {
+                    *t = "<set>".into();
+                }
+            }
+            print!("{}", shown.render());
             return Ok(());
         }
         Some(Command::Certs(args)) => return run_certs(args),
-        Some(Command::Probe { addr, timeout_ms }) => {
+        Some(Command::Probe {
+            addr,
+            ready,
+            timeout_ms,
+        }) => {
             let addr = match addr {
                 Some(a) => a.clone(),
-                None => format!("127.0.0.1:{}", load()?.port),
+                None => format!("127.0.0.1:{}", load()?.settings.port),
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let limit = std::time::Duration::from_millis(*timeout_ms);
             return rt.block_on(async {
-                tokio::time::timeout(limit, probe(&addr))
+                let path = if *ready { "/health/ready" } else { "/health/live" };
+                tokio::time::timeout(limit, probe(&addr, path))
                     .await
                     .map_err(|_| anyhow::anyhow!("no answer from {addr} within {limit:?}"))?
             });
         }
         None => {}
     }
-    let settings = load()?;
+    let loaded = load()?;
+    let settings = loaded.settings.clone();
     ferrofn_common::telemetry::init_tracing(settings.log_format, &settings.log_level);
+    loaded.log_deprecations();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,8 +139,7 @@ fn main() -> anyhow::Result<()> {
                 _ = hup.recv() => match load() {
                     // The file (and the environment of the process, which cannot change) again.
                     Ok(s) => {
-                        let addrs: Vec<String> = s.runner_addresses.iter().flat_map(|a| parse_addresses(a)).collect();
-                        if let Err(e) = pool.set_addresses(&addrs) {
+                        if let Err(e) = pool.set_addresses(&s.settings.runner_list()) {
                             tracing::error!(error = %e, "SIGHUP: keeping the old runner list");
                         }
                     }

@@ -12,10 +12,76 @@ use ferrofn_common::shutdown::Shutdown;
 use ferrofn_common::tls::{ClientTls, TlsFiles};
 
 use crate::config::LbSettings;
+use crate::http::auth::Tokens;
 use crate::http::{LbState, router};
 use crate::placer;
 use crate::pool::{RunnerPool, health};
 use crate::registry::{CachedRegistry, Registry, SqliteRegistry, cache, sqlite::db_path};
+
+/// Limits on client connections (hostile or broken clients must not exhaust the LB).
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    /// Request line + headers, bytes (431 beyond).
+    header_bytes: usize,
+    /// Time to send a request head (slowloris: the connection is closed after it).
+    header_timeout: Duration,
+    /// Connections served at once (more are closed at accept).
+    connections: usize,
+}
+
+/// The accept loop: HTTP/1.1 (and h2c) per connection with the header limits, a cap on open
+/// connections, TCP_NODELAY, and a graceful stop (in-flight requests finish).
+async fn serve(listener: TcpListener, app: axum::Router, limits: ConnLimits, stop: Shutdown) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.header_bytes.max(8192));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        limits.connections.min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("lb_connections_refused_total").increment(1);
+            tracing::debug!(%peer, "connection limit reached: closing a new connection");
+            drop(tcp);
+            continue;
+        };
+        // Without TCP_NODELAY a streamed response waits on the client's delayed ACK (~40 ms per call).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection failed");
+        }
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app.clone()))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    graceful.shutdown().await;
+}
 
 /// Why the LB could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,19 +93,14 @@ pub enum StartError {
     #[error(transparent)]
     Placer(#[from] placer::UnknownPlacer),
     /// mTLS files (use `--plaintext` for Fn runners).
-    #[error("cannot load the LB's mTLS files (ca {ca}, cert {cert}): {source}")]
-    Tls {
-        /// CA path.
-        ca: String,
-        /// Cert path.
-        cert: String,
-        /// The cause.
-        #[source]
-        source: ferrofn_common::tls::TlsError,
-    },
+    #[error("cannot load the LB's mTLS files (or use --plaintext for runners without mTLS): {0}")]
+    Tls(#[source] ferrofn_common::tls::TlsError),
     /// A runner address.
     #[error(transparent)]
     Address(#[from] crate::pool::AddressError),
+    /// An API token file.
+    #[error(transparent)]
+    Tokens(#[from] crate::http::auth::TokenFileError),
     /// Binding the HTTP port.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -86,18 +147,14 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
         None
     } else {
         let files = TlsFiles::new(&settings.tls.ca, &settings.tls.cert, &settings.tls.key);
-        let tls = ClientTls::new(files).map_err(|source| StartError::Tls {
-            ca: settings.tls.ca.display().to_string(),
-            cert: settings.tls.cert.display().to_string(),
-            source,
-        })?;
+        let tls = ClientTls::new(files).map_err(StartError::Tls)?;
         Some(if settings.tls.server_name.is_empty() {
             tls
         } else {
             tls.with_server_name(&settings.tls.server_name)
         })
     };
-    let pool = RunnerPool::new(&settings.runner_addresses, tls, settings.channel_options())?;
+    let pool = RunnerPool::new(&settings.runner_list(), tls, settings.channel_options())?;
     let state = Arc::new(LbState {
         registry,
         pool: pool.clone(),
@@ -111,7 +168,18 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
             .max(1),
         sync_deadline_margin: Some(Duration::from_millis(settings.sync_deadline_margin_ms))
             .filter(|_| settings.sync_deadline_margin_ms > 0),
+        api_tokens: Tokens::new(
+            std::slice::from_ref(&settings.api_token),
+            Some(&settings.api_tokens_file),
+        )?,
+        invoke_tokens: Tokens::new(
+            std::slice::from_ref(&settings.invoke_token),
+            Some(&settings.invoke_tokens_file),
+        )?,
     });
+    if state.api_tokens.is_empty() {
+        tracing::warn!("the management API (/v2) is open: no token is configured");
+    }
     let addr = format!("{}:{}", settings.listen_address, settings.port);
     let listener = TcpListener::bind(&addr)
         .await
@@ -122,13 +190,6 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
     let local_addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    // Without TCP_NODELAY a streamed response waits on the client's delayed ACK (~40 ms per call).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection failed");
-        }
-    });
-
     // First probe before serving, so capabilities and dead runners are known from the start.
     health::probe_all(&pool, health::DEFAULT_PROBE_TIMEOUT.min(Duration::from_secs(1))).await;
     health::spawn_health_loop(
@@ -139,15 +200,15 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
     );
 
     let app = router(state.clone());
+    let limits = ConnLimits {
+        header_bytes: usize::try_from(settings.max_request_header_size).unwrap_or(usize::MAX),
+        header_timeout: Duration::from_secs(settings.request_header_read_timeout_secs),
+        connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),
+    };
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         tracing::info!(%local_addr, "LB listening");
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        serve(listener, app, limits, stop).await;
     });
     Ok(LbHandle {
         local_addr,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use ferrofn_common::config::{ConfigError, EnvSource, load};
+use ferrofn_common::config::{
+    BadSetting, ConfigError, EnvNames, EnvSource, Loaded, NodeFlags, check_listen_address, load_layers,
+};
 use ferrofn_common::telemetry::LogFormat;
 
 /// Default `FN_FREEZE_IDLE_MSECS`. Fn pauses after 50 ms, so a call arriving 0.05-30 s after the
@@ -17,34 +19,55 @@ use ferrofn_common::telemetry::LogFormat;
 /// is still frozen soon after.
 pub const DEFAULT_FREEZE_IDLE_MSECS: i64 = 3000;
 
-/// Environment variable -> settings field.
-pub const ENV_MAP: &[(&str, &str)] = &[
-    ("FN_GRPC_PORT", "grpc_port"),
-    ("FN_PORT", "port"),
-    ("FN_LISTEN_ADDRESS", "listen_address"),
-    ("FN_IOFS_PATH", "iofs_path"),
-    ("FN_IOFS_DOCKER_PATH", "iofs_docker_path"),
-    ("FN_MAX_TOTAL_MEMORY_BYTES", "max_total_memory_bytes"),
-    ("FN_MAX_TOTAL_CPU_MCPUS", "max_total_cpu_mcpus"),
-    ("FN_FREEZE_IDLE_MSECS", "freeze_idle_msecs"),
-    ("FN_HOT_START_TIMEOUT_MSECS", "hot_start_timeout_msecs"),
-    ("FN_HOT_POLL_MSECS", "hot_poll_msecs"),
-    ("FERROFN_MAX_STARTING_CONTAINERS", "max_starting_containers"),
-    ("FN_MAX_RESPONSE_SIZE", "max_response_size"),
-    ("FN_MAX_HDR_RESPONSE_SIZE", "max_hdr_response_size"),
-    ("FN_MAX_LOG_SIZE_BYTES", "max_log_size_bytes"),
-    ("FN_DOCKER_NETWORKS", "docker_networks"),
-    ("FN_MAX_PIDS", "max_pids"),
-    ("FN_LOG_LEVEL", "log_level"),
-    ("FN_LOG_FORMAT", "log_format"),
-    ("FERROFN_STATUS_IMAGE", "status_image"),
-    ("FERROFN_RUNNER_NAME", "runner_name"),
-    ("FERROFN_PLAINTEXT", "plaintext"),
-    ("FERROFN_DRAIN_GRACE_MSECS", "drain_grace_msecs"),
-    ("FN_TLS_CA", "tls_ca"),
-    ("FN_TLS_CERT", "tls_cert"),
-    ("FN_TLS_KEY", "tls_key"),
-];
+/// Environment variables: Fn's names where Fn has the setting, `FERROFN_*` for ferrofn's own.
+pub const ENV_NAMES: EnvNames = EnvNames {
+    current: &[
+        ("FN_GRPC_PORT", "grpc_port"),
+        ("FN_PORT", "port"),
+        ("FERROFN_LISTEN_ADDRESS", "listen_address"),
+        ("FN_IOFS_PATH", "iofs_path"),
+        ("FN_IOFS_DOCKER_PATH", "iofs_docker_path"),
+        ("FN_MAX_TOTAL_MEMORY_BYTES", "max_total_memory_bytes"),
+        ("FN_MAX_TOTAL_CPU_MCPUS", "max_total_cpu_mcpus"),
+        ("FN_FREEZE_IDLE_MSECS", "freeze_idle_msecs"),
+        ("FN_HOT_START_TIMEOUT_MSECS", "hot_start_timeout_msecs"),
+        ("FN_HOT_POLL_MSECS", "hot_poll_msecs"),
+        ("FERROFN_MAX_STARTING_CONTAINERS", "max_starting_containers"),
+        ("FN_MAX_RESPONSE_SIZE", "max_response_size"),
+        ("FN_MAX_HDR_RESPONSE_SIZE", "max_hdr_response_size"),
+        ("FN_MAX_LOG_SIZE_BYTES", "max_log_size_bytes"),
+        ("FN_DOCKER_NETWORKS", "docker_networks"),
+        ("FN_MAX_PIDS", "max_pids"),
+        ("FN_LOG_LEVEL", "log_level"),
+        ("FN_LOG_FORMAT", "log_format"),
+        ("FERROFN_STATUS_IMAGE", "status_image"),
+        ("FERROFN_RUNNER_NAME", "runner_name"),
+        ("FERROFN_PLAINTEXT", "plaintext"),
+        ("FERROFN_DRAIN_GRACE_MSECS", "drain_grace_msecs"),
+        ("FERROFN_TLS_CA", "tls.ca"),
+        ("FERROFN_TLS_CERT", "tls.cert"),
+        ("FERROFN_TLS_KEY", "tls.key"),
+    ],
+    // Names of earlier releases that looked like Fn's without being Fn's.
+    deprecated: &[
+        ("FN_LISTEN_ADDRESS", "FERROFN_LISTEN_ADDRESS"),
+        ("FN_TLS_CA", "FERROFN_TLS_CA"),
+        ("FN_TLS_CERT", "FERROFN_TLS_CERT"),
+        ("FN_TLS_KEY", "FERROFN_TLS_KEY"),
+    ],
+};
+
+/// The runner's mTLS files (`[tls]` in the settings file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Cluster CA (clients must present a certificate it signed).
+    pub ca: PathBuf,
+    /// This runner's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
 
 /// Every runner setting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,18 +113,14 @@ pub struct RunnerSettings {
     pub runner_name: String,
     /// Serve plaintext h2c instead of mTLS (Fn LBs, trusted networks).
     pub plaintext: bool,
-    /// Cluster CA (clients must present a certificate it signed).
-    pub tls_ca: PathBuf,
-    /// This runner's certificate chain.
-    pub tls_cert: PathBuf,
-    /// Its private key.
-    pub tls_key: PathBuf,
     /// How long a drain waits for in-flight calls.
     pub drain_grace_msecs: u64,
     /// Default log level when `RUST_LOG` is unset.
     pub log_level: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// mTLS files.
+    pub tls: TlsSettings,
 }
 
 impl Default for RunnerSettings {
@@ -126,20 +145,50 @@ impl Default for RunnerSettings {
             status_image: String::new(),
             runner_name: String::new(),
             plaintext: false,
-            tls_ca: PathBuf::new(),
-            tls_cert: PathBuf::new(),
-            tls_key: PathBuf::new(),
             drain_grace_msecs: 30_000,
             log_level: "info".into(),
             log_format: LogFormat::Human,
+            tls: TlsSettings::default(),
         }
     }
 }
 
 impl RunnerSettings {
-    /// Loads the layers.
-    pub fn load(file: Option<&Path>, env: &EnvSource, flags: &Flags) -> Result<Self, ConfigError> {
-        load(file, env, ENV_MAP, flags)
+    /// Loads the layers and checks the values (the same check in `print-config` and at start).
+    pub fn load(file: Option<&Path>, env: &EnvSource, flags: &Flags) -> Result<Loaded<Self>, ConfigError> {
+        load_layers(file, env, &ENV_NAMES, flags)?.check(Self::check)
+    }
+
+    /// Values their types cannot check.
+    pub fn check(&self) -> Result<(), BadSetting> {
+        check_listen_address("listen_address", &self.listen_address)?;
+        for (field, v) in [
+            ("hot_start_timeout_msecs", self.hot_start_timeout_msecs),
+            ("hot_poll_msecs", self.hot_poll_msecs),
+        ] {
+            if v == 0 {
+                return Err(BadSetting::new(field, "must be more than 0 ms"));
+            }
+        }
+        if self.max_pids < 0 {
+            return Err(BadSetting::new("max_pids", "must be 0 (no limit) or more"));
+        }
+        if !self.plaintext {
+            for (field, path) in [
+                ("tls.ca", &self.tls.ca),
+                ("tls.cert", &self.tls.cert),
+                ("tls.key", &self.tls.key),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(BadSetting::new(
+                        field,
+                        "mTLS needs the CA, certificate and key files (--tls-ca, --tls-cert, --tls-key or \
+                         FERROFN_TLS_*); or serve plaintext with --plaintext / FERROFN_PLAINTEXT=1",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `freeze_idle_msecs` as an option (negative = never freeze).
@@ -186,10 +235,10 @@ impl RunnerSettings {
 /// Command-line flags that override settings (only those given).
 #[derive(Debug, Clone, Default, Serialize, clap::Args)]
 pub struct Flags {
-    /// Listen address of both listeners.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen_address: Option<String>,
+    /// Listen address, plaintext, `--tls-*`: the same flags as the LB's.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub node: NodeFlags,
     /// gRPC port (0 = any free port, printed on stdout).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,35 +259,31 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runner_name: Option<String>,
-    /// Serve plaintext h2c (Fn LBs, trusted networks) instead of mTLS.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plaintext: Option<bool>,
-    /// Cluster CA file.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_ca: Option<PathBuf>,
-    /// Certificate chain file.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key file.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrofn_common::config::{Source, TlsFlags};
+
+    fn env<const N: usize>(pairs: [(&str, &str); N]) -> EnvSource {
+        EnvSource::from_pairs(pairs)
+    }
 
     #[test]
     fn defaults_env_and_flags() {
-        let none = EnvSource::from_pairs::<[(&str, &str); 0], _, _>([]);
-        let d = RunnerSettings::load(None, &none, &Flags::default()).unwrap();
-        assert_eq!(d, RunnerSettings::default());
+        let d = RunnerSettings::load(None, &env([("FERROFN_PLAINTEXT", "1")]), &Flags::default())
+            .unwrap()
+            .settings;
+        assert_eq!(
+            d,
+            RunnerSettings {
+                plaintext: true,
+                ..RunnerSettings::default()
+            }
+        );
         assert_eq!(d.freeze_idle(), Some(Duration::from_millis(3000)));
-        let env = EnvSource::from_pairs([
+        let e = env([
             ("FN_GRPC_PORT", "9200"),
             ("FN_FREEZE_IDLE_MSECS", "-1"),
             ("FN_DOCKER_NETWORKS", "a b,c"),
@@ -250,15 +295,76 @@ mod tests {
             status_image: Some("st:1".into()),
             ..Flags::default()
         };
-        let s = RunnerSettings::load(None, &env, &flags).unwrap();
+        let s = RunnerSettings::load(None, &e, &flags).unwrap().settings;
         assert_eq!(s.grpc_port, 0, "flags beat the environment");
         assert_eq!(s.freeze_idle(), None);
         assert_eq!(s.networks(), vec!["a", "b", "c"]);
         assert!(s.plaintext);
         assert_eq!(s.max_total_memory_bytes, 256 << 20);
         assert_eq!(s.status_image, "st:1");
-        let bad = EnvSource::from_pairs([("FN_MAX_PIDS", "lots")]);
-        let e = RunnerSettings::load(None, &bad, &Flags::default()).unwrap_err();
+        let e = RunnerSettings::load(None, &env([("FN_MAX_PIDS", "lots")]), &Flags::default()).unwrap_err();
         assert!(e.to_string().contains("FN_MAX_PIDS"), "{e}");
+    }
+
+    #[test]
+    fn mtls_without_files_is_refused_when_read() {
+        let e = RunnerSettings::load(None, &env([]), &Flags::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("tls.ca") && text.contains("--plaintext"), "{text}");
+        let e = RunnerSettings::load(
+            None,
+            &env([("FERROFN_LISTEN_ADDRESS", "here"), ("FERROFN_PLAINTEXT", "1")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("listen_address (from environment variable FERROFN_LISTEN_ADDRESS)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_files_by_flag_new_name_or_old_name() {
+        let flags = Flags {
+            node: NodeFlags {
+                tls: TlsFlags {
+                    ca: Some("ca.pem".into()),
+                    cert: Some("r.pem".into()),
+                    key: Some("r-key.pem".into()),
+                },
+                ..NodeFlags::default()
+            },
+            ..Flags::default()
+        };
+        let l = RunnerSettings::load(None, &env([]), &flags).unwrap();
+        assert_eq!(l.settings.tls.ca, PathBuf::from("ca.pem"));
+        assert_eq!(l.source("tls.cert"), Source::Flag("--tls-cert".into()));
+        let l = RunnerSettings::load(
+            None,
+            &env([("FN_TLS_CA", "a"), ("FERROFN_TLS_CERT", "b"), ("FN_TLS_KEY", "c")]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                l.settings.tls.ca.to_str(),
+                l.settings.tls.cert.to_str(),
+                l.settings.tls.key.to_str()
+            ),
+            (Some("a"), Some("b"), Some("c"))
+        );
+        assert_eq!(l.deprecations().len(), 2, "{:?}", l.deprecations());
+    }
+
+    #[test]
+    fn the_reference_settings_file_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/runner.toml");
+        let l = RunnerSettings::load(Some(&file), &env([]), &Flags::default()).unwrap();
+        assert_eq!(
+            l.settings.tls.cert,
+            PathBuf::from("/etc/ferrofn/certs/runner.pem")
+        );
+        assert_eq!(l.source("tls.cert"), Source::File(file.clone()));
     }
 }

@@ -1,5 +1,8 @@
 //! Graceful drain on SIGTERM: health NOT_SERVING, new TryCalls NACKed, in-flight calls finish within a
 //! grace period, every container of this process is removed; then the servers may stop.
+//!
+//! [`crate::service`] calls [`drain`] on shutdown; the drain reaches down to [`crate::health`],
+//! [`crate::agent`] and [`crate::engage`]'s counters, never back up to the service.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,7 +28,7 @@ pub async fn drain(
 ) {
     info!("draining: NOT_SERVING, new calls are NACKed");
     draining.cancel();
-    crate::service::set_not_serving(reporter).await;
+    crate::health::set_not_serving(reporter).await;
     let deadline = tokio::time::Instant::now() + grace;
     while counters.inflight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(POLL).await;

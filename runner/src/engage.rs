@@ -499,7 +499,6 @@ async fn run_call(
         deadline: fn_deadline.to_string(),
         headers,
         body: body_rx,
-        full_duplex: duplex == Duplex::Full,
     };
 
     let exchanged = exchange(&mut slot, req, eof_seen, tx, detached, duplex);

@@ -120,10 +120,6 @@ pub struct FdkRequest {
     pub headers: Vec<(String, String)>,
     /// The body, ended when the sender is dropped.
     pub body: mpsc::Receiver<Bytes>,
-    /// Full duplex (accept-ack mode): the function may answer before it read the whole body and
-    /// then close its side. A failed write then discards the rest of the body instead of failing
-    /// the exchange, so the answer already sent is still read (the connection is replaced after).
-    pub full_duplex: bool,
 }
 
 /// The function's 200 answer: headers, then the body read with [`FdkResponse::next_chunk`].
@@ -172,14 +168,14 @@ impl FdkResponse {
 /// Per-connection switches shared between [`FdkConn`] and its socket.
 #[derive(Debug, Default)]
 struct IoState {
-    /// Set per call from [`FdkRequest::full_duplex`]: write errors are swallowed.
+    /// Write errors are swallowed (set for every call; see [`FdkConn::call`]).
     tolerate_write_errors: AtomicBool,
     /// A write failed and was swallowed: the connection cannot carry another call.
     broken: AtomicBool,
 }
 
-/// The function's socket. In full duplex a write error (the function answered early and closed
-/// its side) turns the rest of the request into a discard, so hyper still reads the answer that
+/// The function's socket. A write error (the function answered early and closed its side) turns
+/// the rest of the request into a discard, so hyper still reads the answer that
 /// is waiting in the receive buffer instead of failing the call with the write error.
 struct FdkIo {
     inner: UnixStream,
@@ -187,8 +183,7 @@ struct FdkIo {
 }
 
 impl FdkIo {
-    /// Maps a write outcome: in full duplex an error becomes "all written" and marks the
-    /// connection broken.
+    /// Maps a write outcome: an error becomes "all written" and marks the connection broken.
     fn tolerate<T>(&self, r: Poll<std::io::Result<T>>, written: T) -> Poll<std::io::Result<T>> {
         match r {
             Poll::Ready(Err(e)) if self.state.tolerate_write_errors.load(Ordering::SeqCst) => {
@@ -370,11 +365,11 @@ impl FdkConn {
             .body(BodyExt::boxed(body))
             .expect("request built from valid parts");
 
-        let full_duplex = req.full_duplex;
+        // Write errors are swallowed in both modes: a function that answers early and closes its
+        // side must be seen answering (Fn mode: premature write, full duplex: the answer), not
+        // reported as a failed receive because the write of the rest of the request lost the race.
         self.sender().await?;
-        self.io_state
-            .tolerate_write_errors
-            .store(full_duplex, Ordering::SeqCst);
+        self.io_state.tolerate_write_errors.store(true, Ordering::SeqCst);
         let sender = self.sender.as_mut().expect("sender set above");
         if let Err(e) = sender.ready().await {
             self.sender = None;
@@ -521,7 +516,6 @@ mod tests {
                 ("X-Multi".into(), "b".into()),
             ],
             body: rx,
-            full_duplex: false,
         }
     }
 
@@ -677,7 +671,6 @@ mod tests {
         let mut conn = FdkConn::new(&path, FdkLimits::default());
         let mut req = request(&[]);
         req.body = rx;
-        req.full_duplex = true;
         let mut resp = conn.call(req).await.expect("early answer is read");
         let mut body = Vec::new();
         while let Some(c) = resp.next_chunk().await.unwrap() {

@@ -187,8 +187,13 @@ impl IofsDir {
         })
     }
 
-    /// Removes the dir and everything in it.
-    pub fn remove(self) {
+    /// Removes the dir and everything in it. The watch goes first (`unwatch` waits for the watcher's
+    /// thread): removing a watched dir makes the kernel drop the watch itself, and the watcher's
+    /// later attempt to remove it again was logged as "unable to remove watch descriptor" each time.
+    pub fn remove(mut self) {
+        if let Err(e) = self._watcher.unwatch(&self.host) {
+            tracing::debug!(path = %self.host.display(), error = %e, "cannot remove the iofs watch");
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.host) {
             tracing::warn!(path = %self.host.display(), error = %e, "cannot remove iofs dir");
         }

@@ -12,6 +12,7 @@ pub mod drain;
 pub mod driver;
 pub mod engage;
 pub mod fdk;
+pub mod health;
 pub mod iofs;
 pub mod metrics;
 pub mod service;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use ferrofn_common::certs::{CertsArgs, run_certs};
-use ferrofn_common::config::{EnvSource, render_toml};
+use ferrofn_common::config::EnvSource;
 use ferrofn_common::shutdown::Shutdown;
 use ferrofn_common::tls::{ClientTls, TlsFiles, connect_channel, runner_endpoint};
 use ferrofn_proto::health::HealthCheckRequest;
@@ -96,10 +96,7 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<bool> {
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("ferrofn-runner: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => ferrofn_common::exit::fail("ferrofn-runner", &e),
     }
 }
 
@@ -109,7 +106,11 @@ fn run() -> anyhow::Result<ExitCode> {
     let load = || RunnerSettings::load(cli.config.as_deref(), &EnvSource::process(), &cli.flags);
     match &cli.command {
         Some(Command::PrintConfig) => {
-            print!("{}", render_toml(&load()?));
+            let loaded = load()?;
+            for d in loaded.deprecations() {
+                eprintln!("ferrofn-runner: warning: {d}");
+            }
+            print!("{}", loaded.render());
             return Ok(ExitCode::SUCCESS);
         }
         Some(Command::Certs(args)) => {
@@ -128,15 +129,21 @@ fn run() -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 }
                 Err(e) => {
-                    eprintln!("probe of {} failed: {e:#}", args.addr);
+                    eprintln!(
+                        "ferrofn-runner: probe of {} failed: {}",
+                        args.addr,
+                        ferrofn_common::exit::report(&e)
+                    );
                     ExitCode::FAILURE
                 }
             });
         }
         None => {}
     }
-    let settings = load()?;
+    let loaded = load()?;
+    let settings = loaded.settings.clone();
     ferrofn_common::telemetry::init_tracing(settings.log_format, &settings.log_level);
+    loaded.log_deprecations();
     ferrofn_common::telemetry::install_prometheus();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

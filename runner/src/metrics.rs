@@ -1,5 +1,9 @@
 //! The runner's Prometheus metrics (through the `metrics` facade; rendered on `/metrics` by the
 //! recorder the binary installs). Names are prefixed `ferrofn_runner_`.
+//!
+//! A leaf of the crate: it takes plain names and numbers and imports no other module, so the
+//! agent, the driver, engage and the service all record into it without any of them depending on
+//! each other through it.
 
 use std::time::Duration;
 
@@ -48,16 +52,13 @@ pub fn inflight(n: i64) {
     metrics::gauge!("ferrofn_runner_inflight_calls").set(n as f64);
 }
 
-/// Containers by state and calls waiting for one, from the agent's queues (set before a scrape).
-pub fn pool(stats: crate::agent::QueueStats) {
-    for (state, n) in [
-        ("idle", stats.idle),
-        ("busy", stats.busy),
-        ("starting", stats.starting),
-    ] {
+/// Containers by state (`(state, count)`) and calls waiting for one, summed over the agent's queues
+/// (set before a scrape).
+pub fn pool(containers_by_state: &[(&'static str, usize)], waiting: usize) {
+    for &(state, n) in containers_by_state {
         metrics::gauge!("ferrofn_runner_containers_by_state", "state" => state).set(n as f64);
     }
-    metrics::gauge!("ferrofn_runner_waiting_calls").set(stats.waiting as f64);
+    metrics::gauge!("ferrofn_runner_waiting_calls").set(waiting as f64);
 }
 
 /// A TryCall arrived (with NACKs, the ratio TryCalls per served call shows retry traffic).

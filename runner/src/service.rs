@@ -1,6 +1,11 @@
 //! The gRPC face of the runner: the `RunnerProtocol` impl (Engage -> [`crate::engage`], Status /
-//! Status2 -> [`crate::status`], ConfigureRunner / StreamLogs UNIMPLEMENTED), `grpc.health.v1` and
+//! Status2 -> [`crate::status`], ConfigureRunner answers OK with an empty `ConfigStatus` as Fn's
+//! runner does without a configuration function, StreamLogs UNIMPLEMENTED), `grpc.health.v1` and
 //! reflection on the same port, the `/metrics` HTTP listener, and [`start`], which wires it all up.
+//!
+//! The service sits on top: it calls [`crate::health`] (the grpc health status and the Docker
+//! watch) and, on shutdown, [`crate::drain`], which sets NOT_SERVING through `health` itself;
+//! nothing below calls back into the service.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +25,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::agent::{Agent, AgentConfig, Capacity};
@@ -28,6 +32,7 @@ use crate::config::RunnerSettings;
 use crate::driver::{DockerDriver, DockerDriverConfig, Driver};
 use crate::engage::{Counters, EngageContext};
 use crate::fdk::FdkLimits;
+use crate::health::set_health;
 use crate::iofs::IofsConfig;
 use crate::status::{StatusChecker, struct_to_json};
 
@@ -66,10 +71,16 @@ impl RunnerProtocol for RunnerService {
         Ok(Response::new(self.status.status("{}".to_string()).await))
     }
 
-    async fn configure_runner(&self, _request: Request<ConfigMsg>) -> Result<Response<ConfigStatus>, Status> {
-        Err(Status::unimplemented(
-            "ConfigureRunner is not supported by ferrofn-runner",
-        ))
+    /// ferrofn has no configuration function: like Fn's runner without one, the message is logged
+    /// and acknowledged, so an LB that sends it does not take the runner for a broken one.
+    async fn configure_runner(&self, request: Request<ConfigMsg>) -> Result<Response<ConfigStatus>, Status> {
+        // Keys only: the values may be credentials.
+        let keys: Vec<&String> = request.get_ref().config.keys().collect();
+        warn!(
+            ?keys,
+            "ConfigureRunner received but no configuration function is set; ignored"
+        );
+        Ok(Response::new(ConfigStatus {}))
     }
 
     async fn stream_logs(
@@ -99,7 +110,7 @@ pub enum StartError {
     Bind { addr: String, source: std::io::Error },
     /// mTLS is on but files are missing.
     #[error(
-        "mTLS needs --tls-ca, --tls-cert and --tls-key (FN_TLS_CA / FN_TLS_CERT / FN_TLS_KEY), or --plaintext"
+        "mTLS needs --tls-ca, --tls-cert and --tls-key (FERROFN_TLS_CA / FERROFN_TLS_CERT / FERROFN_TLS_KEY), or --plaintext"
     )]
     TlsFilesMissing,
     /// The TLS files are unusable.
@@ -121,13 +132,6 @@ pub struct RunningRunner {
     pub agent: Agent,
     /// Ends after the drain, when both servers have stopped.
     pub task: JoinHandle<()>,
-}
-
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status(ferrofn_proto::SERVICE_NAME, status)
-        .await;
 }
 
 /// HTTP/2 receive window per Engage stream, explicit rather than hyper's server default (1 MiB):
@@ -229,7 +233,7 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
-    tokio::spawn(watch_docker(
+    tokio::spawn(crate::health::watch_docker(
         reporter.clone(),
         driver.clone(),
         draining.clone(),
@@ -281,16 +285,16 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
             }
         })
     } else {
-        if settings.tls_ca.as_os_str().is_empty()
-            || settings.tls_cert.as_os_str().is_empty()
-            || settings.tls_key.as_os_str().is_empty()
+        if settings.tls.ca.as_os_str().is_empty()
+            || settings.tls.cert.as_os_str().is_empty()
+            || settings.tls.key.as_os_str().is_empty()
         {
             return Err(StartError::TlsFilesMissing);
         }
         let tls = ReloadingServerTls::new(TlsFiles::new(
-            &settings.tls_ca,
-            &settings.tls_cert,
-            &settings.tls_key,
+            &settings.tls.ca,
+            &settings.tls.cert,
+            &settings.tls.key,
         ))
         .map_err(StartError::Tls)?;
         info!(%grpc_addr, "serving gRPC over mTLS");
@@ -317,7 +321,8 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
                 axum::routing::get(move || {
                     let agent = agent.clone();
                     async move {
-                        crate::metrics::pool(agent.totals());
+                        let totals = agent.totals();
+                        crate::metrics::pool(&totals.containers_by_state(), totals.waiting);
                         ferrofn_common::telemetry::render_metrics()
                     }
                 })
@@ -357,141 +362,12 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
     })
 }
 
-/// Keeps grpc health in step with Docker: NOT_SERVING while the engine does not answer, SERVING
-/// again when it does. Ends when the drain starts (the drain owns the status from then on).
-pub(crate) async fn watch_docker(
-    reporter: HealthReporter,
-    driver: Arc<dyn Driver>,
-    draining: CancellationToken,
-    interval: Duration,
-) {
-    let mut last = true;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = draining.cancelled() => return,
-        }
-        let ok = driver.ping().await;
-        if ok != last && !draining.is_cancelled() {
-            if ok {
-                info!("Docker reachable again: SERVING");
-            } else {
-                warn!("Docker unreachable: NOT_SERVING");
-            }
-            set_health(
-                &reporter,
-                if ok {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                },
-            )
-            .await;
-            last = ok;
-        }
-    }
-}
-
-/// Marks the runner NOT_SERVING (drain).
-pub(crate) async fn set_not_serving(reporter: &HealthReporter) {
-    set_health(reporter, ServingStatus::NotServing).await;
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     use ferrofn_proto::health::HealthCheckRequest;
-    use ferrofn_proto::health::health_server::Health;
-    use tonic_health::server::HealthService;
 
     use super::*;
-    use crate::driver::{ContainerSpec, DriverError, DriverFuture, StartedContainer};
-
-    /// A driver whose engine is up or down at will; nothing else is used by the health loop.
-    struct Flaky(AtomicBool);
-
-    fn gone<'a, T: Send + 'a>() -> DriverFuture<'a, Result<T, DriverError>> {
-        Box::pin(async { Err(DriverError::WaitEnded { id: "none".into() }) })
-    }
-
-    impl Driver for Flaky {
-        fn ensure_image<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
-            gone()
-        }
-        fn start<'a>(
-            &'a self,
-            _: &'a ContainerSpec,
-        ) -> DriverFuture<'a, Result<StartedContainer, DriverError>> {
-            gone()
-        }
-        fn wait<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<i64, DriverError>> {
-            gone()
-        }
-        fn pause<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
-            gone()
-        }
-        fn unpause<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
-            gone()
-        }
-        fn remove<'a>(&'a self, _: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
-            gone()
-        }
-        fn sweep(&self) -> DriverFuture<'_, Result<usize, DriverError>> {
-            gone()
-        }
-        fn sweep_own(&self) -> DriverFuture<'_, Result<usize, DriverError>> {
-            gone()
-        }
-        fn ping(&self) -> DriverFuture<'_, bool> {
-            let up = self.0.load(Ordering::SeqCst);
-            Box::pin(async move { up })
-        }
-    }
-
-    async fn status(svc: &HealthService) -> i32 {
-        svc.check(Request::new(HealthCheckRequest {
-            service: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-    }
-
-    async fn until(svc: &HealthService, want: ServingStatus) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while status(svc).await != want as i32 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "health never became {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn health_follows_docker_and_stops_at_drain() {
-        let (reporter, _server) = tonic_health::server::health_reporter();
-        set_health(&reporter, ServingStatus::Serving).await;
-        let svc = HealthService::from_health_reporter(reporter.clone());
-        let driver = Arc::new(Flaky(AtomicBool::new(true)));
-        let draining = CancellationToken::new();
-        let task = tokio::spawn(watch_docker(
-            reporter.clone(),
-            driver.clone(),
-            draining.clone(),
-            Duration::from_millis(10),
-        ));
-        driver.0.store(false, Ordering::SeqCst);
-        until(&svc, ServingStatus::NotServing).await;
-        driver.0.store(true, Ordering::SeqCst);
-        until(&svc, ServingStatus::Serving).await;
-        draining.cancel();
-        task.await.unwrap();
-        set_not_serving(&reporter).await;
-        assert_eq!(status(&svc).await, ServingStatus::NotServing as i32);
-    }
+    use crate::driver::fake::PingOnlyDriver;
 
     #[tokio::test]
     async fn one_port_serves_runner_protocol_health_and_reflection() {
@@ -501,7 +377,7 @@ mod tests {
         use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
         let tmp = tempfile::tempdir().unwrap();
-        let driver: Arc<dyn Driver> = Arc::new(Flaky(AtomicBool::new(true)));
+        let driver: Arc<dyn Driver> = Arc::new(PingOnlyDriver::up());
         let cfg = AgentConfig {
             iofs: IofsConfig {
                 root: tmp.path().to_path_buf(),
@@ -572,8 +448,13 @@ mod tests {
                 .map(String::as_str),
             Some("accept-ack")
         );
+        let config = ferrofn_proto::ConfigMsg {
+            config: [("some".to_string(), "setting".to_string())].into(),
+        };
+        let answer = client.configure_runner(config).await.unwrap().into_inner();
+        assert_eq!(answer, ferrofn_proto::ConfigStatus {});
         let e = client
-            .configure_runner(ferrofn_proto::ConfigMsg::default())
+            .stream_logs(tokio_stream::iter(Vec::<ferrofn_proto::LogRequestMsg>::new()))
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);

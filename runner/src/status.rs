@@ -159,7 +159,6 @@ async fn run_status_call(agent: &Agent, image: &str, payload: String) -> RunnerS
             deadline: deadline.to_string(),
             headers: vec![],
             body: rx,
-            full_duplex: false,
         };
         let exchange = async {
             let mut resp = slot.fdk().call(req).await?;

@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
-use crate::images::{FnImage, ensure_image, workspace_root};
-use crate::lb_proc::{Resp, free_port, json, request};
+use crate::images::{FnImage, ensure_image, image_tag, workspace_root};
+use crate::lb_proc::{Resp, free_port, request};
 
 /// The runner services of `deploy/docker-compose.yml` (also their certificate and DNS names).
 pub const RUNNERS: [&str; 3] = ["runner-1", "runner-2", "runner-3"];
@@ -40,7 +40,9 @@ pub async fn ensure_cluster_images() -> Result<()> {
         .get_or_try_init(|| async {
             let script = workspace_root().join("deploy/images.sh");
             let mut cmd = tokio::process::Command::new("bash");
-            cmd.arg(&script).current_dir(workspace_root());
+            cmd.arg(&script)
+                .current_dir(workspace_root())
+                .env("FERROFN_IMAGE_TAG", image_tag());
             run(cmd, "deploy/images.sh").await?;
             let docker = crate::docker::connect().await?;
             for which in [FnImage::Hello, FnImage::Testfn] {
@@ -83,6 +85,9 @@ pub struct Cluster {
     pub port: u16,
     /// The runners' iofs dir on the host.
     pub iofs_dir: PathBuf,
+    /// Bearer token of the LB's management API (the LB listens on 0.0.0.0 in its container, so
+    /// it refuses to start without one).
+    pub api_token: String,
     removed: bool,
     _slot: SemaphorePermit<'static>,
 }
@@ -100,6 +105,7 @@ impl Cluster {
         );
         let cluster = Cluster {
             iofs_dir: std::env::temp_dir().join(format!("{project}-iofs")),
+            api_token: format!("{project}-{:016x}", rand::random::<u64>()),
             project,
             port: free_port()?,
             removed: false,
@@ -112,8 +118,10 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn env(&self) -> [(&'static str, String); 4] {
+    fn env(&self) -> [(&'static str, String); 6] {
         [
+            ("FERROFN_IMAGE_TAG", image_tag().to_owned()),
+            ("FERROFN_API_TOKEN", self.api_token.clone()),
             ("FERROFN_CLUSTER", self.project.clone()),
             ("FERROFN_PORT", self.port.to_string()),
             ("FERROFN_BIND", "127.0.0.1".to_owned()),
@@ -160,19 +168,27 @@ impl Cluster {
         format!("{}-{service}", self.project)
     }
 
+    /// A management API request (`/v2/...`) with the cluster's token; `body` as JSON.
+    pub async fn api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<Resp> {
+        let auth = format!("Bearer {}", self.api_token);
+        let headers = BTreeMap::from([
+            ("content-type", "application/json"),
+            ("authorization", auth.as_str()),
+        ]);
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        request(method, &self.url(path), &headers, body).await
+    }
+
     /// Creates (or finds) app `app` and creates (or finds) fn `name` with `image`, `timeout` s and
     /// 128 MB, through the v2 API; returns the fn id.
     pub async fn register(&self, app: &str, name: &str, image: &str, timeout: u32) -> Result<String> {
-        let r = json(
-            "POST",
-            &self.url("/v2/apps"),
-            Some(serde_json::json!({ "name": app })),
-        )
-        .await?;
+        let r = self
+            .api("POST", "/v2/apps", Some(serde_json::json!({ "name": app })))
+            .await?;
         let app_id = match r.status {
             200 => r.json()["id"].as_str().unwrap_or_default().to_owned(),
             409 => {
-                let l = json("GET", &self.url(&format!("/v2/apps?name={app}")), None).await?;
+                let l = self.api("GET", &format!("/v2/apps?name={app}"), None).await?;
                 l.json()["items"][0]["id"].as_str().unwrap_or_default().to_owned()
             }
             s => bail!("POST /v2/apps {app}: {s} {}", r.text()),
@@ -180,23 +196,21 @@ impl Cluster {
         if app_id.is_empty() {
             bail!("no id for app {app}");
         }
-        let r = json(
-            "POST",
-            &self.url("/v2/fns"),
-            Some(serde_json::json!({
+        let r = self
+            .api(
+                "POST",
+                "/v2/fns",
+                Some(serde_json::json!({
                 "app_id": app_id, "name": name, "image": image, "memory": 128, "timeout": timeout,
-            })),
-        )
-        .await?;
+                })),
+            )
+            .await?;
         let fn_id = match r.status {
             200 => r.json()["id"].as_str().unwrap_or_default().to_owned(),
             409 => {
-                let l = json(
-                    "GET",
-                    &self.url(&format!("/v2/fns?app_id={app_id}&name={name}")),
-                    None,
-                )
-                .await?;
+                let l = self
+                    .api("GET", &format!("/v2/fns?app_id={app_id}&name={name}"), None)
+                    .await?;
                 l.json()["items"][0]["id"].as_str().unwrap_or_default().to_owned()
             }
             s => bail!("POST /v2/fns {name}: {s} {}", r.text()),

@@ -20,12 +20,31 @@ use std::{
 };
 use tokio::sync::OnceCell;
 
-/// The knob-driven test function (`tests/functions/testfn`).
-pub const TESTFN_IMAGE: &str = "ferrofn/testfn:latest";
+/// The tag of every image this checkout builds (function images and the LB / runner images of the
+/// compose tests): `FERROFN_IMAGE_TAG` when set (`make images`, `make demo` and `make bench` set
+/// `latest`), otherwise `co-<8 hex digits>` from a hash of this checkout's path. Two checkouts
+/// sharing one Docker engine then never run each other's binaries.
+pub fn image_tag() -> &'static str {
+    static TAG: LazyLock<String> = LazyLock::new(|| match std::env::var("FERROFN_IMAGE_TAG") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => checkout_tag(&workspace_root()),
+    });
+    TAG.as_str()
+}
+
+/// `co-` and the first 8 hex digits of the SHA-256 of the checkout's path.
+pub fn checkout_tag(root: &Path) -> String {
+    let digest = Sha256::digest(root.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("co-{hex}")
+}
+
+/// The knob-driven test function (`tests/functions/testfn`), tagged [`image_tag`].
+pub static TESTFN_IMAGE: LazyLock<String> = LazyLock::new(|| format!("ferrofn/testfn:{}", image_tag()));
 /// The demo function (`tests/functions/hello`).
-pub const HELLO_IMAGE: &str = "ferrofn/hello:latest";
+pub static HELLO_IMAGE: LazyLock<String> = LazyLock::new(|| format!("ferrofn/hello:{}", image_tag()));
 /// The status-checker function (`tests/functions/status`).
-pub const STATUS_IMAGE: &str = "ferrofn/status:latest";
+pub static STATUS_IMAGE: LazyLock<String> = LazyLock::new(|| format!("ferrofn/status:{}", image_tag()));
 
 /// SHA-256 (hex) of the image's entrypoint binary.
 pub const BINARY_SHA_LABEL: &str = "ferrofn.binary-sha256";
@@ -62,9 +81,9 @@ impl FnImage {
     /// The image tag.
     pub fn tag(self) -> &'static str {
         match self {
-            FnImage::Testfn => TESTFN_IMAGE,
-            FnImage::Hello => HELLO_IMAGE,
-            FnImage::Status => STATUS_IMAGE,
+            FnImage::Testfn => TESTFN_IMAGE.as_str(),
+            FnImage::Hello => HELLO_IMAGE.as_str(),
+            FnImage::Status => STATUS_IMAGE.as_str(),
         }
     }
 

@@ -624,7 +624,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl LbBinary {
-    /// Starts the binary with `args` and `env` (plus `FN_PORT` / `FN_LISTEN_ADDRESS` on loopback) and
+    /// Starts the binary with `args` and `env` (plus `FN_PORT` / `FERROFN_LISTEN_ADDRESS` on loopback) and
     /// waits until it accepts connections.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         use tokio::io::AsyncReadExt;
@@ -633,7 +633,7 @@ impl LbBinary {
         let mut cmd = tokio::process::Command::new(bin);
         cmd.args(args)
             .env("FN_PORT", port.to_string())
-            .env("FN_LISTEN_ADDRESS", "127.0.0.1")
+            .env("FERROFN_LISTEN_ADDRESS", "127.0.0.1")
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

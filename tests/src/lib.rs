@@ -5,6 +5,8 @@
 pub mod cluster;
 pub mod docker;
 pub mod images;
+pub mod lb_fixture;
 pub mod lb_proc;
 pub mod load;
 pub mod runner_proc;
+pub mod testfn;

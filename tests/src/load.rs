@@ -563,7 +563,7 @@ impl ProcCluster {
         let mut env: Vec<(&str, String)> = vec![
             ("FN_RUNNER_ADDRESSES", addrs),
             ("FN_DB_URL", db_url),
-            ("FN_HEALTH_INTERVAL_MSECS", "200".into()),
+            ("FERROFN_HEALTH_INTERVAL_MSECS", "200".into()),
             ("NO_COLOR", "1".into()),
         ];
         let mut args = Vec::new();
@@ -571,9 +571,9 @@ impl ProcCluster {
             None => args.push("--plaintext"),
             Some(dir) => {
                 let f = TlsFiles::lb_in(dir.path());
-                env.push(("FN_TLS_CA", f.ca.display().to_string()));
-                env.push(("FN_TLS_CERT", f.cert.display().to_string()));
-                env.push(("FN_TLS_KEY", f.key.display().to_string()));
+                env.push(("FERROFN_TLS_CA", f.ca.display().to_string()));
+                env.push(("FERROFN_TLS_CERT", f.cert.display().to_string()));
+                env.push(("FERROFN_TLS_KEY", f.key.display().to_string()));
             }
         }
         env.extend(lb_env.iter().map(|(k, v)| (*k, v.to_string())));

@@ -270,6 +270,15 @@ impl RunnerProc {
         if !iofs_left.is_empty() {
             bail!("iofs dirs left behind: {iofs_left:?}");
         }
+        // Removing a container's iofs dir must not leave the watcher complaining (issue 14).
+        let noise = self
+            .logs()
+            .lines()
+            .filter(|l| l.contains("unable to remove watch descriptor"))
+            .count();
+        if noise > 0 {
+            bail!("{noise} 'unable to remove watch descriptor' lines in the runner log");
+        }
         Ok(())
     }
 }

@@ -32,7 +32,9 @@ const BODY: &[u8] = br#"{"sleepTime":50}"#;
 
 async fn start(app: &str) -> Result<(Cluster, String)> {
     let cluster = Cluster::up().await?;
-    let fn_id = cluster.register(app, "slow", TESTFN_IMAGE, FN_TIMEOUT).await?;
+    let fn_id = cluster
+        .register(app, "slow", TESTFN_IMAGE.as_str(), FN_TIMEOUT)
+        .await?;
     // Warm up: a hot container on the runners, and a sanity check of the call itself.
     let r = cluster.invoke(&fn_id, Bytes::from_static(BODY)).await?;
     ensure!(r.status == 200, "warm-up call: {} {}", r.status, r.text());

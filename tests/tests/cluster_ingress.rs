@@ -90,6 +90,8 @@ impl Nginx {
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
+            // Its own process group: the fallback below can kill the master and its workers at once.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .context("starting nginx")?;
@@ -129,9 +131,9 @@ impl Nginx {
     }
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // Graceful stop of the master (it stops its workers); kill_on_drop is the fallback.
+impl Nginx {
+    /// `nginx -s stop`: the master stops its workers and waits for them before it exits.
+    fn signal_stop(&self) {
         let _ = std::process::Command::new(&self.bin)
             .arg("-p")
             .arg(self.dir.path())
@@ -140,6 +142,34 @@ impl Drop for Nginx {
             .args(["-s", "stop"])
             .stderr(Stdio::null())
             .status();
+    }
+
+    /// Stops nginx and waits for its master to exit (so no worker outlives the test); kills its
+    /// process group (master and workers) if it has not exited within 10 s.
+    async fn stop(mut self) -> Result<()> {
+        self.signal_stop();
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            if let Some(pid) = self.child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            bail!("nginx did not stop within 10 s of `nginx -s stop`; killed its process group");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // A test that failed half way: ask for the stop (kill_on_drop is the fallback).
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal_stop();
+        }
     }
 }
 
@@ -162,8 +192,12 @@ async fn behind_nginx_invoke_works_and_64_mib_bodies_stream_both_ways() -> Resul
     // Before the cluster: a missing nginx fails at once.
     nginx_binary()?;
     let cluster = Cluster::up().await?;
-    let hello = cluster.register("ingress", "hello", HELLO_IMAGE, 30).await?;
-    let echo = cluster.register("ingress", "echo", TESTFN_IMAGE, 120).await?;
+    let hello = cluster
+        .register("ingress", "hello", HELLO_IMAGE.as_str(), 30)
+        .await?;
+    let echo = cluster
+        .register("ingress", "echo", TESTFN_IMAGE.as_str(), 120)
+        .await?;
     let nginx = Nginx::start(cluster.port).await?;
 
     let r = request(
@@ -238,6 +272,6 @@ async fn behind_nginx_invoke_works_and_64_mib_bodies_stream_both_ways() -> Resul
         !log.contains("buffered to a temporary file"),
         "nginx spooled a body to disk (streaming is off): {log}"
     );
-    drop(nginx);
+    nginx.stop().await?;
     cluster.down().await
 }

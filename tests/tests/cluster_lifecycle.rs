@@ -9,13 +9,16 @@ use bytes::Bytes;
 
 use ferrofn_tests::cluster::{Cluster, RUNNERS, docker};
 use ferrofn_tests::images::{HELLO_IMAGE, TESTFN_IMAGE};
-use ferrofn_tests::lb_proc::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
     let cluster = Cluster::up().await?;
-    let hello = cluster.register("keep", "hello", HELLO_IMAGE, 30).await?;
-    let testfn = cluster.register("keep", "echo", TESTFN_IMAGE, 30).await?;
+    let hello = cluster
+        .register("keep", "hello", HELLO_IMAGE.as_str(), 30)
+        .await?;
+    let testfn = cluster
+        .register("keep", "echo", TESTFN_IMAGE.as_str(), 30)
+        .await?;
     let r = cluster
         .invoke(&hello, Bytes::from_static(br#"{"name":"before"}"#))
         .await?;
@@ -25,7 +28,7 @@ async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
     docker(&["restart", "--time", "20", &lb]).await?;
     cluster.wait_lb(Duration::from_secs(60)).await?;
 
-    let apps = json("GET", &cluster.url("/v2/apps?name=keep"), None).await?;
+    let apps = cluster.api("GET", "/v2/apps?name=keep", None).await?;
     ensure!(
         apps.status == 200,
         "GET /v2/apps: {} {}",
@@ -36,7 +39,9 @@ async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
         .as_str()
         .context("app `keep` is gone after the LB restart")?
         .to_owned();
-    let fns = json("GET", &cluster.url(&format!("/v2/fns?app_id={app_id}")), None).await?;
+    let fns = cluster
+        .api("GET", &format!("/v2/fns?app_id={app_id}"), None)
+        .await?;
     let mut ids: Vec<String> = fns.json()["items"]
         .as_array()
         .context("fn list")?
@@ -64,7 +69,9 @@ async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn down_removes_containers_function_containers_networks_volumes_and_iofs() -> Result<()> {
     let cluster = Cluster::up().await?;
-    let fn_id = cluster.register("gone", "echo", TESTFN_IMAGE, 30).await?;
+    let fn_id = cluster
+        .register("gone", "echo", TESTFN_IMAGE.as_str(), 30)
+        .await?;
     // Concurrent calls, so that each runner very likely starts a function container.
     let calls = (0..12).map(|_| cluster.invoke(&fn_id, Bytes::from_static(br#"{"sleepTime":300}"#)));
     for r in futures::future::join_all(calls).await {

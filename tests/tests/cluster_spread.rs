@@ -17,7 +17,9 @@ const WORKERS: usize = 6;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_calls_are_spread_over_all_three_runners() -> Result<()> {
     let cluster = Cluster::up().await?;
-    let fn_id = cluster.register("spread", "hello", HELLO_IMAGE, 30).await?;
+    let fn_id = cluster
+        .register("spread", "hello", HELLO_IMAGE.as_str(), 30)
+        .await?;
 
     let mut before = BTreeMap::new();
     for r in RUNNERS {

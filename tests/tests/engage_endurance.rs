@@ -66,7 +66,7 @@ fn call(fn_id: &str, memory: u64, timeout: u64, config: &[(&str, &str)]) -> Stri
     let mem = memory.to_string();
     let mut config = config.to_vec();
     config.push(("FN_MEMORY", &mem));
-    call_json(TESTFN_IMAGE, fn_id, &config, |v| {
+    call_json(TESTFN_IMAGE.as_str(), fn_id, &config, |v| {
         v["memory"] = memory.into();
         v["timeout"] = timeout.into();
     })

@@ -271,7 +271,7 @@ async fn images_carry_the_hash_of_their_binary() -> Result<()> {
 #[tokio::test]
 async fn testfn_speaks_the_http_stream_contract() -> Result<()> {
     let docker = setup().await?;
-    let container = start_function(&docker, TESTFN_IMAGE).await?;
+    let container = start_function(&docker, TESTFN_IMAGE.as_str()).await?;
     let id = container.guard.id().to_owned();
     check_socket_link(&container.socket())?;
     let mut sender = connect(&container.socket()).await?;
@@ -366,7 +366,7 @@ async fn testfn_speaks_the_http_stream_contract() -> Result<()> {
 #[tokio::test]
 async fn dropped_guard_removes_its_container() -> Result<()> {
     let docker = setup().await?;
-    let container = start_function(&docker, STATUS_IMAGE).await?;
+    let container = start_function(&docker, STATUS_IMAGE.as_str()).await?;
     let id = container.guard.id().to_owned();
     // What happens when a test panics: the guard is dropped, not removed explicitly.
     drop(container);
@@ -380,7 +380,7 @@ async fn dropped_guard_removes_its_container() -> Result<()> {
 #[tokio::test]
 async fn hello_greets() -> Result<()> {
     let docker = setup().await?;
-    let container = start_function(&docker, HELLO_IMAGE).await?;
+    let container = start_function(&docker, HELLO_IMAGE.as_str()).await?;
     check_socket_link(&container.socket())?;
     let mut sender = connect(&container.socket()).await?;
     let reply = call(
@@ -401,7 +401,7 @@ async fn hello_greets() -> Result<()> {
 #[tokio::test]
 async fn status_echoes_its_input() -> Result<()> {
     let docker = setup().await?;
-    let container = start_function(&docker, STATUS_IMAGE).await?;
+    let container = start_function(&docker, STATUS_IMAGE.as_str()).await?;
     check_socket_link(&container.socket())?;
     let mut sender = connect(&container.socket()).await?;
     let input = json!({"probe": {"n": 1, "list": ["a"]}});

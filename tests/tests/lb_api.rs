@@ -47,7 +47,11 @@ async fn root_version_metrics_and_unknown_paths() {
         )
     );
     let r = call("GET", &lb.url("/version"), None).await.unwrap();
-    assert_eq!(r.json(), json!({"version": "0.3.753"}));
+    // Fn's version (what the `fn` CLI reads) and ferrofn's own.
+    assert_eq!(
+        r.json(),
+        json!({"version": "0.3.753", "ferrofn": env!("CARGO_PKG_VERSION")})
+    );
     assert!(r.header("content-type").starts_with("application/json"));
     let r = call("GET", &lb.url("/nope"), None).await.unwrap();
     assert_eq!(
@@ -601,7 +605,10 @@ async fn call_routes_without_runners() {
     .unwrap();
     assert_eq!(
         (r.status, r.json()["message"].clone()),
-        (503, json!("Timed out - server too busy"))
+        (
+            503,
+            json!("No runner is configured on this LB (FN_RUNNER_ADDRESSES is empty)")
+        )
     );
     assert_eq!(r.header("retry-after"), "15");
     assert_eq!(r.header("fn-call-id").len(), 26);

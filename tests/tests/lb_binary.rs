@@ -12,7 +12,13 @@ use ferrofn_tests::lb_proc::{LbBinary, json as call, lb_binary, register};
 async fn print_config_layers_env_and_flags() {
     let bin = lb_binary().await.unwrap();
     let out = tokio::process::Command::new(&bin)
-        .args(["--placer", "ch-bounded", "print-config"])
+        .args([
+            "--placer",
+            "ch-bounded",
+            "--listen-address",
+            "127.0.0.1",
+            "print-config",
+        ])
         .env("FN_PORT", "9999")
         .env("FN_PLACER", "ch")
         .env("FN_RUNNER_ADDRESSES", "a:1,b:2")
@@ -34,7 +40,7 @@ async fn refuses_to_start_without_mtls_files_unless_plaintext() {
     let out = tokio::process::Command::new(&bin)
         .current_dir(dir.path())
         .env("FN_PORT", "0")
-        .env("FN_LISTEN_ADDRESS", "127.0.0.1")
+        .env("FERROFN_LISTEN_ADDRESS", "127.0.0.1")
         .output()
         .await
         .unwrap();

@@ -122,11 +122,11 @@ impl Stack {
             ("FN_RUNNER_ADDRESSES", addrs.as_str()),
             ("FN_DB_URL", db_url.as_str()),
             ("FN_PLACER", "ch"),
-            ("FN_HEALTH_INTERVAL_MSECS", "200"),
+            ("FERROFN_HEALTH_INTERVAL_MSECS", "200"),
             ("FN_MAX_REQUEST_SIZE", max.as_str()),
-            ("FN_TLS_CA", ca.as_str()),
-            ("FN_TLS_CERT", cert.as_str()),
-            ("FN_TLS_KEY", key.as_str()),
+            ("FERROFN_TLS_CA", ca.as_str()),
+            ("FERROFN_TLS_CERT", cert.as_str()),
+            ("FERROFN_TLS_KEY", key.as_str()),
             ("RUST_LOG", "info,ferrofn_lb=debug"),
             ("NO_COLOR", "1"),
         ]);
@@ -201,7 +201,7 @@ impl Stack {
         let r = call(
             "POST",
             &self.lb.url("/v2/fns"),
-            Some(json!({"app_id": app_id, "name": name, "image": TESTFN_IMAGE, "timeout": timeout})),
+            Some(json!({"app_id": app_id, "name": name, "image": TESTFN_IMAGE.as_str(), "timeout": timeout})),
         )
         .await?;
         ensure!(r.status == 200, "creating fn {name}: {} {}", r.status, r.text());
@@ -730,7 +730,12 @@ async fn response_over_the_runner_limit_is_an_error_never_a_cut_body() -> Result
     const LIMIT: usize = 256 * 1024;
     let limit = LIMIT.to_string();
     let runner_env = [("FN_MAX_RESPONSE_SIZE", limit.as_str())];
-    let stack = Stack::start_with(&runner_env, &runner_env, &[("FN_RESPONSE_HEAD_BYTES", "1024")]).await?;
+    let stack = Stack::start_with(
+        &runner_env,
+        &runner_env,
+        &[("FERROFN_RESPONSE_HEAD_BYTES", "1024")],
+    )
+    .await?;
     let app = stack.app("limits").await?;
     let f = stack.function(&app, "big", 30).await?;
     let path = format!("/invoke/{f}");

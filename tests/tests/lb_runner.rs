@@ -30,7 +30,7 @@ async fn setup(env: &[(&str, &str)]) -> Result<(Docker, RunnerProc, LbProc, Valu
     let f = call(
         "POST",
         &lb.url("/v2/fns"),
-        Some(json!({"app_id": app["id"], "name": "echo", "image": TESTFN_IMAGE, "config": {"FNVAR": "f"}})),
+        Some(json!({"app_id": app["id"], "name": "echo", "image": TESTFN_IMAGE.as_str(), "config": {"FNVAR": "f"}})),
     )
     .await?
     .json();

@@ -55,9 +55,12 @@ async fn containers_gauge(r: &RunnerProc) -> f64 {
 /// 2 x `WARM_PER_RUNNER` concurrent calls (the naive placer spreads them at random, and a runner
 /// keeps the containers it started, so a few rounds are enough). The calls sleep 3 s: a runner
 /// launches a container for a waiting call when waiting for a busy one would take longer than a
-/// launch, which with calls this long is always the case.
+/// launch. On a machine so loaded that a launch takes longer than that, a round that added no
+/// container doubles the sleep (up to 24 s), so the warm-up adapts instead of failing.
 async fn warm_up(c: &ProcCluster) -> Result<()> {
     let url = c.lb.url(&c.invoke_path());
+    let mut sleep_ms = 3000_u64;
+    let mut last_total = -1.0;
     for round in 0..10 {
         let mut counts = Vec::new();
         for r in &c.runners {
@@ -66,18 +69,17 @@ async fn warm_up(c: &ProcCluster) -> Result<()> {
         if counts.iter().all(|n| *n >= WARM_PER_RUNNER as f64) {
             return Ok(());
         }
+        let total: f64 = counts.iter().sum();
+        if round > 0 && total <= last_total {
+            sleep_ms = (sleep_ms * 2).min(24_000);
+        }
+        last_total = total;
+        let body = Bytes::from(format!("{{\"sleepTime\":{sleep_ms}}}"));
         let calls: Vec<_> = (0..2 * WARM_PER_RUNNER)
             .map(|_| {
                 let url = url.clone();
-                tokio::spawn(async move {
-                    request(
-                        "POST",
-                        &url,
-                        &Default::default(),
-                        Bytes::from_static(b"{\"sleepTime\":3000}"),
-                    )
-                    .await
-                })
+                let body = body.clone();
+                tokio::spawn(async move { request("POST", &url, &Default::default(), body).await })
             })
             .collect();
         for call in calls {
@@ -100,8 +102,8 @@ async fn sigkill_of_a_runner_costs_only_its_in_flight_calls() -> Result<()> {
         2,
         false,
         &[],
-        &[("FN_PLACER_TIMEOUT_MSECS", "20000"), ("RUST_LOG", "info")],
-        json!({"name": "f", "image": TESTFN_IMAGE, "memory": 128, "timeout": 30}),
+        &[("FERROFN_PLACER_TIMEOUT_MSECS", "20000"), ("RUST_LOG", "info")],
+        json!({"name": "f", "image": TESTFN_IMAGE.as_str(), "memory": 128, "timeout": 30}),
     )
     .await?;
     warm_up(&c).await?;

@@ -10,13 +10,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferrofn_common::certs::{
-    self, CertAuthority, ClusterCertOptions, LeafKind, generate_cluster, generate_leaf,
-};
+use ferrofn_common::certs::{CertAuthority, ClusterCertOptions, LeafKind, generate_cluster, generate_leaf};
 use ferrofn_common::shutdown::Shutdown;
 use ferrofn_common::tls::{
     ClientTls, ReloadingServerTls, TlsFiles, connect_channel, install_crypto_provider, runner_endpoint,
 };
+use ferrofn_common::tls_files;
 use ferrofn_proto::runner_protocol_client::RunnerProtocolClient;
 use ferrofn_proto::runner_protocol_server::{RunnerProtocol, RunnerProtocolServer};
 use ferrofn_proto::{
@@ -134,8 +133,8 @@ impl Fixture {
 
     fn cluster_ca(&self) -> CertAuthority {
         CertAuthority::from_pem(
-            &std::fs::read_to_string(self.path(certs::CA_CERT_FILE)).unwrap(),
-            &std::fs::read_to_string(self.path(certs::CA_KEY_FILE)).unwrap(),
+            &std::fs::read_to_string(self.path(tls_files::CA_CERT_FILE)).unwrap(),
+            &std::fs::read_to_string(self.path(tls_files::CA_KEY_FILE)).unwrap(),
         )
         .expect("load cluster CA")
     }
@@ -271,7 +270,7 @@ async fn ca_signed_client_is_served_and_handler_sees_its_certificate() {
 async fn client_without_certificate_is_refused() {
     let fx = Fixture::start().await;
     let config = tls13_client()
-        .with_root_certificates(roots(&fx.path(certs::CA_CERT_FILE)))
+        .with_root_certificates(roots(&fx.path(tls_files::CA_CERT_FILE)))
         .with_no_client_auth();
     // rustls' alert name for "you must send a certificate".
     assert_err_mentions(raw_probe(fx.addr, config, "a").await, &["CertificateRequired"]);
@@ -300,7 +299,7 @@ async fn client_certificate_from_another_ca_is_refused() {
 
     // Raw: the server answers the foreign certificate with an UnknownCA alert.
     let config = tls13_client()
-        .with_root_certificates(roots(&fx.path(certs::CA_CERT_FILE)))
+        .with_root_certificates(roots(&fx.path(tls_files::CA_CERT_FILE)))
         .with_client_auth_cert(
             vec![leaf.cert_der.clone()],
             PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
@@ -313,7 +312,7 @@ async fn client_certificate_from_another_ca_is_refused() {
     leaf.write(&dir.join("foreign.pem"), &dir.join("foreign-key.pem"))
         .unwrap();
     let files = TlsFiles::new(
-        dir.join(certs::CA_CERT_FILE),
+        dir.join(tls_files::CA_CERT_FILE),
         dir.join("foreign.pem"),
         dir.join("foreign-key.pem"),
     );
@@ -427,7 +426,7 @@ async fn rotated_server_certificate_is_served_without_restart() {
         .expect("status on the pre-rotation connection");
 
     // Broken files (key of another certificate) are ignored: the new certificate stays.
-    std::fs::copy(fx.path(certs::LB_KEY_FILE), &files.key).unwrap();
+    std::fs::copy(fx.path(tls_files::LB_KEY_FILE), &files.key).unwrap();
     // (The accept path may have tried these files already, so "no change" is fine too.)
     assert!(
         !matches!(fx.tls.reload_now(), Ok(true)),

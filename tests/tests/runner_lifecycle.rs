@@ -1,6 +1,7 @@
 //! The runner process around the calls: drain on SIGTERM, leftovers of a SIGKILLed runner removed at
 //! its next start, the probe subcommand, Status / Status2 with and without the status image, health,
-//! UNIMPLEMENTED RPCs, `/metrics`, and mTLS (real certificates generated per test).
+//! ConfigureRunner (acknowledged) and StreamLogs (UNIMPLEMENTED), `/metrics`, and mTLS (real
+//! certificates generated per test).
 // `Status` is deprecated in Fn's proto, but it is what Fn's LB calls: it is tested as such.
 #![allow(deprecated)]
 
@@ -47,7 +48,7 @@ async fn sigterm_drains_in_flight_calls_nacks_new_ones_and_removes_containers() 
     assert_eq!(health(&runner).await?, ServingStatus::Serving as i32);
     let mut long_client = runner.client().await?;
     let long = tokio::spawn(async move {
-        let call = call_json(TESTFN_IMAGE, &fn_id(1), &[], |_| {});
+        let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(1), &[], |_| {});
         engage(
             &mut long_client,
             &call,
@@ -77,7 +78,7 @@ async fn sigterm_drains_in_flight_calls_nacks_new_ones_and_removes_containers() 
     })
     .await?;
     let mut client = runner.client().await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(2), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(2), &[], |_| {});
     let r = engage(&mut client, &call, b"{}", EngageOpts::default()).await?;
     let f = r.finished();
     assert_eq!(
@@ -109,7 +110,7 @@ async fn leftovers_of_a_killed_runner_are_removed_at_its_next_start() -> Result<
     let mut client = runner.client().await?;
     let r = engage(
         &mut client,
-        &call_json(TESTFN_IMAGE, &fn_id(3), &[], |_| {}),
+        &call_json(TESTFN_IMAGE.as_str(), &fn_id(3), &[], |_| {}),
         b"{}",
         EngageOpts::default(),
     )
@@ -162,7 +163,7 @@ async fn probe_subcommand_reports_health() -> Result<()> {
 }
 
 #[tokio::test]
-async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
+async fn status_counters_capabilities_configure_and_stream_logs() -> Result<()> {
     let docker = docker_with(&[FnImage::Testfn]).await?;
     let runner = RunnerProc::start(&[("FN_MAX_TOTAL_MEMORY_BYTES", "134217728")]).await?;
     let mut client = runner.client().await?;
@@ -176,7 +177,7 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
 
     let r = engage(
         &mut client,
-        &call_json(TESTFN_IMAGE, &fn_id(4), &[], |_| {}),
+        &call_json(TESTFN_IMAGE.as_str(), &fn_id(4), &[], |_| {}),
         b"{}",
         EngageOpts::default(),
     )
@@ -189,7 +190,7 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
         tokio::spawn(async move {
             engage(
                 &mut c,
-                &call_json(TESTFN_IMAGE, &fn_id(5), &[], |_| {}),
+                &call_json(TESTFN_IMAGE.as_str(), &fn_id(5), &[], |_| {}),
                 b"{\"sleepTime\":2000}",
                 EngageOpts::default(),
             )
@@ -225,7 +226,7 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
     .await?;
     let r = engage(
         &mut client,
-        &call_json(TESTFN_IMAGE, &fn_id(4), &[], |_| {}),
+        &call_json(TESTFN_IMAGE.as_str(), &fn_id(4), &[], |_| {}),
         b"{}",
         EngageOpts::default(),
     )
@@ -236,11 +237,12 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
     assert_eq!(s.requests_received, 3);
     assert_eq!(s.requests_handled, 2, "the NACK is not counted as handled");
 
-    let e = client
+    // No configuration function, as on an Fn runner without one: acknowledged, nothing changes.
+    let answer = client
         .configure_runner(ferrofn_proto::ConfigMsg::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+        .await?
+        .into_inner();
+    assert_eq!(answer, ferrofn_proto::ConfigStatus {});
     let e = client
         .stream_logs(tokio_stream::iter(Vec::<ferrofn_proto::LogRequestMsg>::new()))
         .await
@@ -274,7 +276,12 @@ async fn status_counters_capabilities_and_unimplemented_rpcs() -> Result<()> {
 #[tokio::test]
 async fn status_image_runs_cached_status_calls() -> Result<()> {
     let docker = docker_with(&[FnImage::Status, FnImage::Testfn]).await?;
-    let runner = RunnerProc::start_named(&unique_name("st"), &[], &["--status-image", STATUS_IMAGE]).await?;
+    let runner = RunnerProc::start_named(
+        &unique_name("st"),
+        &[],
+        &["--status-image", STATUS_IMAGE.as_str()],
+    )
+    .await?;
     let mut client = runner.client().await?;
     let s1 = client.status(()).await?.into_inner();
     assert!(!s1.failed, "{s1:?}\n{}", runner.logs());
@@ -323,7 +330,7 @@ async fn status_image_runs_cached_status_calls() -> Result<()> {
     .await?;
 
     // Calls may not use the status image.
-    let call = call_json(STATUS_IMAGE, &fn_id(6), &[], |_| {});
+    let call = call_json(STATUS_IMAGE.as_str(), &fn_id(6), &[], |_| {});
     let r = engage(&mut client, &call, b"{}", EngageOpts::default()).await?;
     assert_eq!(
         (r.finished().error_code, r.finished().error_str.as_str()),
@@ -411,19 +418,56 @@ async fn mtls_is_required_by_default() -> Result<()> {
 #[tokio::test]
 async fn print_config_shows_layered_settings() -> Result<()> {
     let bin = ensure_runner_binary().await?;
-    let out = tokio::process::Command::new(bin)
-        .args(["--status-image", "st:1", "print-config"])
+    let out = tokio::process::Command::new(&bin)
+        .args([
+            "--status-image",
+            "st:1",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "r.pem",
+            "--tls-key",
+            "k.pem",
+        ])
+        .arg("print-config")
         .env("FN_GRPC_PORT", "9555")
         .env("FN_FREEZE_IDLE_MSECS", "-1")
         .output()
         .await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout)?;
-    let has = |line: &str| text.lines().any(|l| l.trim() == line);
+    // Each value line ends with a comment naming its source.
+    let has = |line: &str| {
+        text.lines()
+            .any(|l| l.split("  # ").next().unwrap_or_default().trim() == line)
+    };
     assert!(has("grpc_port = 9555"), "{text}");
     assert!(has("freeze_idle_msecs = -1"), "{text}");
     assert!(has("status_image = \"st:1\""), "{text}");
     assert!(has("plaintext = false"), "mTLS is the default: {text}");
+    assert!(
+        text.contains("grpc_port = 9555  # environment variable FN_GRPC_PORT"),
+        "{text}"
+    );
+    assert!(text.contains("cert = \"r.pem\"  # flag --tls-cert"), "{text}");
+    assert!(text.contains("hot_poll_msecs = 200  # default"), "{text}");
+
+    // mTLS (the default) without its files: the same refusal from print-config as at start.
+    for args in [&["print-config"][..], &["--grpc-port", "0", "--port", "0"][..]] {
+        let out = tokio::process::Command::new(&bin)
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("ferrofn-runner: error: invalid setting tls.ca"),
+            "{err}"
+        );
+        assert!(err.contains("--plaintext"), "{err}");
+        assert!(!err.contains("backtrace"), "{err}");
+    }
     Ok(())
 }
 
@@ -435,7 +479,7 @@ async fn a_runner_dropped_without_drain_leaves_no_container() -> Result<()> {
     let mut client = runner.client().await?;
     let r = engage(
         &mut client,
-        &call_json(TESTFN_IMAGE, &fn_id(7), &[], |_| {}),
+        &call_json(TESTFN_IMAGE.as_str(), &fn_id(7), &[], |_| {}),
         b"{}",
         EngageOpts::default(),
     )

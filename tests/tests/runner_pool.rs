@@ -27,7 +27,7 @@ async fn twenty_sequential_calls_use_one_container() -> Result<()> {
     let (docker, runner) = setup(&[]).await?;
     let mut client = runner.client().await?;
     for i in 0..20 {
-        let call = call_json(TESTFN_IMAGE, &fn_id(1), &[], |_| {});
+        let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(1), &[], |_| {});
         let body = format!("{{\"echoContent\":\"n{i}\"}}");
         let r = engage(&mut client, &call, body.as_bytes(), EngageOpts::default()).await?;
         assert!(r.finished().success, "call {i}: {:?}", r.finished());
@@ -45,7 +45,9 @@ async fn eight_concurrent_calls_get_eight_containers_which_idle_out() -> Result<
     for i in 0..8 {
         let mut client = runner.client().await?;
         calls.push(tokio::spawn(async move {
-            let call = call_json(TESTFN_IMAGE, &fn_id(2), &[], |v| v["idle_timeout"] = 2.into());
+            let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(2), &[], |v| {
+                v["idle_timeout"] = 2.into()
+            });
             let body = format!("{{\"sleepTime\":1500,\"echoContent\":\"c{i}\",\"isDebug\":true}}");
             engage(&mut client, &call, body.as_bytes(), EngageOpts::default()).await
         }));
@@ -84,7 +86,7 @@ async fn memory_cap_nacks_then_serves_after_eviction() -> Result<()> {
                 .connect()
                 .await?;
             let mut client = ferrofn_proto::runner_protocol_client::RunnerProtocolClient::new(ch);
-            let call = call_json(TESTFN_IMAGE, &fn_id(3), &[], |_| {});
+            let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(3), &[], |_| {});
             let _ = n;
             engage(&mut client, &call, b"{\"sleepTime\":3000}", EngageOpts::default()).await
         })
@@ -103,7 +105,7 @@ async fn memory_cap_nacks_then_serves_after_eviction() -> Result<()> {
     // A call of another function while both are busy: no room, nothing evictable, and no container
     // of its own that could serve it -> NACK before any ResultStart.
     let mut client = runner.client().await?;
-    let other = call_json(TESTFN_IMAGE, &fn_id(5), &[], |_| {});
+    let other = call_json(TESTFN_IMAGE.as_str(), &fn_id(5), &[], |_| {});
     let r = engage(&mut client, &other, b"{}", EngageOpts::default()).await?;
     let f = r.finished();
     assert_eq!(
@@ -114,7 +116,7 @@ async fn memory_cap_nacks_then_serves_after_eviction() -> Result<()> {
     assert_eq!(r.result_starts, 0, "a NACK comes before any ResultStart");
     // A third concurrent call of the busy function waits for one of its containers (Fn NACKs only
     // the call that nothing but a launch could serve) and succeeds without a third container.
-    let call = call_json(TESTFN_IMAGE, &fn_id(3), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(3), &[], |_| {});
     let r = engage(&mut client, &call, b"{}", EngageOpts::default()).await?;
     assert!(r.finished().success, "third call: {:?}", r.finished());
     assert_eq!(
@@ -132,7 +134,7 @@ async fn memory_cap_nacks_then_serves_after_eviction() -> Result<()> {
         );
     }
     // Another function: fn 3's idle containers are evicted to make room.
-    let call = call_json(TESTFN_IMAGE, &fn_id(4), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(4), &[], |_| {});
     let r = engage(
         &mut client,
         &call,
@@ -150,7 +152,7 @@ async fn memory_cap_nacks_then_serves_after_eviction() -> Result<()> {
 async fn freeze_pauses_idle_containers_and_a_call_thaws_them() -> Result<()> {
     let (docker, runner) = setup(&[("FN_FREEZE_IDLE_MSECS", "100")]).await?;
     let mut client = runner.client().await?;
-    let call = || call_json(TESTFN_IMAGE, &fn_id(5), &[], |_| {});
+    let call = || call_json(TESTFN_IMAGE.as_str(), &fn_id(5), &[], |_| {});
     let r = engage(&mut client, &call(), b"{}", EngageOpts::default()).await?;
     assert!(r.finished().success);
     let id = containers_of(&docker, &runner.name).await?[0]
@@ -191,7 +193,7 @@ async fn freeze_pauses_idle_containers_and_a_call_thaws_them() -> Result<()> {
 async fn containers_are_hardened_and_labelled() -> Result<()> {
     let (docker, runner) = setup(&[("FN_MAX_PIDS", "40")]).await?;
     let mut client = runner.client().await?;
-    let call = call_json(TESTFN_IMAGE, &fn_id(6), &[], |_| {});
+    let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(6), &[], |_| {});
     let k = serde_json::json!({"createFile": "/etc/x", "readFile": "/proc/self/status"});
     // Separate calls for the other file knobs (one path each per call).
     for (knob, expect_error) in [
@@ -204,7 +206,7 @@ async fn containers_are_hardened_and_labelled() -> Result<()> {
     ] {
         let r = engage(
             &mut client,
-            &call_json(TESTFN_IMAGE, &fn_id(6), &[], |_| {}),
+            &call_json(TESTFN_IMAGE.as_str(), &fn_id(6), &[], |_| {}),
             knob.to_string().as_bytes(),
             EngageOpts::default(),
         )
@@ -311,7 +313,7 @@ async fn containers_are_hardened_and_labelled() -> Result<()> {
 /// how many `docker unpause` the runner logged.
 async fn warm_calls(runner: &RunnerProc, n: usize, gap: Duration) -> Result<(Duration, usize)> {
     let mut client = runner.client().await?;
-    let call = || call_json(TESTFN_IMAGE, &fn_id(7), &[], |_| {});
+    let call = || call_json(TESTFN_IMAGE.as_str(), &fn_id(7), &[], |_| {});
     let r = engage(&mut client, &call(), b"{}", EngageOpts::default()).await?;
     assert!(r.finished().success);
     let mut total = Duration::ZERO;
@@ -368,7 +370,7 @@ async fn containers_join_the_configured_docker_network() -> Result<()> {
         let mut client = runner.client().await?;
         let r = engage(
             &mut client,
-            &call_json(TESTFN_IMAGE, &fn_id(8), &[], |_| {}),
+            &call_json(TESTFN_IMAGE.as_str(), &fn_id(8), &[], |_| {}),
             b"{}",
             EngageOpts::default(),
         )

@@ -223,7 +223,7 @@ impl Stack {
             &[
                 ("FN_RUNNER_ADDRESSES", addr.as_str()),
                 ("FN_DB_URL", db.as_str()),
-                ("FN_HEALTH_INTERVAL_MSECS", "200"),
+                ("FERROFN_HEALTH_INTERVAL_MSECS", "200"),
             ],
         )
         .await?;
@@ -233,7 +233,9 @@ impl Stack {
         let f = call(
             "POST",
             &lb.url("/v2/fns"),
-            Some(json!({"app_id": app["id"], "name": "echo", "image": TESTFN_IMAGE, "timeout": 120})),
+            Some(
+                json!({"app_id": app["id"], "name": "echo", "image": TESTFN_IMAGE.as_str(), "timeout": 120}),
+            ),
         )
         .await?
         .json();

@@ -459,7 +459,7 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
             }
             Err(_) => {
                 tracing::info!(runner = %runner.addr(), "engage open timed out before the TryCall left; trying the next runner");
-                runner.set_state(RunnerState::Down);
+                runner.set_state(RunnerState::Down, "engage open timed out before the TryCall left");
                 return Attempt::NotPlaced(FnError::server_busy());
             }
         },
@@ -477,7 +477,8 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
                 OpenFailure::Nack => nack(&runner),
                 OpenFailure::ConnectFailed => {
                     // Skip it at once; the health loop brings it back when it answers again.
-                    runner.set_state(RunnerState::Down);
+                    let why = format!("cannot connect: {}", ferrofn_common::exit::grpc_status(&s));
+                    runner.set_state(RunnerState::Down, &why);
                     metrics::counter!("lb_engage_open_retries_total", "class" => "connect_failed")
                         .increment(1);
                     Attempt::NotPlaced(FnError::server_busy())

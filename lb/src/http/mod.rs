@@ -1,8 +1,9 @@
 //! The LB's HTTP front (axum): Fn's v2 management API, `/invoke/{fn_id}`, `/t/{app}/{source}`,
-//! `GET /`, `/version`, `/metrics`; Fn's JSON errors for unknown paths and methods, and the
+//! `GET /`, `/version`, `/health/live`, `/health/ready`, `/metrics`; Fn's JSON errors for unknown paths and methods, and the
 //! `FN_MAX_REQUEST_SIZE` check on every route.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod invoke;
 pub mod trigger;
@@ -49,6 +50,10 @@ pub struct LbState {
     pub response_head: usize,
     /// Added to the fn timeout to bound a committed sync call (504 past it); `None`: unbounded.
     pub sync_deadline_margin: Option<Duration>,
+    /// Tokens the management API requires (empty: open).
+    pub api_tokens: auth::Tokens,
+    /// Tokens `/invoke` and `/t` require (empty: open).
+    pub invoke_tokens: auth::Tokens,
 }
 
 /// Shared state handle.
@@ -90,9 +95,46 @@ async fn root() -> Response {
 async fn version() -> Response {
     json_response(
         StatusCode::OK,
-        &serde_json::json!({"version": FN_COMPAT_VERSION}),
+        &serde_json::json!({"version": FN_COMPAT_VERSION, "ferrofn": env!("CARGO_PKG_VERSION")}),
         false,
     )
+}
+
+/// Liveness: the process serves HTTP. Never depends on runners or the database, so that an
+/// orchestrator does not restart an LB for a problem a restart cannot fix.
+async fn live() -> Response {
+    json_response(StatusCode::OK, &serde_json::json!({"status": "live"}), false)
+}
+
+/// Budget of the registry check of `/health/ready`.
+const READY_DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Readiness: the registry answers and at least one runner is up. 503 with the reasons otherwise,
+/// so that a load balancer in front sends calls to another LB.
+async fn ready(State(st): State<SharedState>) -> Response {
+    let registry = match tokio::time::timeout(READY_DB_TIMEOUT, st.registry.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ferrofn_common::exit::one_line(&e)),
+        Err(_) => Err(format!("no answer within {READY_DB_TIMEOUT:?}")),
+    };
+    let runners = st.pool.runners();
+    let up = runners
+        .iter()
+        .filter(|r| r.state() == crate::pool::RunnerState::Up)
+        .count();
+    let ready = registry.is_ok() && up > 0;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "registry": registry.err().unwrap_or_else(|| "ok".into()),
+        "runners_up": up,
+        "runners_configured": runners.len(),
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(code, &body, false)
 }
 
 async fn metrics() -> Response {
@@ -144,6 +186,8 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/version", get(version))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(api::routes())
         .route("/invoke/{fn_id}", any(invoke::invoke))
@@ -152,6 +196,7 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), size_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
 }

@@ -9,13 +9,13 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
-use ferrofn_common::models::TRIGGER_TYPE_HTTP;
 
 use super::invoke::with_call_id;
 use super::{ApiError, SharedState, error_response, full_url};
 use crate::call::run_call;
 use crate::call::{CallRequest, trigger_headers};
 use crate::engage::CallResponse;
+use crate::registry::models::TRIGGER_TYPE_HTTP;
 
 /// Fn's `triggerResponseWriter` mapping of a successful call.
 pub fn map_trigger_response(resp: CallResponse) -> Response {

@@ -23,6 +23,10 @@ pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(10);
 pub const DEFAULT_PLACER_TIMEOUT: Duration = Duration::from_secs(360);
 /// Fn's `DetachedPlacerTimeout`.
 pub const DEFAULT_DETACHED_PLACER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waits while no runner at all is up (all down or draining) before it is answered
+/// 503 "no runner is up". Long enough to ride out one runner's restart or a health-check blip,
+/// short enough that a dead cluster says so in seconds rather than after the placer timeout.
+pub const DEFAULT_NO_RUNNER_WAIT: Duration = Duration::from_secs(5);
 
 /// What a placer sees of one configured runner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +70,8 @@ pub struct PlacerConfig {
     pub timeout: Duration,
     /// Placement budget of a detached call.
     pub detached_timeout: Duration,
+    /// How long a call waits while no runner is up (bounded by the placement budget).
+    pub no_runner_wait: Duration,
 }
 
 impl Default for PlacerConfig {
@@ -74,6 +80,7 @@ impl Default for PlacerConfig {
             retry_delay: DEFAULT_RETRY_DELAY,
             timeout: DEFAULT_PLACER_TIMEOUT,
             detached_timeout: DEFAULT_DETACHED_PLACER_TIMEOUT,
+            no_runner_wait: DEFAULT_NO_RUNNER_WAIT,
         }
     }
 }
@@ -90,10 +97,15 @@ pub enum Attempt<T, E> {
 /// Why a call was not placed.
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError<E> {
-    /// No runner is configured: answered at once. (When runners are configured but none is up,
-    /// the call waits for one until the placer timeout, as in Fn.)
+    /// No runner is configured: answered at once.
     #[error("no runner configured")]
     NoRunners,
+    /// Runners are configured but none was up (all down or draining) for the no-runner wait.
+    #[error("none of the {configured} runners is up")]
+    NoneUp {
+        /// Runners configured.
+        configured: usize,
+    },
     /// Every runner refused until the placer timeout.
     #[error("timed out placing the call after {attempts} attempts")]
     TimedOut {
@@ -132,14 +144,22 @@ where
     let deadline = Instant::now() + budget;
     let mut attempts = 0_u32;
     let mut last = None;
+    let mut none_up_since: Option<Instant> = None;
     loop {
         let pool = snapshot();
         let candidates: Vec<Candidate> = pool.iter().map(|(c, _)| *c).collect();
         if candidates.is_empty() {
             return Err(PlaceError::NoRunners);
         }
-        // None up (all down or draining): like Fn's empty list, the call waits for one to come
-        // back until the placer timeout; the pause below keeps this from spinning.
+        // None up (all down or draining): the call waits for one to come back, up to the
+        // no-runner wait; the pause below keeps this from spinning.
+        if candidates.iter().any(|c| c.eligible) {
+            none_up_since = None;
+        } else if none_up_since.get_or_insert_with(Instant::now).elapsed() >= config.no_runner_wait {
+            return Err(PlaceError::NoneUp {
+                configured: candidates.len(),
+            });
+        }
         let order = placer.pass_order(fn_id, &candidates);
         let mut handles: Vec<Option<R>> = pool.into_iter().map(|(_, r)| Some(r)).collect();
         for i in order {
@@ -190,6 +210,7 @@ mod tests {
             retry_delay: Duration::from_millis(10),
             timeout: Duration::from_secs(5),
             detached_timeout: Duration::from_secs(5),
+            no_runner_wait: Duration::from_secs(5),
         };
         let r: Result<((), u32), PlaceError<()>> =
             place(&NaivePlacer, &cfg, false, "f", Vec::new, |_: usize| async {
@@ -221,7 +242,7 @@ mod tests {
             .await;
         assert_eq!(r.unwrap(), (2, 1));
         assert_eq!(*passes.borrow(), 4);
-        // Nobody comes back: 503 at the placer timeout, not before.
+        // Nobody comes back: 503 at the placer timeout when it is shorter than the no-runner wait.
         let short = PlacerConfig {
             timeout: Duration::from_millis(100),
             ..cfg
@@ -248,6 +269,16 @@ mod tests {
             "{r:?}"
         );
         assert!(t.elapsed() >= Duration::from_millis(90));
+        // ... and "none up" at the no-runner wait when that is shorter than the placer timeout.
+        let wait = PlacerConfig {
+            no_runner_wait: Duration::from_millis(50),
+            ..cfg
+        };
+        let r: Result<((), u32), PlaceError<()>> = place(&NaivePlacer, &wait, false, "f", down, |_| async {
+            Attempt::Placed(Ok(()))
+        })
+        .await;
+        assert!(matches!(r, Err(PlaceError::NoneUp { configured: 3 })), "{r:?}");
     }
 
     #[tokio::test]
@@ -256,6 +287,7 @@ mod tests {
             retry_delay: Duration::from_millis(10),
             timeout: Duration::from_millis(200),
             detached_timeout: Duration::from_secs(1),
+            ..PlacerConfig::default()
         };
         let hits = RefCell::new(vec![0_u32; 2]);
         let started = std::time::Instant::now();
@@ -320,6 +352,7 @@ mod tests {
             retry_delay: Duration::from_millis(10),
             timeout: Duration::from_secs(60),
             detached_timeout: Duration::from_millis(50),
+            ..PlacerConfig::default()
         };
         let started = std::time::Instant::now();
         let r: Result<((), u32), PlaceError<()>> = place(

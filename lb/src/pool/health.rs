@@ -75,30 +75,44 @@ async fn health_check(r: &Runner, timeout: Duration) -> Result<ServingStatus, Co
     Err(Code::NotFound)
 }
 
+/// Why a probe gave the state it gave, for the log line of a state change.
+fn probe_reason(
+    status: &Result<RunnerStatus, tonic::Status>,
+    health: Option<&Result<ServingStatus, Code>>,
+) -> String {
+    match (status, health) {
+        (Ok(s), _) if s.failed => "the Status RPC reports a failed status check (status image)".into(),
+        (Err(e), _) if e.code() != Code::Unimplemented => {
+            format!("Status RPC failed: {}", ferrofn_common::exit::grpc_status(e))
+        }
+        (_, Some(Ok(ServingStatus::NotServing))) => "grpc.health answers NOT_SERVING (draining)".into(),
+        (_, Some(Err(code))) => format!("no Status RPC and grpc.health failed ({code:?})"),
+        _ => "probe answered".into(),
+    }
+}
+
 /// Probes one runner and applies the result.
 pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
     let mut client = r.client();
     let mut req = tonic::Request::new(());
     req.set_timeout(timeout);
     #[allow(deprecated)] // Fn marks Status deprecated, yet it is the RPC every Fn runner answers.
-    let status = client
-        .status(req)
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|s| s.code());
+    let status = client.status(req).await.map(tonic::Response::into_inner);
     if let Ok(s) = &status {
         r.set_accept_ack(advertises_accept_ack(s));
     }
     let health = match &status {
         Ok(s) if s.failed => None,
-        Ok(_) | Err(Code::Unimplemented) => Some(health_check(r, timeout).await),
+        Ok(_) => Some(health_check(r, timeout).await),
+        Err(e) if e.code() == Code::Unimplemented => Some(health_check(r, timeout).await),
         Err(_) => None,
     };
-    let state = judge(&status, health);
-    if let Err(code) = status {
-        tracing::debug!(runner = %r.addr(), ?code, "runner status probe failed");
+    let codes = status.clone().map_err(|e| e.code());
+    let state = judge(&codes, health);
+    if let Err(e) = &status {
+        tracing::debug!(runner = %r.addr(), code = ?e.code(), "runner status probe failed");
     }
-    r.set_state(state);
+    r.set_state(state, &probe_reason(&status, health.as_ref()));
     state
 }
 

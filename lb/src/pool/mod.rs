@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use tonic::transport::Channel;
 
+use ferrofn_common::lock::RwLockExt;
 use ferrofn_common::tls::ClientTls;
 use ferrofn_proto::runner_protocol_client::RunnerProtocolClient;
 
@@ -102,11 +103,11 @@ impl Runner {
         RunnerState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// Sets the health, logging changes.
-    pub fn set_state(&self, s: RunnerState) {
+    /// Sets the health, logging changes with `why` (the probe result or the connect error).
+    pub fn set_state(&self, s: RunnerState, why: &str) {
         let old = RunnerState::from_u8(self.state.swap(s as u8, Ordering::AcqRel));
         if old != s {
-            tracing::info!(runner = %self.addr, from = old.as_str(), to = s.as_str(), "runner state changed");
+            tracing::info!(runner = %self.addr, from = old.as_str(), to = s.as_str(), why, "runner state changed");
         }
         for st in [RunnerState::Up, RunnerState::Down, RunnerState::Draining] {
             metrics::gauge!("lb_runner_up", "runner" => self.addr.clone(), "state" => st.as_str())
@@ -185,19 +186,13 @@ impl RunnerPool {
             }
         }
         tracing::info!(runners = ?addrs, "runner pool set");
-        *self
-            .runners
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        *self.runners.write_unpoisoned() = Arc::new(next);
         Ok(())
     }
 
     /// The runners in configuration order.
     pub fn runners(&self) -> Arc<Vec<Arc<Runner>>> {
-        self.runners
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.runners.read_unpoisoned().clone()
     }
 
     /// What the placer sees: every runner with its eligibility and load.
@@ -255,7 +250,7 @@ mod tests {
         let addrs: Vec<String> = vec!["127.0.0.1:1".into(), "localhost:2".into()];
         let pool = RunnerPool::new(&addrs, None, ChannelOptions::default()).unwrap();
         let rs = pool.runners();
-        rs[1].set_state(RunnerState::Draining);
+        rs[1].set_state(RunnerState::Draining, "test");
         let guard = rs[0].begin_call();
         let snap = pool.snapshot();
         assert_eq!(

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use ferrofn_common::models::{App, Function, Trigger};
+use ferrofn_common::lock::LockExt;
 
+use super::models::{App, Function, Trigger};
 use super::{ListQuery, Page, RegResult, Registry};
 
 /// Default entry lifetime (Fn's LB caches its lookups for 5 s).
@@ -57,9 +58,7 @@ impl CachedRegistry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock_unpoisoned()
     }
 
     fn lookup(&self, key: &Key) -> (Option<Entry>, u64) {
@@ -112,6 +111,9 @@ impl CachedRegistry {
 }
 
 impl Registry for CachedRegistry {
+    fn ping(&self) -> BoxFuture<'_, RegResult<()>> {
+        self.inner.ping()
+    }
     fn create_app(&self, app: App) -> BoxFuture<'_, RegResult<App>> {
         self.written(self.inner.create_app(app))
     }

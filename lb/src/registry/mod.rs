@@ -1,14 +1,16 @@
-//! The function registry: apps, fns and triggers behind a [`Registry`] trait (the seam for a shared
-//! database later), an embedded SQLite implementation, and a read-through cache for the invoke path.
+//! The function registry: apps, fns and triggers ([`models`]: Fn's JSON shapes and validation)
+//! behind a [`Registry`] trait (the seam for a shared database later), an embedded SQLite
+//! implementation, and a read-through cache for the invoke path.
 
 pub mod cache;
+pub mod models;
 pub mod sqlite;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use ferrofn_common::models::{App, Function, Trigger};
+use models::{App, Function, Trigger};
 
 pub use cache::CachedRegistry;
 pub use sqlite::SqliteRegistry;
@@ -146,6 +148,8 @@ pub type RegResult<T> = Result<T, RegistryError>;
 /// Apps, fns and triggers. Objects come in complete (ids, timestamps and defaults set by the
 /// caller); the registry enforces uniqueness and parent existence and cascades deletes.
 pub trait Registry: Send + Sync + std::fmt::Debug {
+    /// Checks that the store answers (readiness), bypassing any cache.
+    fn ping(&self) -> BoxFuture<'_, RegResult<()>>;
     /// Insert a new app.
     fn create_app(&self, app: App) -> BoxFuture<'_, RegResult<App>>;
     /// App by id.

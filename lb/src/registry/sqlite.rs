@@ -10,8 +10,9 @@ use futures::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use ferrofn_common::models::{App, Function, Trigger};
+use ferrofn_common::lock::LockExt;
 
+use super::models::{App, Function, Trigger};
 use super::{Kind, ListQuery, Page, RegResult, Registry, RegistryError, Stored};
 
 const SCHEMA: &str = "
@@ -81,6 +82,22 @@ fn keys_of(v: &Value) -> Keys {
     }
 }
 
+/// Checks `FN_DB_URL`: `sqlite3://` / `sqlite://` URLs and plain paths are served by this registry;
+/// any other `scheme://` is refused rather than taken as a file name.
+pub fn check_db_url(setting: &str) -> Result<(), String> {
+    let s = setting.trim();
+    if s.is_empty() {
+        return Err("empty: give sqlite3:///path/to/fn.db or a path".into());
+    }
+    match s.split_once("://") {
+        Some(("sqlite3" | "sqlite", rest)) if !rest.is_empty() => Ok(()),
+        Some((scheme, _)) => Err(format!(
+            "{scheme}:// databases are not supported by this build: use sqlite3:///path/to/fn.db"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Parses a `sqlite3:///path`, `sqlite:///path` or plain path setting into a file path.
 pub fn db_path(setting: &str) -> PathBuf {
     let s = setting.trim();
@@ -146,8 +163,7 @@ impl SqliteRegistry {
         let conn = self.conn.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let mut guard: MutexGuard<'_, Connection> =
-                    conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut guard: MutexGuard<'_, Connection> = conn.lock_unpoisoned();
                 f(&mut guard)
             })
             .await
@@ -382,6 +398,9 @@ fn list<T: Stored>(conn: &Connection, q: &ListQuery) -> RegResult<Page<T>> {
 }
 
 impl Registry for SqliteRegistry {
+    fn ping(&self) -> BoxFuture<'_, RegResult<()>> {
+        self.run(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db("ping")))
+    }
     fn create_app(&self, app: App) -> BoxFuture<'_, RegResult<App>> {
         self.run(move |c| write(c, app, true))
     }
@@ -467,6 +486,15 @@ impl Registry for SqliteRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn db_url_checks() {
+        assert!(check_db_url("sqlite3:///data/fn.db").is_ok());
+        assert!(check_db_url("./data/fn.db").is_ok());
+        assert!(check_db_url("postgres://u:p@h:5432/db").is_err());
+        assert!(check_db_url("sqlite3://").is_err());
+        assert!(check_db_url("").is_err());
+    }
 
     #[test]
     fn db_url_forms() {

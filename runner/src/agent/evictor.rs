@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferrofn_common::lock::LockExt;
 use tokio_util::sync::CancellationToken;
 
 use super::resources::Shortfall;
@@ -31,7 +32,7 @@ pub struct Evictor {
 impl std::fmt::Debug for Evictor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Evictor")
-            .field("entries", &self.entries.lock().map(|e| e.len()).unwrap_or(0))
+            .field("entries", &self.entries.lock_unpoisoned().len())
             .finish()
     }
 }
@@ -50,7 +51,7 @@ impl Evictor {
         if memory_mb == 0 && cpu_milli == 0 {
             return;
         }
-        self.entries.lock().expect("evictor lock").push(Entry {
+        self.entries.lock_unpoisoned().push(Entry {
             container,
             queue,
             memory_mb,
@@ -63,8 +64,7 @@ impl Evictor {
     /// Removes a registration (the container is leaving).
     pub(crate) fn unregister(&self, container: &str) {
         self.entries
-            .lock()
-            .expect("evictor lock")
+            .lock_unpoisoned()
             .retain(|e| e.container != container);
     }
 
@@ -72,7 +72,7 @@ impl Evictor {
     /// Returns false (evicting nothing) when the idle containers cannot cover the need.
     pub(crate) async fn evict_for(&self, requester: &SlotKey, need: Shortfall) -> bool {
         let victims: Vec<CancellationToken> = {
-            let entries = self.entries.lock().expect("evictor lock");
+            let entries = self.entries.lock_unpoisoned();
             let (mut mem, mut cpu) = (0u64, 0u64);
             let mut chosen = Vec::new();
             for e in entries.iter() {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferrofn_common::error::FnError;
+use ferrofn_common::lock::LockExt;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +70,7 @@ impl std::fmt::Debug for ContainerHandle {
 impl ContainerHandle {
     /// Routes the container's output to `call_id` until [`ContainerHandle::end_call`].
     pub fn begin_call(&self, call_id: &str) {
-        *self.sink.lock().expect("sink lock") = Sink::Call {
+        *self.sink.lock_unpoisoned() = Sink::Call {
             call_id: call_id.to_string(),
             written: 0,
             truncated: false,
@@ -79,7 +80,7 @@ impl ContainerHandle {
 
     /// Routes output back to the container (after a short grace for late output).
     pub fn end_call(&self) {
-        if let Sink::Call { ended, .. } = &mut *self.sink.lock().expect("sink lock") {
+        if let Sink::Call { ended, .. } = &mut *self.sink.lock_unpoisoned() {
             *ended = Some(Instant::now());
         }
     }
@@ -105,7 +106,7 @@ impl ContainerHandle {
     /// Logs one line of output to the current sink.
     fn log_line(&self, stream: &'static str, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        let mut sink = self.sink.lock().expect("sink lock");
+        let mut sink = self.sink.lock_unpoisoned();
         if let Sink::Call { ended: Some(at), .. } = &*sink
             && at.elapsed() > LATE_OUTPUT_GRACE
         {
@@ -180,18 +181,14 @@ pub(crate) struct LaunchRequest {
     pub decided_at: Instant,
 }
 
+/// The Fn error a call sees when its launch failed in the driver: a failed pull is the registry's
+/// 4xx (else 502) as Fn reports it, an image gone again right after its pull a 503 (try elsewhere),
+/// anything else a 500 naming the Docker operation that failed.
 fn driver_error(e: &DriverError) -> FnError {
     match e {
+        // `pull_failed` keeps a 4xx and turns anything else (or no status at all) into 502.
         DriverError::PullImage { image, source } => {
-            let code = match source {
-                bollard::errors::Error::DockerResponseServerError { status_code, .. }
-                    if (400..500).contains(status_code) =>
-                {
-                    *status_code
-                }
-                _ => 502,
-            };
-            FnError::pull_failed(code, image, &source.to_string())
+            FnError::pull_failed(source.status.unwrap_or(502), image, &source.to_string())
         }
         DriverError::ImageStillMissing { .. } => FnError::server_busy(),
         other => FnError::new(500, other.to_string(), false),
@@ -435,5 +432,55 @@ async fn idle_wait(
             return Idle::Leave(leave);
         }
         taken = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::EngineError;
+
+    fn engine(status: Option<u16>, message: &str) -> EngineError {
+        EngineError {
+            status,
+            message: message.to_string(),
+        }
+    }
+
+    #[test]
+    fn launch_failures_map_to_fn_errors() {
+        let denied = driver_error(&DriverError::PullImage {
+            image: "reg/fn:1".into(),
+            source: engine(Some(401), "Docker responded with status code 401: unauthorized"),
+        });
+        assert_eq!(denied.code(), 401);
+        assert_eq!(
+            denied.message(),
+            "Failed to pull image 'reg/fn:1': Docker responded with status code 401: unauthorized"
+        );
+        assert!(denied.is_user_error());
+        for status in [Some(500), None] {
+            let e = driver_error(&DriverError::PullImage {
+                image: "reg/fn:1".into(),
+                source: engine(status, "registry down"),
+            });
+            assert_eq!(
+                (e.code(), e.message()),
+                (502, "Failed to pull image 'reg/fn:1': registry down")
+            );
+        }
+        let missing = driver_error(&DriverError::ImageStillMissing { image: "fn:1".into() });
+        assert_eq!(missing, FnError::server_busy());
+        let create = driver_error(&DriverError::CreateContainer {
+            name: "ferrofn-x".into(),
+            image: "fn:1".into(),
+            source: engine(Some(409), "Docker responded with status code 409: name in use"),
+        });
+        assert_eq!(create.code(), 500);
+        assert_eq!(
+            create.message(),
+            "cannot create container ferrofn-x from image fn:1: Docker responded with status code 409: name in use"
+        );
+        assert!(!create.is_user_error());
     }
 }

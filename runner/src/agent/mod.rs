@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ferrofn_common::call::CallModel;
 use ferrofn_common::error::FnError;
+use ferrofn_common::lock::LockExt;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::oneshot;
@@ -148,7 +149,7 @@ impl Agent {
     }
 
     fn queue_for(&self, key: &SlotKey) -> Arc<SlotQueue> {
-        let mut queues = self.inner.queues.lock().expect("queues lock");
+        let mut queues = self.inner.queues.lock_unpoisoned();
         // Unused queues are dropped here rather than by a timer: their containers are all gone.
         if queues.len() > 64 {
             queues.retain(|_, q| !q.is_unused());
@@ -161,7 +162,7 @@ impl Agent {
 
     /// Counts summed over every queue (for the `ferrofn_runner_containers{state}` gauges).
     pub fn totals(&self) -> QueueStats {
-        let queues = self.inner.queues.lock().expect("queues lock");
+        let queues = self.inner.queues.lock_unpoisoned();
         queues
             .values()
             .map(|q| q.stats())
@@ -175,12 +176,7 @@ impl Agent {
 
     /// Stats of the queue for `key`, if it exists.
     pub fn queue_stats(&self, key: &SlotKey) -> Option<QueueStats> {
-        self.inner
-            .queues
-            .lock()
-            .expect("queues lock")
-            .get(key)
-            .map(|q| q.stats())
+        self.inner.queues.lock_unpoisoned().get(key).map(|q| q.stats())
     }
 
     /// Waits for a slot for `call`: an idle container (most recent first), a busy one of the same

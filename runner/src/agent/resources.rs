@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use ferrofn_common::lock::LockExt;
 use tracing::info;
 
 const MIB: u64 = 1024 * 1024;
@@ -126,7 +127,7 @@ impl Resources {
 
     /// MB and mCPU reserved now.
     pub fn used(&self) -> (u64, u64) {
-        *self.used.lock().expect("resources lock")
+        *self.used.lock_unpoisoned()
     }
 
     /// True if the request could ever fit (else the call is a 400).
@@ -136,7 +137,7 @@ impl Resources {
 
     /// Reserves now or reports the shortfall. Zero-sized requests always succeed.
     pub fn try_reserve(self: &Arc<Self>, memory_mb: u64, cpu_milli: u64) -> Result<Reservation, Shortfall> {
-        let mut used = self.used.lock().expect("resources lock");
+        let mut used = self.used.lock_unpoisoned();
         let free_mem = self.capacity.memory_mb.saturating_sub(used.0);
         let free_cpu = self.capacity.cpu_milli.saturating_sub(used.1);
         if memory_mb > free_mem || cpu_milli > free_cpu {
@@ -176,7 +177,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut used = self.resources.used.lock().expect("resources lock");
+        let mut used = self.resources.used.lock_unpoisoned();
         used.0 = used.0.saturating_sub(self.memory_mb);
         used.1 = used.1.saturating_sub(self.cpu_milli);
     }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrofn_common::call::CallModel;
+use ferrofn_common::lock::LockExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
@@ -185,6 +186,17 @@ pub struct QueueStats {
     pub busy: usize,
 }
 
+impl QueueStats {
+    /// The container counts under their state names (the `state` label of the pool gauges).
+    pub fn containers_by_state(&self) -> [(&'static str, usize); 3] {
+        [
+            ("idle", self.idle),
+            ("busy", self.busy),
+            ("starting", self.starting),
+        ]
+    }
+}
+
 /// What the launch decision needs besides the queue's own state.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LaunchPolicy {
@@ -248,7 +260,7 @@ impl SlotQueue {
 
     /// Current counts.
     pub fn stats(&self) -> QueueStats {
-        let s = self.state.lock().expect("queue lock");
+        let s = self.state.lock_unpoisoned();
         QueueStats {
             idle: s.idle.len(),
             waiting: s.waiters.len(),
@@ -262,7 +274,7 @@ impl SlotQueue {
     pub(crate) fn join(self: &Arc<Self>) -> Waiter {
         let (tx, rx) = oneshot::channel();
         let id = next_token();
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock_unpoisoned();
         if let Some(e) = s.idle.pop() {
             s.busy += 1;
             // The receiver is alive: this cannot fail.
@@ -297,7 +309,7 @@ impl SlotQueue {
     }
 
     fn decide_launch(&self, now: Instant, policy: LaunchPolicy, respect_block: bool) -> bool {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock_unpoisoned();
         if respect_block && s.blocked_until.is_some_and(|t| now < t) {
             return false;
         }
@@ -330,7 +342,7 @@ impl SlotQueue {
     /// A launch decided by [`SlotQueue::should_launch`] did not happen (no room on the node).
     /// Waiters of this queue do not try again before `retry_at`.
     pub(crate) fn launch_aborted(&self, retry_at: Instant) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock_unpoisoned();
         s.starting = s.starting.saturating_sub(1);
         s.blocked_until = Some(retry_at);
         self.node_starting.fetch_sub(1, Ordering::AcqRel);
@@ -339,14 +351,14 @@ impl SlotQueue {
     /// True while a container of this queue is busy or starting: a waiting call will be served
     /// without a launch of its own.
     pub(crate) fn containers_coming(&self) -> bool {
-        let s = self.state.lock().expect("queue lock");
+        let s = self.state.lock_unpoisoned();
         s.busy > 0 || s.starting > 0
     }
 
     /// A launch ended after `took`: on success its first slot goes to the oldest waiter or the idle
     /// stack in the same step, so no waiter sees neither a starting nor an idle container between.
     pub(crate) fn launch_ended(&self, first: Option<Slot>, took: Duration) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock_unpoisoned();
         s.starting = s.starting.saturating_sub(1);
         self.node_starting.fetch_sub(1, Ordering::AcqRel);
         if let Some(slot) = first {
@@ -382,26 +394,26 @@ impl SlotQueue {
 
     /// Offers a slot a call returned (`busy`) or never used.
     pub(crate) fn offer(&self, slot: Slot, busy: bool) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock_unpoisoned();
         Self::offer_locked(&mut s, slot, busy);
     }
 
     /// Adds a call's slot hold time to the queue's moving average.
     pub(crate) fn record_hold(&self, held: Duration) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock_unpoisoned();
         s.hold = Some(ewma(s.hold, held));
     }
 
     /// A call returned its slot and the container will not be offered again.
     pub(crate) fn retired_after_call(&self) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock_unpoisoned();
         s.busy = s.busy.saturating_sub(1);
     }
 
     /// The container takes its own idle slot back (idle timeout, eviction, shutdown). False means a
     /// call already took it.
     pub(crate) fn withdraw(&self, token: u64) -> bool {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.lock_unpoisoned();
         let Some(pos) = s.idle.iter().position(|e| e.token == token) else {
             return false;
         };
@@ -414,19 +426,13 @@ impl SlotQueue {
 
     /// True while the slot with `token` is idle in the queue.
     pub(crate) fn is_idle(&self, token: u64) -> bool {
-        self.state
-            .lock()
-            .expect("queue lock")
-            .idle
-            .iter()
-            .any(|e| e.token == token)
+        self.state.lock_unpoisoned().idle.iter().any(|e| e.token == token)
     }
 
     /// True while the container `id` sits idle in the queue.
     pub(crate) fn is_container_idle(&self, id: &str) -> bool {
         self.state
-            .lock()
-            .expect("queue lock")
+            .lock_unpoisoned()
             .idle
             .iter()
             .any(|e| e.slot.container.id == id)
@@ -434,7 +440,7 @@ impl SlotQueue {
 
     /// True when nothing uses the queue (it may be dropped from the map).
     pub(crate) fn is_unused(&self) -> bool {
-        let s = self.state.lock().expect("queue lock");
+        let s = self.state.lock_unpoisoned();
         s.idle.is_empty() && s.waiters.is_empty() && s.starting == 0 && s.busy == 0
     }
 }
@@ -461,7 +467,7 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         {
-            let mut s = self.queue.state.lock().expect("queue lock");
+            let mut s = self.queue.state.lock_unpoisoned();
             if let Some(pos) = s.waiters.iter().position(|w| w.id == self.id) {
                 s.waiters.remove(pos);
             }
@@ -534,6 +540,10 @@ mod tests {
                 starting: 2,
                 busy: 0
             }
+        );
+        assert_eq!(
+            q.stats().containers_by_state(),
+            [("idle", 0), ("busy", 0), ("starting", 2)]
         );
         q.launch_aborted(now + Duration::from_millis(200));
         assert!(

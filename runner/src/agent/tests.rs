@@ -192,7 +192,6 @@ async fn invoke(slot: &mut Slot, body: &'static str) -> String {
         deadline: "2030-01-01T00:00:00Z".into(),
         headers: vec![],
         body: rx,
-        full_duplex: false,
     };
     let mut resp = slot.fdk().call(req).await.unwrap();
     let mut out = Vec::new();

@@ -1,6 +1,7 @@
-//! The Docker driver: the only module that talks to the Docker engine (through bollard). Containers
-//! are created hardened as in runner-docker-fdk.md §2, labelled with this runner's name and instance,
-//! and swept at start-up (leftovers of a crashed process) and at shutdown.
+//! The Docker driver: the only module that talks to the Docker engine (through bollard), and the only
+//! one that sees bollard's errors (they leave it as [`EngineError`]s inside a [`DriverError`]).
+//! Containers are created hardened as in runner-docker-fdk.md §2, labelled with this runner's name
+//! and instance, and swept at start-up (leftovers of a crashed process) and at shutdown.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,91 +18,26 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::{
-    ContainerSpec, Driver, DriverFuture, IOFS_CONTAINER_PATH, LABEL_MANAGED, LABEL_RUNNER, LogChunk,
-    StartedContainer,
+    ContainerSpec, Driver, DriverError, DriverFuture, EngineError, IOFS_CONTAINER_PATH, LABEL_MANAGED,
+    LABEL_RUNNER, LogChunk, StartedContainer,
 };
 
 /// Label naming the process (one random id per start) that created a container.
 pub const LABEL_INSTANCE: &str = "ferrofn.instance";
 
-/// A failed Docker operation, naming the operation and its object.
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    /// The engine could not be reached at all.
-    #[error("cannot connect to the Docker engine: {0}")]
-    Connect(#[source] bollard::errors::Error),
-    /// API version negotiation failed.
-    #[error("cannot negotiate the Docker API version: {0}")]
-    Negotiate(#[source] bollard::errors::Error),
-    /// `docker inspect <image>` failed for another reason than "no such image".
-    #[error("cannot inspect image {image}: {source}")]
-    InspectImage {
-        image: String,
-        source: bollard::errors::Error,
-    },
-    /// The image is missing and pulling it failed.
-    #[error("image {image} is not present and pulling it failed: {source}")]
-    PullImage {
-        image: String,
-        source: bollard::errors::Error,
-    },
-    /// The image is still missing after a successful pull.
-    #[error("image {image} is still missing after pulling it")]
-    ImageStillMissing { image: String },
-    /// `docker create` failed.
-    #[error("cannot create container {name} from image {image}: {source}")]
-    CreateContainer {
-        name: String,
-        image: String,
-        source: bollard::errors::Error,
-    },
-    /// `docker attach` failed.
-    #[error("cannot attach to container {name} (image {image}): {source}")]
-    AttachContainer {
-        name: String,
-        image: String,
-        source: bollard::errors::Error,
-    },
-    /// `docker start` failed.
-    #[error("cannot start container {name} (image {image}): {source}")]
-    StartContainer {
-        name: String,
-        image: String,
-        source: bollard::errors::Error,
-    },
-    /// `docker wait` failed (not a non-zero exit, which is a normal result).
-    #[error("cannot wait for container {id}: {source}")]
-    WaitContainer {
-        id: String,
-        source: bollard::errors::Error,
-    },
-    /// `docker wait` ended without reporting an exit.
-    #[error("docker wait on container {id} ended without an exit status")]
-    WaitEnded { id: String },
-    /// `docker pause` failed.
-    #[error("cannot pause container {id}: {source}")]
-    PauseContainer {
-        id: String,
-        source: bollard::errors::Error,
-    },
-    /// `docker unpause` failed.
-    #[error("cannot unpause container {id}: {source}")]
-    UnpauseContainer {
-        id: String,
-        source: bollard::errors::Error,
-    },
-    /// `docker rm -f -v` failed.
-    #[error("cannot remove container {id}: {source}")]
-    RemoveContainer {
-        id: String,
-        source: bollard::errors::Error,
-    },
-    /// Listing this runner's containers failed.
-    #[error("cannot list containers labelled {label}: {source}")]
-    ListContainers {
-        label: String,
-        source: bollard::errors::Error,
-    },
+/// Docker's errors become [`EngineError`]s here, at the edge: the status code of the engine's
+/// answer, and bollard's text unchanged (it reaches clients inside 500 / pull-failure messages).
+impl From<bollard::errors::Error> for EngineError {
+    fn from(e: bollard::errors::Error) -> Self {
+        let status = match &e {
+            bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+            _ => None,
+        };
+        EngineError {
+            status,
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Container settings that come from the runner's configuration (not from the call).
@@ -157,9 +93,12 @@ impl DockerDriver {
     /// API version, so a 20.10 engine (API 1.41) is spoken to in its own version.
     pub async fn connect(cfg: DockerDriverConfig) -> Result<Self, DriverError> {
         let docker = Docker::connect_with_local_defaults()
-            .map_err(DriverError::Connect)?
+            .map_err(|e| DriverError::Connect(e.into()))?
             .with_timeout(Duration::from_secs(60));
-        let docker = docker.negotiate_version().await.map_err(DriverError::Negotiate)?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| DriverError::Negotiate(e.into()))?;
         Ok(DockerDriver {
             docker,
             cfg,
@@ -265,7 +204,7 @@ impl DockerDriver {
                 .await
                 .map_err(|source| DriverError::ListContainers {
                     label: filter.to_string(),
-                    source,
+                    source: source.into(),
                 })?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
@@ -301,7 +240,7 @@ impl DockerDriver {
             Err(source) => {
                 return Err(DriverError::InspectImage {
                     image: image.to_string(),
-                    source,
+                    source: source.into(),
                 });
             }
         }
@@ -314,7 +253,7 @@ impl DockerDriver {
         while let Some(item) = pull.next().await {
             item.map_err(|source| DriverError::PullImage {
                 image: image.to_string(),
-                source,
+                source: source.into(),
             })?;
         }
         match self.docker.inspect_image(image).await {
@@ -324,7 +263,7 @@ impl DockerDriver {
             }),
             Err(source) => Err(DriverError::InspectImage {
                 image: image.to_string(),
-                source,
+                source: source.into(),
             }),
         }
     }
@@ -342,7 +281,7 @@ impl DockerDriver {
             .map_err(|source| DriverError::CreateContainer {
                 name: spec.name.clone(),
                 image: spec.image.clone(),
-                source,
+                source: source.into(),
             })?;
         let id = created.id;
         // Attach before start so that no early output (an init failure's message) is lost.
@@ -360,7 +299,7 @@ impl DockerDriver {
                 return Err(DriverError::AttachContainer {
                     name: spec.name.clone(),
                     image: spec.image.clone(),
-                    source,
+                    source: source.into(),
                 });
             }
         };
@@ -373,7 +312,7 @@ impl DockerDriver {
             return Err(DriverError::StartContainer {
                 name: spec.name.clone(),
                 image: spec.image.clone(),
-                source,
+                source: source.into(),
             });
         }
         debug!(container = %id, image = %spec.image, "container started");
@@ -406,7 +345,7 @@ impl DockerDriver {
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(source)) => Err(DriverError::WaitContainer {
                 id: id.to_string(),
-                source,
+                source: source.into(),
             }),
             None => Err(DriverError::WaitEnded { id: id.to_string() }),
         }
@@ -418,7 +357,7 @@ impl DockerDriver {
             .await
             .map_err(|source| DriverError::PauseContainer {
                 id: id.to_string(),
-                source,
+                source: source.into(),
             })
     }
 
@@ -428,7 +367,7 @@ impl DockerDriver {
             .await
             .map_err(|source| DriverError::UnpauseContainer {
                 id: id.to_string(),
-                source,
+                source: source.into(),
             })
     }
 
@@ -448,7 +387,7 @@ impl DockerDriver {
             }) if message.contains("already in progress") => Ok(()),
             Err(source) => Err(DriverError::RemoveContainer {
                 id: id.to_string(),
-                source,
+                source: source.into(),
             }),
         }
     }
@@ -513,5 +452,48 @@ impl Driver for DockerDriver {
     }
     fn ping(&self) -> DriverFuture<'_, bool> {
         Box::pin(async move { self.docker.ping().await.is_ok() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_keep_the_status_and_bollards_text() {
+        let answered = bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message: "manifest unknown".into(),
+        };
+        let text = answered.to_string();
+        let e = EngineError::from(answered);
+        assert_eq!(e.status, Some(404));
+        assert_eq!(e.message, text);
+        assert_eq!(
+            e.to_string(),
+            "Docker responded with status code 404: manifest unknown"
+        );
+
+        let unanswered = bollard::errors::Error::RequestTimeoutError;
+        let text = unanswered.to_string();
+        let e = EngineError::from(unanswered);
+        assert_eq!((e.status, e.message), (None, text));
+    }
+
+    #[test]
+    fn driver_errors_name_the_operation_and_its_object() {
+        let e = DriverError::PauseContainer {
+            id: "abc".into(),
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message: "container abc is not running".into(),
+            }
+            .into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot pause container abc: Docker responded with status code 409: container abc is not running"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -1,8 +1,12 @@
-//! The container driver seam: everything the agent needs from a container engine, as one trait.
+//! The container driver seam: everything the agent needs from a container engine, as one trait,
+//! and its error, [`DriverError`], which carries no engine client type: callers match on which
+//! operation failed and on the engine's status code, never on Docker's own errors.
 //! [`docker::DockerDriver`] is the real implementation (the only code that talks to Docker); unit
 //! tests of the agent plug in a fake that serves the FDK socket in-process.
 
 pub mod docker;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,7 +16,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::Stream;
 
-pub use docker::{DockerDriver, DockerDriverConfig, DriverError};
+pub use docker::{DockerDriver, DockerDriverConfig};
 
 /// Path of the iofs directory inside every function container.
 pub const IOFS_CONTAINER_PATH: &str = "/tmp/iofs";
@@ -20,6 +24,78 @@ pub const IOFS_CONTAINER_PATH: &str = "/tmp/iofs";
 pub const LABEL_RUNNER: &str = "ferrofn.runner";
 /// Label marking a container as managed by some ferrofn runner.
 pub const LABEL_MANAGED: &str = "ferrofn.managed";
+
+/// What the engine said when one of its operations failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    /// HTTP status of the engine's answer (404 no such image or container, 409 conflict, a
+    /// registry's 4xx relayed during a pull, 5xx); `None` when the engine gave no answer
+    /// (unreachable, timed out, unreadable answer).
+    pub status: Option<u16>,
+    /// The engine client's description, with the engine's own message.
+    pub message: String,
+}
+
+/// A failed driver operation: one variant per operation, naming what it was done on, with the
+/// engine's answer as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The engine could not be reached at all.
+    #[error("cannot connect to the Docker engine: {0}")]
+    Connect(#[source] EngineError),
+    /// API version negotiation failed.
+    #[error("cannot negotiate the Docker API version: {0}")]
+    Negotiate(#[source] EngineError),
+    /// `docker inspect <image>` failed for another reason than "no such image".
+    #[error("cannot inspect image {image}: {source}")]
+    InspectImage { image: String, source: EngineError },
+    /// The image is missing and pulling it failed (a registry's 4xx is in `source.status`).
+    #[error("image {image} is not present and pulling it failed: {source}")]
+    PullImage { image: String, source: EngineError },
+    /// The image is still missing after a successful pull.
+    #[error("image {image} is still missing after pulling it")]
+    ImageStillMissing { image: String },
+    /// `docker create` failed.
+    #[error("cannot create container {name} from image {image}: {source}")]
+    CreateContainer {
+        name: String,
+        image: String,
+        source: EngineError,
+    },
+    /// `docker attach` failed.
+    #[error("cannot attach to container {name} (image {image}): {source}")]
+    AttachContainer {
+        name: String,
+        image: String,
+        source: EngineError,
+    },
+    /// `docker start` failed.
+    #[error("cannot start container {name} (image {image}): {source}")]
+    StartContainer {
+        name: String,
+        image: String,
+        source: EngineError,
+    },
+    /// `docker wait` failed (not a non-zero exit, which is a normal result).
+    #[error("cannot wait for container {id}: {source}")]
+    WaitContainer { id: String, source: EngineError },
+    /// `docker wait` ended without reporting an exit.
+    #[error("docker wait on container {id} ended without an exit status")]
+    WaitEnded { id: String },
+    /// `docker pause` failed.
+    #[error("cannot pause container {id}: {source}")]
+    PauseContainer { id: String, source: EngineError },
+    /// `docker unpause` failed.
+    #[error("cannot unpause container {id}: {source}")]
+    UnpauseContainer { id: String, source: EngineError },
+    /// `docker rm -f -v` failed.
+    #[error("cannot remove container {id}: {source}")]
+    RemoveContainer { id: String, source: EngineError },
+    /// Listing this runner's containers failed.
+    #[error("cannot list containers labelled {label}: {source}")]
+    ListContainers { label: String, source: EngineError },
+}
 
 /// Everything needed to create one hot function container.
 #[derive(Debug, Clone)]

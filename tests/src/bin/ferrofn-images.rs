@@ -1,4 +1,5 @@
-//! `ferrofn-images`: builds the function images (`ferrofn/{testfn,hello,status}:latest`) on the
+//! `ferrofn-images`: builds the function images (`ferrofn/{testfn,hello,status}:<tag>`, the tag from
+//! `FERROFN_IMAGE_TAG`, else this checkout's own; `make images` sets `latest`) on the
 //! local Docker engine and prints each tag, id and size.
 //!
 //! Usage: `cargo run -p ferrofn-tests --bin ferrofn-images -- [--only testfn,hello] [--force]`

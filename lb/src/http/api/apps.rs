@@ -10,15 +10,14 @@ use http::StatusCode;
 
 use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
-use ferrofn_common::models::{App, ListResponse};
 
-use super::{list_query, parse_body, strip_server_annotations};
-use crate::http::{ApiError, SharedState, json_response};
+use super::{list_query, ok_json, page_json, parse_object};
+use crate::http::{ApiError, SharedState};
+use crate::registry::models::App;
 
 /// `POST /v2/apps`.
 pub async fn create(State(st): State<SharedState>, body: Bytes) -> Result<Response, ApiError> {
-    let mut app: App = parse_body(&body)?;
-    strip_server_annotations(&mut app.annotations);
+    let mut app: App = parse_object(&body)?;
     app.validate_create()?;
     app.id = new_id();
     // The CLI sends zero times; whatever comes in is ignored.
@@ -26,13 +25,13 @@ pub async fn create(State(st): State<SharedState>, body: Bytes) -> Result<Respon
     app.updated_at = Default::default();
     app.set_defaults();
     let app = st.registry.create_app(app).await?;
-    Ok(json_response(StatusCode::OK, &app, false))
+    Ok(ok_json(&app))
 }
 
 /// `GET /v2/apps/{app_id}`.
 pub async fn get(State(st): State<SharedState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let app = st.registry.get_app(id).await?;
-    Ok(json_response(StatusCode::OK, &app, false))
+    Ok(ok_json(&app))
 }
 
 /// `GET /v2/apps`.
@@ -41,11 +40,7 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let page = st.registry.list_apps(list_query(&q)).await?;
-    let body = ListResponse {
-        items: page.items,
-        next_cursor: page.next_cursor.unwrap_or_default(),
-    };
-    Ok(json_response(StatusCode::OK, &body, false))
+    Ok(page_json(page.items, page.next_cursor))
 }
 
 /// `PUT /v2/apps/{app_id}`: config and annotations merge (`""` deletes a key); the name is immutable.
@@ -54,8 +49,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut patch: App = parse_body(&body)?;
-    strip_server_annotations(&mut patch.annotations);
+    let patch: App = parse_object(&body)?;
     let mut app = st.registry.get_app(id.clone()).await?;
     if !patch.id.is_empty() && patch.id != id {
         return Err(FnError::new(400, "App ID in path does not match ID in body", false).into());
@@ -66,7 +60,7 @@ pub async fn update(
     app.apply_patch(&patch);
     app.validate()?;
     let app = st.registry.update_app(app).await?;
-    Ok(json_response(StatusCode::OK, &app, false))
+    Ok(ok_json(&app))
 }
 
 /// `DELETE /v2/apps/{app_id}`.

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
 use ferrofn_common::id::new_id;
-use ferrofn_common::models::{FN_INVOKE_ENDPOINT_ANNOTATION, Function, ListResponse};
 
-use super::{list_query, parse_body, strip_server_annotations};
-use crate::http::{ApiError, LbState, SharedState, json_response};
+use super::{list_query, ok_json, page_json, parse_object};
+use crate::http::{ApiError, LbState, SharedState};
+use crate::registry::models::{FN_INVOKE_ENDPOINT_ANNOTATION, Function};
 
 /// Adds the invoke endpoint annotation.
 pub fn annotate(st: &LbState, headers: &HeaderMap, mut f: Function) -> Function {
@@ -31,8 +31,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut f: Function = parse_body(&body)?;
-    strip_server_annotations(&mut f.annotations);
+    let mut f: Function = parse_object(&body)?;
     f.validate_create()?;
     // The app must exist (404 "App not found"), checked by the registry too.
     st.registry.get_app(f.app_id.clone()).await?;
@@ -41,7 +40,7 @@ pub async fn create(
     f.updated_at = Default::default();
     f.set_defaults();
     let f = st.registry.create_fn(f).await?;
-    Ok(json_response(StatusCode::OK, &annotate(&st, &headers, f), false))
+    Ok(ok_json(&annotate(&st, &headers, f)))
 }
 
 /// `GET /v2/fns/{fn_id}`.
@@ -51,7 +50,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let f = st.registry.get_fn(id).await?;
-    Ok(json_response(StatusCode::OK, &annotate(&st, &headers, f), false))
+    Ok(ok_json(&annotate(&st, &headers, f)))
 }
 
 /// `GET /v2/fns`.
@@ -66,11 +65,7 @@ pub async fn list(
         .into_iter()
         .map(|f| annotate(&st, &headers, f))
         .collect();
-    let body = ListResponse {
-        items,
-        next_cursor: page.next_cursor.unwrap_or_default(),
-    };
-    Ok(json_response(StatusCode::OK, &body, false))
+    Ok(page_json(items, page.next_cursor))
 }
 
 /// `PUT /v2/fns/{fn_id}`: a partial body merges (image and resources replace, config and
@@ -81,14 +76,13 @@ pub async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut patch: Function = parse_body(&body)?;
-    strip_server_annotations(&mut patch.annotations);
+    let patch: Function = parse_object(&body)?;
     let mut f = st.registry.get_fn(id).await?;
     f.check_immutable(&patch)?;
     f.apply_patch(&patch);
     f.validate()?;
     let f = st.registry.update_fn(f).await?;
-    Ok(json_response(StatusCode::OK, &annotate(&st, &headers, f), false))
+    Ok(ok_json(&annotate(&st, &headers, f)))
 }
 
 /// `DELETE /v2/fns/{fn_id}` (and the fn's triggers).

@@ -9,15 +9,21 @@ pub mod triggers;
 use std::collections::HashMap;
 
 use axum::Router;
+use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
+use http::StatusCode;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use ferrofn_common::error::FnError;
-use ferrofn_common::models::{Annotations, FN_INVOKE_ENDPOINT_ANNOTATION, TRIGGER_HTTP_ENDPOINT_ANNOTATION};
 
-use super::SharedState;
+use super::{SharedState, json_response};
 use crate::registry::ListQuery;
+use crate::registry::models::{
+    Annotations, App, FN_INVOKE_ENDPOINT_ANNOTATION, Function, ListResponse,
+    TRIGGER_HTTP_ENDPOINT_ANNOTATION, Trigger,
+};
 
 /// The API routes.
 pub fn routes() -> Router<SharedState> {
@@ -39,11 +45,55 @@ pub fn routes() -> Router<SharedState> {
         )
 }
 
-/// Parses a JSON body; Fn answers 400 "Invalid JSON" for anything unparsable.
-pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, FnError> {
-    serde_json::from_slice(body).map_err(|e| {
+/// An app, fn or trigger as the create and PUT handlers read it.
+pub trait ApiObject: DeserializeOwned {
+    /// Its annotations.
+    fn annotations_mut(&mut self) -> &mut Annotations;
+}
+
+impl ApiObject for App {
+    fn annotations_mut(&mut self) -> &mut Annotations {
+        &mut self.annotations
+    }
+}
+
+impl ApiObject for Function {
+    fn annotations_mut(&mut self) -> &mut Annotations {
+        &mut self.annotations
+    }
+}
+
+impl ApiObject for Trigger {
+    fn annotations_mut(&mut self) -> &mut Annotations {
+        &mut self.annotations
+    }
+}
+
+/// Parses a create or PUT body (Fn answers 400 "Invalid JSON" for anything unparsable) and drops
+/// the annotations the server makes itself, so an object echoed back by the CLI does not store
+/// them (they are recomputed on every response).
+pub fn parse_object<T: ApiObject>(body: &Bytes) -> Result<T, FnError> {
+    let mut object: T = serde_json::from_slice(body).map_err(|e| {
         tracing::debug!(error = %e, "invalid JSON body");
         FnError::invalid_json()
+    })?;
+    let annotations = object.annotations_mut();
+    annotations.remove(FN_INVOKE_ENDPOINT_ANNOTATION);
+    annotations.remove(TRIGGER_HTTP_ENDPOINT_ANNOTATION);
+    Ok(object)
+}
+
+/// A 200 with `body` as JSON and no trailing newline: the API's answers come from gin's `c.JSON`,
+/// unlike Fn's error bodies (Go's encoder, with a newline).
+pub fn ok_json<T: Serialize>(body: &T) -> Response {
+    json_response(StatusCode::OK, body, false)
+}
+
+/// A 200 list page: `{"items":[...],"next_cursor":"..."}`, the cursor left out on the last page.
+pub fn page_json<T: Serialize>(items: Vec<T>, next_cursor: Option<String>) -> Response {
+    ok_json(&ListResponse {
+        items,
+        next_cursor: next_cursor.unwrap_or_default(),
     })
 }
 
@@ -57,11 +107,4 @@ pub fn list_query(q: &HashMap<String, String>) -> ListQuery {
         app_id: s("app_id"),
         fn_id: s("fn_id"),
     }
-}
-
-/// Drops the annotations the server makes itself, so an object echoed back by the CLI does not
-/// store them (they are recomputed on every response).
-pub fn strip_server_annotations(a: &mut Annotations) {
-    a.remove(FN_INVOKE_ENDPOINT_ANNOTATION);
-    a.remove(TRIGGER_HTTP_ENDPOINT_ANNOTATION);
 }

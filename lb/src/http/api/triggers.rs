@@ -11,10 +11,10 @@ use http::{HeaderMap, StatusCode};
 
 use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
-use ferrofn_common::models::{ListResponse, TRIGGER_HTTP_ENDPOINT_ANNOTATION, Trigger};
 
-use super::{list_query, parse_body, strip_server_annotations};
-use crate::http::{ApiError, LbState, SharedState, json_response};
+use super::{list_query, ok_json, page_json, parse_object};
+use crate::http::{ApiError, LbState, SharedState};
+use crate::registry::models::{TRIGGER_HTTP_ENDPOINT_ANNOTATION, Trigger};
 
 /// Adds the HTTP endpoint annotation (needs the app's name).
 async fn annotate(st: &LbState, headers: &HeaderMap, mut t: Trigger) -> Result<Trigger, ApiError> {
@@ -40,8 +40,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut t: Trigger = parse_body(&body)?;
-    strip_server_annotations(&mut t.annotations);
+    let mut t: Trigger = parse_object(&body)?;
     t.validate_create()?;
     check_source(&t)?;
     st.registry.get_app(t.app_id.clone()).await?;
@@ -54,11 +53,7 @@ pub async fn create(
     t.updated_at = Default::default();
     t.set_defaults();
     let t = st.registry.create_trigger(t).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &annotate(&st, &headers, t).await?,
-        false,
-    ))
+    Ok(ok_json(&annotate(&st, &headers, t).await?))
 }
 
 /// `GET /v2/triggers/{trigger_id}`.
@@ -68,11 +63,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let t = st.registry.get_trigger(id).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &annotate(&st, &headers, t).await?,
-        false,
-    ))
+    Ok(ok_json(&annotate(&st, &headers, t).await?))
 }
 
 /// `GET /v2/triggers`.
@@ -86,11 +77,7 @@ pub async fn list(
     for t in page.items {
         items.push(annotate(&st, &headers, t).await?);
     }
-    let body = ListResponse {
-        items,
-        next_cursor: page.next_cursor.unwrap_or_default(),
-    };
-    Ok(json_response(StatusCode::OK, &body, false))
+    Ok(page_json(items, page.next_cursor))
 }
 
 /// `PUT /v2/triggers/{trigger_id}`: annotations merge; other non-empty fields replace.
@@ -100,8 +87,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut patch: Trigger = parse_body(&body)?;
-    strip_server_annotations(&mut patch.annotations);
+    let patch: Trigger = parse_object(&body)?;
     let mut t = st.registry.get_trigger(id.clone()).await?;
     if !patch.id.is_empty() && patch.id != id {
         return Err(FnError::new(400, "Trigger ID in path does not match ID in body", false).into());
@@ -113,11 +99,7 @@ pub async fn update(
     t.validate()?;
     check_source(&t)?;
     let t = st.registry.update_trigger(t).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &annotate(&st, &headers, t).await?,
-        false,
-    ))
+    Ok(ok_json(&annotate(&st, &headers, t).await?))
 }
 
 /// `DELETE /v2/triggers/{trigger_id}`.

@@ -1,14 +1,15 @@
 //! Fn's v2 management models (apps, fns, triggers, paged lists) with Fn's JSON names, defaults,
 //! validation messages and PUT merge rules, so the Fn CLI and an Fn API server read them unchanged.
-//! Fields that a create or PUT body may leave out are `Option`s or empty values.
+//! Fields that a create or PUT body may leave out are `Option`s or empty values. Only the LB reads
+//! them (the runner gets the call model), so they live beside the registry that stores them.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::null_default;
-use crate::datetime::DateTime;
-use crate::error::FnError;
+use ferrofn_common::call::null_default;
+use ferrofn_common::datetime::DateTime;
+use ferrofn_common::error::FnError;
 
 /// Default fn memory in MB.
 pub const DEFAULT_MEMORY_MB: u64 = 128;
@@ -190,6 +191,88 @@ fn is_path_segment(name: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || b"-_.~$&+:=@".contains(&b))
 }
 
+/// Fn's checks on the name of one kind of object. The three kinds share the checks and differ only
+/// in their messages and allowed characters.
+struct NameRule {
+    /// The kind as the length message names it.
+    kind: &'static str,
+    /// The message for an empty name.
+    missing: &'static str,
+    /// The message for a name with characters `allowed` refuses.
+    invalid: &'static str,
+    allowed: fn(&str) -> bool,
+}
+
+const APP_NAME: NameRule = NameRule {
+    kind: "App",
+    missing: "Missing Name",
+    invalid: "Invalid app name",
+    allowed: is_word_name,
+};
+
+const FN_NAME: NameRule = NameRule {
+    kind: "Fn",
+    missing: "Missing Fn name",
+    invalid: "name must be a valid string",
+    allowed: is_path_segment,
+};
+
+const TRIGGER_NAME: NameRule = NameRule {
+    kind: "Trigger",
+    missing: "Missing name on Trigger",
+    invalid: "Invalid name for Trigger",
+    allowed: is_word_name,
+};
+
+impl NameRule {
+    /// The name is not empty.
+    fn present(&self, name: &str) -> Result<(), FnError> {
+        if name.is_empty() {
+            return Err(bad_request(self.missing.into()));
+        }
+        Ok(())
+    }
+
+    /// At most [`MAX_NAME_LEN`] bytes, then only allowed characters (Fn's order).
+    fn well_formed(&self, name: &str) -> Result<(), FnError> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(bad_request(format!(
+                "{} name must be {MAX_NAME_LEN} characters or less",
+                self.kind
+            )));
+        }
+        if !(self.allowed)(name) {
+            return Err(bad_request(self.invalid.into()));
+        }
+        Ok(())
+    }
+
+    /// [`NameRule::present`], then [`NameRule::well_formed`].
+    fn check(&self, name: &str) -> Result<(), FnError> {
+        self.present(name)?;
+        self.well_formed(name)
+    }
+}
+
+/// An app or fn shape: unset or one of [`APP_SHAPES`].
+fn check_shape(shape: &str, invalid: &str) -> Result<(), FnError> {
+    if !shape.is_empty() && !APP_SHAPES.contains(&shape) {
+        return Err(bad_request(invalid.into()));
+    }
+    Ok(())
+}
+
+/// Fills the creation and update times that are still unset (all three kinds, on create).
+fn stamp_times(created_at: &mut DateTime, updated_at: &mut DateTime) {
+    let now = DateTime::now();
+    if created_at.is_zero() {
+        *created_at = now;
+    }
+    if updated_at.is_zero() {
+        *updated_at = now;
+    }
+}
+
 /// Fn's annotation rules: printable-ASCII keys of at most 128 bytes, values that are not `""` or
 /// `null` and at most 512 bytes of compact JSON, at most 100 keys.
 pub fn validate_annotations(annotations: &Annotations) -> Result<(), FnError> {
@@ -277,17 +360,7 @@ impl App {
 
     /// Fn's checks on a complete app: name, annotations, syslog URL, shape.
     pub fn validate(&self) -> Result<(), FnError> {
-        if self.name.is_empty() {
-            return Err(bad_request("Missing Name".into()));
-        }
-        if self.name.len() > MAX_NAME_LEN {
-            return Err(bad_request(format!(
-                "App name must be {MAX_NAME_LEN} characters or less"
-            )));
-        }
-        if !is_word_name(&self.name) {
-            return Err(bad_request("Invalid app name".into()));
-        }
+        APP_NAME.check(&self.name)?;
         validate_annotations(&self.annotations)?;
         if let Some(url) = self.syslog_url.as_deref().filter(|u| !u.is_empty()) {
             let scheme = url_scheme(url.trim());
@@ -297,10 +370,7 @@ impl App {
                 )));
             }
         }
-        if !self.shape.is_empty() && !APP_SHAPES.contains(&self.shape.as_str()) {
-            return Err(bad_request("Invalid app shape".into()));
-        }
-        Ok(())
+        check_shape(&self.shape, "Invalid app shape")
     }
 
     /// Applies a PUT body: merges config and annotations, sets or (with `""`) clears the syslog
@@ -319,13 +389,7 @@ impl App {
 
     /// Fills server-side values on create: creation and update times.
     pub fn set_defaults(&mut self) {
-        let now = DateTime::now();
-        if self.created_at.is_zero() {
-            self.created_at = now;
-        }
-        if self.updated_at.is_zero() {
-            self.updated_at = now;
-        }
+        stamp_times(&mut self.created_at, &mut self.updated_at);
     }
 }
 
@@ -352,13 +416,7 @@ impl Function {
         self.memory = Some(self.memory_mb());
         self.timeout = Some(self.timeout_secs());
         self.idle_timeout = Some(self.idle_timeout_secs());
-        let now = DateTime::now();
-        if self.created_at.is_zero() {
-            self.created_at = now;
-        }
-        if self.updated_at.is_zero() {
-            self.updated_at = now;
-        }
+        stamp_times(&mut self.created_at, &mut self.updated_at);
     }
 
     /// Fn's checks for a create body (defaults not yet applied).
@@ -371,17 +429,7 @@ impl Function {
 
     /// Fn's checks: name, app, image, ranges (unset values count as their defaults), annotations.
     pub fn validate(&self) -> Result<(), FnError> {
-        if self.name.is_empty() {
-            return Err(bad_request("Missing Fn name".into()));
-        }
-        if self.name.len() > MAX_NAME_LEN {
-            return Err(bad_request(format!(
-                "Fn name must be {MAX_NAME_LEN} characters or less"
-            )));
-        }
-        if !is_path_segment(&self.name) {
-            return Err(bad_request("name must be a valid string".into()));
-        }
+        FN_NAME.check(&self.name)?;
         if self.app_id.is_empty() {
             return Err(bad_request("Missing AppID on Fn".into()));
         }
@@ -403,9 +451,7 @@ impl Function {
                 "memory value is out of range. It should be between 0 and {MAX_MEMORY_MB}"
             )));
         }
-        if !self.shape.is_empty() && !APP_SHAPES.contains(&self.shape.as_str()) {
-            return Err(bad_request("Invalid fn shape".into()));
-        }
+        check_shape(&self.shape, "Invalid fn shape")?;
         validate_annotations(&self.annotations)
     }
 
@@ -461,20 +507,12 @@ impl Trigger {
 
     /// Fn's checks: name, app, fn, type `http`, source, annotations.
     pub fn validate(&self) -> Result<(), FnError> {
-        if self.name.is_empty() {
-            return Err(bad_request("Missing name on Trigger".into()));
-        }
+        // Fn checks the app between the name's presence and its form.
+        TRIGGER_NAME.present(&self.name)?;
         if self.app_id.is_empty() {
             return Err(bad_request("Missing App ID on Trigger".into()));
         }
-        if self.name.len() > MAX_NAME_LEN {
-            return Err(bad_request(format!(
-                "Trigger name must be {MAX_NAME_LEN} characters or less"
-            )));
-        }
-        if !is_word_name(&self.name) {
-            return Err(bad_request("Invalid name for Trigger".into()));
-        }
+        TRIGGER_NAME.well_formed(&self.name)?;
         if self.fn_id.is_empty() {
             return Err(bad_request("Missing Fn ID on Trigger".into()));
         }
@@ -509,13 +547,7 @@ impl Trigger {
 
     /// Fills the creation and update times.
     pub fn set_defaults(&mut self) {
-        let now = DateTime::now();
-        if self.created_at.is_zero() {
-            self.created_at = now;
-        }
-        if self.updated_at.is_zero() {
-            self.updated_at = now;
-        }
+        stamp_times(&mut self.created_at, &mut self.updated_at);
     }
 }
 
@@ -697,6 +729,18 @@ mod tests {
             "Trigger Type Not Supported"
         );
         assert_eq!(with(|t| t.source.clear()), "Missing Trigger Source");
+        assert_eq!(
+            with(|t| t.name = "x".repeat(256)),
+            "Trigger name must be 255 characters or less"
+        );
+        // Fn's order: the app is checked before the name's length.
+        assert_eq!(
+            with(|t| {
+                t.name = "x".repeat(256);
+                t.app_id.clear();
+            }),
+            "Missing App ID on Trigger"
+        );
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! Streaming mode (engage-protocol.md §5): with a runner that advertises the accept ack, the LB asks
+//! for it, sends no body frame before it, and streams request and response through bounded windows;
+//! short failures keep their status, and a NACK before the ack places the call again.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use ferrofn_proto::health::health_check_response::ServingStatus;
+use ferrofn_tests::lb_fixture::{invoke_path, setup};
+use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
+use ferrofn_tests::lb_proc::request;
+
+#[tokio::test]
+async fn accept_ack_runner_gets_the_body_only_after_acking_and_streams_back() {
+    let r = FakeRunner::start(Behaviour {
+        accept_ack: true,
+        health: Some(ServingStatus::Serving),
+        ..Behaviour::default()
+    })
+    .await
+    .unwrap();
+    let (lb, _app, f) = setup(&[&r], |s| s.placer_timeout_ms = 600).await;
+    assert!(
+        lb.handle.pool.runners()[0].supports_accept_ack(),
+        "capability learnt from Status"
+    );
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let resp = request("POST", &lb.url(&invoke_path(&f)), &BTreeMap::new(), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.len(), body.len());
+    assert!(resp.body[..] == body[..], "streamed response intact");
+    let s = &r.seen()[0];
+    assert_eq!(
+        s.try_call
+            .extensions
+            .get("ferrofn-accept-ack")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(s.frames_before_ack, Some(0), "no body frame before the ack");
+    assert!(s.frames.iter().all(|d| d.data.len() <= 10240));
+    assert!(s.frames.last().unwrap().eof);
+    // Short error answers keep their exact status in this mode too.
+    r.set(|b| b.error = Some((502, "function failed".into(), true)));
+    let resp = request("POST", &lb.url(&invoke_path(&f)), &BTreeMap::new(), "x")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 502);
+    // NACK before the ack: the call is placed again (here on the same, only runner) until the
+    // (short) placer timeout, then 503.
+    r.set(|b| b.nack = true);
+    let before = r.engaged();
+    let started = Instant::now();
+    let resp = request("POST", &lb.url(&invoke_path(&f)), &BTreeMap::new(), "x")
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.status, resp.json()["message"].clone()),
+        (503, json!("Timed out - server too busy"))
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(r.engaged() - before >= 2, "placed again after the NACK");
+    lb.stop().await;
+}
