@@ -28,9 +28,12 @@ for t in "${targets[@]}"; do
   mkdir -p "$work" "artifacts/$t"
   log="$CARGO_TARGET_DIR/fuzz-$t.log"
   echo "== fuzz: $t for ${secs}s"
+  # Inputs that once crashed (regressions/<t>) are read too: every run replays them.
+  dirs=("$work" "corpus/$t")
+  [ -d "regressions/$t" ] && dirs+=("regressions/$t")
   if "$bin_dir/$t" -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
-      -artifact_prefix="artifacts/$t/" "$work" "corpus/$t" >"$log" 2>&1; then
-    grep -E '^#[0-9]+ *DONE|stat::number_of_executed_units|stat::average_exec_per_sec' "$log" | tr '\n' ' '
+      -artifact_prefix="artifacts/$t/" "${dirs[@]}" >"$log" 2>&1; then
+    grep -E '^#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::average_exec_per_sec' "$log" | tr '\n' ' '
     echo
   else
     tail -n 40 "$log"
