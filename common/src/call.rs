@@ -369,4 +369,33 @@ mod tests {
         assert_eq!(keys, want);
         assert_eq!(v["created_at"], "0001-01-01T00:00:00.000Z");
     }
+
+    /// Found by fuzz/fuzz_targets/call_json.rs: a time finer than a millisecond decodes in full but
+    /// encodes at milliseconds (Fn's `common.DateTime` does the same), so the first re-encoding
+    /// changes the model; from there on encoding is stable.
+    #[test]
+    fn sub_millisecond_times_encode_at_millis_then_stay_stable() {
+        let m = CallModel::from_json(r#"{"id":"c","created_at":"2024-05-01T10:11:12.3451Z"}"#).unwrap();
+        let json = m.to_json();
+        assert!(
+            json.contains(r#""created_at":"2024-05-01T10:11:12.345Z""#),
+            "{json}"
+        );
+        let again = CallModel::from_json(&json).unwrap();
+        assert_ne!(again, m, "sub-millisecond digits are dropped by the encoding");
+        assert_eq!(again.created_at.to_string(), m.created_at.to_string());
+        assert_eq!(again.to_json(), json);
+        assert_eq!(CallModel::from_json(&again.to_json()).unwrap(), again);
+    }
+
+    /// Found by fuzz/fuzz_targets/call_json.rs: without serde_json's `float_roundtrip` a number in
+    /// an annotation could come back one ulp off after decode -> encode -> decode.
+    #[test]
+    fn annotation_numbers_round_trip_exactly() {
+        let text = r#"{"annotations":{"a":8.888888888888799e52,"b":5.333333333333333e125,"c":0.1}}"#;
+        let m = CallModel::from_json(text).unwrap();
+        assert_eq!(m.annotations["a"].as_f64(), Some(8.888888888888799e52));
+        let again = CallModel::from_json(&m.to_json()).unwrap();
+        assert_eq!(again, m);
+    }
 }

@@ -2,9 +2,12 @@
 //! `{"message":"..."}\n` with `Retry-After: 15` on a 503, and registry failures mapped to Fn's codes.
 
 use axum::body::Body;
+use axum::extract::{FromRequestParts, Path};
 use axum::response::{IntoResponse, Response};
+use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use ferrofn_common::error::FnError;
 
@@ -80,5 +83,74 @@ impl From<RegistryError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         error_response(&self.0)
+    }
+}
+
+/// axum's `Path` whose rejection is Fn's JSON error rather than axum's plain text: a path segment
+/// that is not UTF-8 once percent-decoded (`/v2/apps/%FF`) is a 400 `{"message":"Invalid URL: ..."}`.
+/// (Found by fuzz/fuzz_targets/api_paths.rs.)
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(ApiError(FnError::new(
+                rejection.status().as_u16(),
+                rejection.body_text(),
+                true,
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn undecodable_path_segment_is_a_json_400() {
+        async fn one(ApiPath(id): ApiPath<String>) -> String {
+            id
+        }
+        async fn two(ApiPath((app, source)): ApiPath<(String, String)>) -> String {
+            format!("{app}{source}")
+        }
+        let app = Router::new()
+            .route("/v2/apps/{app_id}", get(one))
+            .route("/t/{app}/{*source}", get(two));
+        for uri in ["/v2/apps/%FF", "/t/%C3%28/x", "/t/a/%FF%FE"] {
+            let req = http::Request::get(uri).body(Body::empty()).unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], JSON, "{uri}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let msg = v["message"].as_str().unwrap();
+            assert!(msg.starts_with("Invalid URL"), "{uri}: {msg}");
+        }
+        let req = http::Request::get("/v2/apps/%41pp").body(Body::empty()).unwrap();
+        let body = app
+            .oneshot(req)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"App");
     }
 }

@@ -4,14 +4,14 @@
 //! trigger route is.
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
 use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
 
-use super::{SharedState, error_response, full_url};
+use super::{ApiPath, SharedState, error_response, full_url};
 use crate::call::{CallRequest, headers_as_received, run_call};
 use crate::engage::CallResponse;
 
@@ -82,7 +82,11 @@ async fn invoke_inner(
 }
 
 /// `ANY /invoke/{fn_id}`.
-pub async fn invoke(State(st): State<SharedState>, Path(fn_id): Path<String>, req: Request) -> Response {
+pub async fn invoke(
+    State(st): State<SharedState>,
+    ApiPath(fn_id): ApiPath<String>,
+    req: Request,
+) -> Response {
     let call_id = new_id();
     let resp = match invoke_inner(&st, fn_id, req, &call_id).await {
         Ok(r) => r,

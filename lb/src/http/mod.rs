@@ -24,7 +24,7 @@ use crate::placer::{Placer, PlacerConfig};
 use crate::pool::RunnerPool;
 use crate::registry::Registry;
 
-pub use error::{ApiError, error_response, json_response};
+pub use error::{ApiError, ApiPath, error_response, json_response};
 
 /// The version `GET /version` reports: the Fn server version ferrofn is compatible with.
 pub const FN_COMPAT_VERSION: &str = "0.3.753";

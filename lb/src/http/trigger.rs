@@ -3,7 +3,7 @@
 //! `Fn-Call-Id` and the `Fn-Http-H-X` headers (as `X`), with the status taken from the service error
 //! or the function's `Fn-Http-Status`.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use http::{HeaderName, HeaderValue, StatusCode};
 
@@ -11,7 +11,7 @@ use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
 
 use super::invoke::with_call_id;
-use super::{ApiError, SharedState, error_response, full_url};
+use super::{ApiError, ApiPath, SharedState, error_response, full_url};
 use crate::call::run_call;
 use crate::call::{CallRequest, trigger_headers};
 use crate::engage::CallResponse;
@@ -87,7 +87,7 @@ async fn handle(st: SharedState, app_name: String, source: String, req: Request)
 /// `ANY /t/{app_name}`: source `/`.
 pub async fn trigger_root(
     State(st): State<SharedState>,
-    Path(app_name): Path<String>,
+    ApiPath(app_name): ApiPath<String>,
     req: Request,
 ) -> Response {
     handle(st, app_name, "/".into(), req).await
@@ -96,7 +96,7 @@ pub async fn trigger_root(
 /// `ANY /t/{app_name}/{*source}`: the source keeps its leading `/`.
 pub async fn trigger(
     State(st): State<SharedState>,
-    Path((app_name, source)): Path<(String, String)>,
+    ApiPath((app_name, source)): ApiPath<(String, String)>,
     req: Request,
 ) -> Response {
     handle(st, app_name, format!("/{source}"), req).await

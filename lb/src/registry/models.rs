@@ -843,4 +843,14 @@ mod tests {
         let v = serde_json::to_value(&l).unwrap();
         assert_eq!(v, json!({"items": [], "next_cursor": "cGczMA"}));
     }
+
+    /// Found by fuzz/fuzz_targets/api_bodies.rs: an annotation number must read back as itself
+    /// after the object is stored as JSON (serde_json's `float_roundtrip`).
+    #[test]
+    fn annotation_numbers_survive_storage() {
+        let f: Function = serde_json::from_str(r#"{"annotations":{"n":5.333333333333333e125}}"#).unwrap();
+        assert_eq!(f.annotations["n"].as_f64(), Some(5.333333333333333e125));
+        let back: Function = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+        assert_eq!(back, f);
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
@@ -12,7 +12,7 @@ use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
 
 use super::{list_query, ok_json, page_json, parse_object};
-use crate::http::{ApiError, SharedState};
+use crate::http::{ApiError, ApiPath, SharedState};
 use crate::registry::models::App;
 
 /// `POST /v2/apps`.
@@ -29,7 +29,7 @@ pub async fn create(State(st): State<SharedState>, body: Bytes) -> Result<Respon
 }
 
 /// `GET /v2/apps/{app_id}`.
-pub async fn get(State(st): State<SharedState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(State(st): State<SharedState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     let app = st.registry.get_app(id).await?;
     Ok(ok_json(&app))
 }
@@ -46,7 +46,7 @@ pub async fn list(
 /// `PUT /v2/apps/{app_id}`: config and annotations merge (`""` deletes a key); the name is immutable.
 pub async fn update(
     State(st): State<SharedState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let patch: App = parse_object(&body)?;
@@ -64,7 +64,10 @@ pub async fn update(
 }
 
 /// `DELETE /v2/apps/{app_id}`.
-pub async fn delete(State(st): State<SharedState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(st): State<SharedState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     st.registry.delete_app(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

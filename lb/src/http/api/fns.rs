@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -12,7 +12,7 @@ use http::{HeaderMap, StatusCode};
 use ferrofn_common::id::new_id;
 
 use super::{list_query, ok_json, page_json, parse_object};
-use crate::http::{ApiError, LbState, SharedState};
+use crate::http::{ApiError, ApiPath, LbState, SharedState};
 use crate::registry::models::{FN_INVOKE_ENDPOINT_ANNOTATION, Function};
 
 /// Adds the invoke endpoint annotation.
@@ -47,7 +47,7 @@ pub async fn create(
 pub async fn get(
     State(st): State<SharedState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let f = st.registry.get_fn(id).await?;
     Ok(ok_json(&annotate(&st, &headers, f)))
@@ -73,7 +73,7 @@ pub async fn list(
 pub async fn update(
     State(st): State<SharedState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let patch: Function = parse_object(&body)?;
@@ -86,7 +86,10 @@ pub async fn update(
 }
 
 /// `DELETE /v2/fns/{fn_id}` (and the fn's triggers).
-pub async fn delete(State(st): State<SharedState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(st): State<SharedState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     st.registry.delete_fn(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -13,7 +13,7 @@ use ferrofn_common::error::FnError;
 use ferrofn_common::id::new_id;
 
 use super::{list_query, ok_json, page_json, parse_object};
-use crate::http::{ApiError, LbState, SharedState};
+use crate::http::{ApiError, ApiPath, LbState, SharedState};
 use crate::registry::models::{TRIGGER_HTTP_ENDPOINT_ANNOTATION, Trigger};
 
 /// Adds the HTTP endpoint annotation (needs the app's name).
@@ -60,7 +60,7 @@ pub async fn create(
 pub async fn get(
     State(st): State<SharedState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let t = st.registry.get_trigger(id).await?;
     Ok(ok_json(&annotate(&st, &headers, t).await?))
@@ -84,7 +84,7 @@ pub async fn list(
 pub async fn update(
     State(st): State<SharedState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let patch: Trigger = parse_object(&body)?;
@@ -103,7 +103,10 @@ pub async fn update(
 }
 
 /// `DELETE /v2/triggers/{trigger_id}`.
-pub async fn delete(State(st): State<SharedState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(st): State<SharedState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     st.registry.delete_trigger(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
