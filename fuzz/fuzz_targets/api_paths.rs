@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::body::Body;
 use ferrofn_fuzz::{Input, runtime};
 use ferrofn_lb::config::LbSettings;
+use ferrofn_lb::http::auth::Tokens;
 use ferrofn_lb::http::{LbState, router};
 use ferrofn_lb::placer::PlacerConfig;
 use ferrofn_lb::pool::RunnerPool;
@@ -63,6 +64,9 @@ fn state() -> Arc<LbState> {
         execution_headroom: quick,
         response_head: 1024,
         sync_deadline_margin: Some(quick),
+        // Open API (as an LB on loopback without tokens): the target fuzzes the routes behind it.
+        api_tokens: Tokens::default(),
+        invoke_tokens: Tokens::default(),
     })
 }
 
