@@ -90,7 +90,6 @@ async fn exchange(
             deadline: "2030-01-01T00:00:00.000Z".into(),
             headers: vec![("Content-Type".into(), "text/plain".into())],
             body: rx,
-            full_duplex: true,
         };
         let mut resp = match conn.call(req).await {
             Ok(r) => r,

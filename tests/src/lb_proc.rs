@@ -624,15 +624,16 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl LbBinary {
-    /// Starts the binary with `args` and `env` (plus `FN_PORT` / `FERROFN_LISTEN_ADDRESS` on loopback) and
-    /// waits until it accepts connections.
+    /// Starts the binary with `args` and `env` (plus `FN_PORT=0` / `FERROFN_LISTEN_ADDRESS` on loopback)
+    /// and waits until it logs the address it listens on.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         use tokio::io::AsyncReadExt;
         let bin = lb_binary().await?;
-        let port = free_port()?;
         let mut cmd = tokio::process::Command::new(bin);
         cmd.args(args)
-            .env("FN_PORT", port.to_string())
+            // Port 0: the LB binds a free port itself and logs it (no window in which another
+            // socket can take a port picked here, as a probe-bound port could be).
+            .env("FN_PORT", "0")
             .env("FERROFN_LISTEN_ADDRESS", "127.0.0.1")
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
@@ -655,17 +656,21 @@ impl LbBinary {
                 }
             });
         }
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // The address it bound, from its "LB listening local_addr=..." line.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let bound = stderr.lock().unwrap().lines().find_map(|l| {
+                let rest = l.split("LB listening").nth(1)?;
+                rest.split("local_addr=").nth(1)?.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            });
+            if let Some(addr) = bound {
                 return Ok(Self { child, addr, stderr });
             }
             if let Some(status) = child.try_wait()? {
                 anyhow::bail!("ferrofn-lb exited early ({status}): {}", stderr.lock().unwrap());
             }
             if std::time::Instant::now() > deadline {
-                anyhow::bail!("ferrofn-lb did not listen on {addr}: {}", stderr.lock().unwrap());
+                anyhow::bail!("ferrofn-lb did not log its address within 20 s: {}", stderr.lock().unwrap());
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
