@@ -661,7 +661,12 @@ impl LbBinary {
         loop {
             let bound = stderr.lock().unwrap().lines().find_map(|l| {
                 let rest = l.split("LB listening").nth(1)?;
-                rest.split("local_addr=").nth(1)?.split_whitespace().next()?.parse::<SocketAddr>().ok()
+                rest.split("local_addr=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<SocketAddr>()
+                    .ok()
             });
             if let Some(addr) = bound {
                 return Ok(Self { child, addr, stderr });
@@ -670,7 +675,10 @@ impl LbBinary {
                 anyhow::bail!("ferrofn-lb exited early ({status}): {}", stderr.lock().unwrap());
             }
             if std::time::Instant::now() > deadline {
-                anyhow::bail!("ferrofn-lb did not log its address within 20 s: {}", stderr.lock().unwrap());
+                anyhow::bail!(
+                    "ferrofn-lb did not log its address within 20 s: {}",
+                    stderr.lock().unwrap()
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
