@@ -432,23 +432,6 @@ where
     })
 }
 
-/// [`load_layers`] without the sources: the settings alone.
-pub fn load<T>(
-    file: Option<&Path>,
-    env: &EnvSource,
-    env_map: &'static [(&'static str, &'static str)],
-    flags: impl Serialize,
-) -> Result<T, ConfigError>
-where
-    T: Serialize + DeserializeOwned + Default,
-{
-    let names = EnvNames {
-        current: env_map,
-        deprecated: &[],
-    };
-    load_layers(file, env, &names, flags).map(|l| l.settings)
-}
-
 /// The effective settings as TOML (for `--print-config` and start-up logs).
 pub fn render_toml<T: Serialize>(settings: &T) -> String {
     toml::to_string_pretty(settings)
@@ -582,6 +565,23 @@ mod tests {
         ("FN_MAX_REQUEST_SIZE", "max_request_size"),
         ("FERROFN_TLS_CERT", "tls.cert"),
     ];
+
+    /// [`load_layers`] without the sources or deprecated names: the settings alone.
+    fn load<T>(
+        file: Option<&Path>,
+        env: &EnvSource,
+        env_map: &'static [(&'static str, &'static str)],
+        flags: impl Serialize,
+    ) -> Result<T, ConfigError>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        let names = EnvNames {
+            current: env_map,
+            deprecated: &[],
+        };
+        load_layers(file, env, &names, flags).map(|l| l.settings)
+    }
 
     fn toml_file(text: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();

@@ -145,7 +145,10 @@ fn unauthorized(message: &'static str) -> Response {
 
 /// Which token set guards `path`, if any.
 fn guard<'a>(st: &'a SharedState, path: &str) -> Option<&'a Tokens> {
-    let is = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    let is = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
     if is("/v2") {
         Some(&st.api_tokens).filter(|t| !t.is_empty())
     } else if is("/invoke") || is("/t") {
