@@ -71,6 +71,16 @@ pub enum CertError {
         #[source]
         source: io::Error,
     },
+    #[error("runner name {name:?} is taken by the per-node layout (its `ca` and `lb` directories)")]
+    ReservedName { name: String },
+    #[error("cannot give {path} to uid {uid} gid {gid}: {source}")]
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What a leaf certificate is for (its extended key usage).
@@ -247,6 +257,11 @@ fn san_type(san: &str) -> Result<SanType, CertError> {
     Ok(SanType::DnsName(name))
 }
 
+/// The CA's directory in the per-node layout.
+pub const PER_NODE_CA_DIR: &str = "ca";
+/// The LB's directory in the per-node layout.
+pub const PER_NODE_LB_DIR: &str = "lb";
+
 /// What [`generate_cluster`] makes.
 #[derive(Debug, Clone)]
 pub struct ClusterCertOptions {
@@ -262,6 +277,13 @@ pub struct ClusterCertOptions {
     pub leaf_days: u32,
     /// Validity of a new CA.
     pub ca_days: u32,
+    /// One directory per node, so that each can be handed to its node alone: `ca/` (the CA's
+    /// certificate and key: for the issuer only), `lb/` (`ca.pem` and the LB's pair) and
+    /// `<runner name>/` (`ca.pem` and that runner's pair). Off: every file in `out` itself.
+    pub per_node: bool,
+    /// Give every directory and file written to this uid and gid (a job running as root that
+    /// issues the files for nodes running as another user).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for ClusterCertOptions {
@@ -272,6 +294,8 @@ impl Default for ClusterCertOptions {
             force: false,
             leaf_days: 365,
             ca_days: 3650,
+            per_node: false,
+            owner: None,
         }
     }
 }
@@ -280,6 +304,8 @@ impl Default for ClusterCertOptions {
 #[derive(Debug, Clone)]
 pub struct ClusterCerts {
     pub dir: PathBuf,
+    /// Where the CA's files are (`dir`, or `dir/ca` in the per-node layout).
+    pub ca_dir: PathBuf,
     /// False when an existing CA was reused.
     pub ca_created: bool,
     pub lb: TlsFiles,
@@ -303,12 +329,39 @@ pub fn generate_cluster(out: &Path, opts: &ClusterCertOptions) -> Result<Cluster
             return Err(CertError::RunnerName { name: name.clone() });
         }
     }
-    fs::create_dir_all(out).map_err(|source| CertError::CreateDir {
-        path: out.to_owned(),
-        source,
-    })?;
-    let ca_cert = out.join(CA_CERT_FILE);
-    let ca_key = out.join(CA_KEY_FILE);
+    if opts.per_node
+        && let Some(name) = opts
+            .runner_names
+            .iter()
+            .find(|n| [PER_NODE_CA_DIR, PER_NODE_LB_DIR].contains(&n.as_str()))
+    {
+        return Err(CertError::ReservedName { name: name.clone() });
+    }
+    let dir_of = |node: &str| {
+        if opts.per_node {
+            out.join(node)
+        } else {
+            out.to_owned()
+        }
+    };
+    let mut dirs = vec![out.to_owned()];
+    if opts.per_node {
+        dirs.extend(
+            [PER_NODE_CA_DIR, PER_NODE_LB_DIR]
+                .into_iter()
+                .chain(opts.runner_names.iter().map(String::as_str))
+                .map(|n| out.join(n)),
+        );
+    }
+    for dir in &dirs {
+        fs::create_dir_all(dir).map_err(|source| CertError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let ca_dir = dir_of(PER_NODE_CA_DIR);
+    let ca_cert = ca_dir.join(CA_CERT_FILE);
+    let ca_key = ca_dir.join(CA_KEY_FILE);
     let mut written = Vec::new();
 
     let existing = match (ca_cert.exists(), ca_key.exists()) {
@@ -340,7 +393,25 @@ pub fn generate_cluster(out: &Path, opts: &ClusterCertOptions) -> Result<Cluster
         }
     };
 
-    let lb = TlsFiles::lb_in(out);
+    // Each node's directory has its own copy of the CA's certificate (never of its key).
+    let mut ca_copy = |dir: &Path| -> Result<(), CertError> {
+        if opts.per_node {
+            let path = dir.join(CA_CERT_FILE);
+            write_file(&path, ca.cert_pem().as_bytes(), 0o644)?;
+            written.push(path);
+        }
+        Ok(())
+    };
+    let lb_dir = dir_of(PER_NODE_LB_DIR);
+    ca_copy(&lb_dir)?;
+    let mut runner_dirs = Vec::new();
+    for name in &opts.runner_names {
+        let dir = dir_of(name);
+        ca_copy(&dir)?;
+        runner_dirs.push(dir);
+    }
+
+    let lb = TlsFiles::lb_in(&lb_dir);
     ca.issue(
         LB_COMMON_NAME,
         &[LB_COMMON_NAME.to_owned()],
@@ -351,14 +422,14 @@ pub fn generate_cluster(out: &Path, opts: &ClusterCertOptions) -> Result<Cluster
     written.extend([lb.cert.clone(), lb.key.clone()]);
 
     let mut runners = Vec::new();
-    for name in &opts.runner_names {
+    for (name, dir) in opts.runner_names.iter().zip(&runner_dirs) {
         let mut sans = vec![name.clone(), "localhost".to_owned(), "127.0.0.1".to_owned()];
         for san in &opts.extra_sans {
             if !sans.contains(san) {
                 sans.push(san.clone());
             }
         }
-        let files = TlsFiles::runner_in(out, name);
+        let files = TlsFiles::runner_in(dir, name);
         ca.issue(
             &format!("ferrofn-runner-{name}"),
             &sans,
@@ -370,8 +441,20 @@ pub fn generate_cluster(out: &Path, opts: &ClusterCertOptions) -> Result<Cluster
         runners.push((name.clone(), files));
     }
 
+    if let Some((uid, gid)) = opts.owner {
+        for path in dirs.iter().chain(&written) {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| CertError::Chown {
+                path: path.clone(),
+                uid,
+                gid,
+                source,
+            })?;
+        }
+    }
+
     Ok(ClusterCerts {
         dir: out.to_owned(),
+        ca_dir,
         ca_created,
         lb,
         runners,
@@ -442,6 +525,19 @@ pub struct CertsArgs {
     /// Validity of the LB and runner certificates, in days.
     #[arg(long, value_name = "DAYS", default_value_t = 365)]
     pub days: u32,
+    /// One directory per node: DIR/ca (the CA, for this command only), DIR/lb and DIR/<runner>
+    /// (each with ca.pem and that node's pair), so each node can be given its own files alone.
+    #[arg(long)]
+    pub per_node: bool,
+    /// Give what is written to UID:GID (when issuing as root for nodes running as another user).
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
+    pub owner: Option<(u32, u32)>,
+}
+
+fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not UID:GID (two numbers)");
+    let (u, g) = s.split_once(':').ok_or_else(bad)?;
+    Ok((u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?))
 }
 
 /// Runs the `certs` subcommand and prints what it wrote.
@@ -451,15 +547,17 @@ pub fn run_certs(args: &CertsArgs) -> anyhow::Result<()> {
         extra_sans: args.sans.clone(),
         force: args.force,
         leaf_days: args.days,
+        per_node: args.per_node,
+        owner: args.owner,
         ..Default::default()
     };
     let certs = generate_cluster(&args.out, &opts)?;
     if certs.ca_created {
-        println!("created a new CA in {}", certs.dir.display());
+        println!("created a new CA in {}", certs.ca_dir.display());
     } else {
         println!(
             "reused the existing CA {}",
-            certs.dir.join(CA_CERT_FILE).display()
+            certs.ca_dir.join(CA_CERT_FILE).display()
         );
     }
     for path in &certs.written {
@@ -473,6 +571,92 @@ mod tests {
     use super::*;
     use crate::tls_files::runner_cert_file;
     use rustls::client::danger::ServerCertVerifier;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The files under `dir`, relative, sorted.
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                out.extend(tree(&e.path()).into_iter().map(|f| format!("{name}/{f}")));
+            } else {
+                out.push(name);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn per_node_layout_gives_each_node_its_own_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("certs");
+        let me = (
+            fs::metadata(dir.path()).unwrap().uid(),
+            fs::metadata(dir.path()).unwrap().gid(),
+        );
+        let opts = ClusterCertOptions {
+            runner_names: vec!["r1".into(), "r2".into()],
+            per_node: true,
+            owner: Some(me),
+            ..Default::default()
+        };
+        let made = generate_cluster(&out, &opts).unwrap();
+        assert_eq!(
+            tree(&out),
+            [
+                "ca/ca-key.pem",
+                "ca/ca.pem",
+                "lb/ca.pem",
+                "lb/lb-key.pem",
+                "lb/lb.pem",
+                "r1/ca.pem",
+                "r1/runner-r1-key.pem",
+                "r1/runner-r1.pem",
+                "r2/ca.pem",
+                "r2/runner-r2-key.pem",
+                "r2/runner-r2.pem",
+            ]
+        );
+        assert_eq!(made.lb, TlsFiles::lb_in(&out.join("lb")));
+        assert_eq!(made.runners[1].1, TlsFiles::runner_in(&out.join("r2"), "r2"));
+        let ca = fs::read(out.join("ca/ca.pem")).unwrap();
+        for node in ["lb", "r1", "r2"] {
+            assert_eq!(
+                fs::read(out.join(node).join("ca.pem")).unwrap(),
+                ca,
+                "{node}'s CA copy"
+            );
+        }
+        for f in ["ca/ca-key.pem", "lb/lb-key.pem", "r1/runner-r1-key.pem"] {
+            let m = fs::metadata(out.join(f)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");
+            assert_eq!((m.uid(), m.gid()), me, "{f} owner");
+        }
+        // A second run keeps the CA (now in ca/) and re-issues the leaves from it.
+        let again = generate_cluster(&out, &opts).unwrap();
+        assert!(!again.ca_created);
+        assert_eq!(fs::read(out.join("r1/ca.pem")).unwrap(), ca);
+        // The layout's own directory names cannot be runner names.
+        let clash = ClusterCertOptions {
+            runner_names: vec!["lb".into()],
+            per_node: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            generate_cluster(&out, &clash),
+            Err(CertError::ReservedName { .. })
+        ));
+    }
+
+    #[test]
+    fn owner_flag_parses_uid_and_gid() {
+        assert_eq!(parse_owner("65532:65532"), Ok((65532, 65532)));
+        assert!(parse_owner("65532").is_err());
+        assert!(parse_owner("a:1").is_err());
+    }
 
     #[test]
     fn cluster_files_keys_0600_and_ca_reused() {

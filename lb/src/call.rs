@@ -189,6 +189,7 @@ pub async fn run_call(
         body: std::sync::Arc::new(Mutex::new(body_state)),
         max_request: st.max_request,
         head_limit: st.response_head,
+        pool: st.pool.clone(),
     };
     let pool = st.pool.clone();
     let result = place(

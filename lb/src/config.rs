@@ -46,6 +46,7 @@ pub const ENV_NAMES: EnvNames = EnvNames {
             "FERROFN_RUNNER_KEEPALIVE_TIMEOUT_MSECS",
             "runner_keepalive_timeout_ms",
         ),
+        ("FERROFN_RUNNER_ANSWER_TIMEOUT_MSECS", "runner_answer_timeout_ms"),
         ("FN_LOG_LEVEL", "log_level"),
         ("FN_LOG_FORMAT", "log_format"),
         ("FERROFN_API_TOKEN", "api_token"),
@@ -161,6 +162,11 @@ pub struct LbSettings {
     pub runner_keepalive_ms: u64,
     /// How long a ping may go unanswered before the connection (and its calls) is dropped, ms.
     pub runner_keepalive_timeout_ms: u64,
+    /// How long a ferrofn runner may take to answer an Engage stream (its response headers) once
+    /// the TryCall left, ms: past it the call goes to another runner and this one is avoided until
+    /// it answers again (a runner cut off the network is left within this, not after the keepalive
+    /// verdict). 0 = off. Fn runners are never timed this way (they answer with their first message).
+    pub runner_answer_timeout_ms: u64,
     /// Default log level when `RUST_LOG` is unset.
     pub log_level: String,
     /// Log line format.
@@ -210,6 +216,9 @@ impl Default for LbSettings {
             sync_deadline_margin_ms: crate::engage::DEFAULT_SYNC_DEADLINE_MARGIN.as_millis() as u64,
             runner_keepalive_ms: ChannelOptions::default().keepalive_interval.as_millis() as u64,
             runner_keepalive_timeout_ms: ChannelOptions::default().keepalive_timeout.as_millis() as u64,
+            runner_answer_timeout_ms: ChannelOptions::default()
+                .answer_timeout
+                .map_or(0, |d| d.as_millis() as u64),
             log_level: "info".into(),
             log_format: LogFormat::Human,
             api_token: String::new(),
@@ -309,6 +318,8 @@ impl LbSettings {
         ChannelOptions {
             keepalive_interval: Duration::from_millis(self.runner_keepalive_ms),
             keepalive_timeout: Duration::from_millis(self.runner_keepalive_timeout_ms),
+            answer_timeout: (self.runner_answer_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.runner_answer_timeout_ms)),
             ..ChannelOptions::default()
         }
     }

@@ -50,26 +50,6 @@ enum Command {
     },
 }
 
-/// `GET path` over a plain socket (no HTTP client in a scratch image): Ok on a 200.
-async fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    let text = String::from_utf8_lossy(&out);
-    let status = text.lines().next().unwrap_or_default();
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b.trim());
-    anyhow::ensure!(
-        status.starts_with("HTTP/1.1 200"),
-        "GET {path} on {addr} answered {status:?} {body}"
-    );
-    Ok(())
-}
-
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,12 +90,8 @@ fn run() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let limit = std::time::Duration::from_millis(*timeout_ms);
-            return rt.block_on(async {
-                let path = if *ready { "/health/ready" } else { "/health/live" };
-                tokio::time::timeout(limit, probe(&addr, path))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no answer from {addr} within {limit:?}"))?
-            });
+            let path = if *ready { "/health/ready" } else { "/health/live" };
+            return rt.block_on(ferrofn_common::probe::http_ok(&addr, path, limit));
         }
         None => {}
     }

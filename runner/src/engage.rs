@@ -447,6 +447,11 @@ async fn run_call(
         s = ctx.agent.get_slot(call) => s?,
         _ = &mut lb_gone => return Err(abort_err(&protocol_error)),
     };
+    // A stream the LB gave up on while the call waited (cancelled, or re-placed because this
+    // runner answered too late) must not start the function once it has a slot.
+    if tx.is_closed() {
+        return Err(abort_err(&protocol_error));
+    }
     let mut slot = slot;
     times.started = DateTime::now();
     if slot.launched_for_this_call() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::server::{HealthReporter, HealthService};
 use tracing::{info, warn};
 
 use crate::driver::Driver;
@@ -21,6 +21,34 @@ pub(crate) async fn set_health(reporter: &HealthReporter, status: ServingStatus)
     reporter
         .set_service_status(ferrofn_proto::SERVICE_NAME, status)
         .await;
+}
+
+/// `GET /health/ready` on the HTTP port: 200 while the gRPC health is SERVING (Docker reachable,
+/// not draining), 503 otherwise: the same verdict as the gRPC health an LB probes, for a health
+/// check next to the runner that holds no client certificate.
+pub(crate) async fn ready_answer(
+    health: &HealthService,
+) -> (http::StatusCode, axum::Json<serde_json::Value>) {
+    use ferrofn_proto::health::HealthCheckRequest;
+    use ferrofn_proto::health::health_server::Health;
+    let req = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    let serving = health
+        .check(req)
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32);
+    if serving {
+        (
+            http::StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+    } else {
+        (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"message": "not serving: Docker unreachable or draining"})),
+        )
+    }
 }
 
 /// Marks the runner NOT_SERVING (drain).
@@ -67,13 +95,11 @@ pub(crate) async fn watch_docker(
 mod tests {
     use std::sync::atomic::Ordering;
 
+    use super::*;
+    use crate::driver::fake::PingOnlyDriver;
     use ferrofn_proto::health::HealthCheckRequest;
     use ferrofn_proto::health::health_server::Health;
     use tonic::Request;
-    use tonic_health::server::HealthService;
-
-    use super::*;
-    use crate::driver::fake::PingOnlyDriver;
 
     async fn status(svc: &HealthService) -> i32 {
         svc.check(Request::new(HealthCheckRequest {

@@ -63,9 +63,19 @@ struct ProbeArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 3000)]
     timeout_ms: u64,
+    /// Check `GET /health/ready` on the runner's HTTP port at HOST:PORT instead (the same verdict,
+    /// plaintext, no client certificate: for a health check beside the runner, which must not hold
+    /// the LB's key).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["ca", "cert", "key"])]
+    http: Option<String>,
 }
 
 async fn probe(args: &ProbeArgs) -> anyhow::Result<bool> {
+    if let Some(addr) = &args.http {
+        let limit = Duration::from_millis(args.timeout_ms);
+        ferrofn_common::probe::http_ok(addr, "/health/ready", limit).await?;
+        return Ok(true);
+    }
     let tls = match (&args.ca, &args.cert, &args.key) {
         (Some(ca), Some(cert), Some(key)) => Some(ClientTls::new(TlsFiles::new(ca, cert, key))?),
         (None, None, None) => None,
@@ -125,13 +135,16 @@ fn run() -> anyhow::Result<ExitCode> {
             return Ok(match rt.block_on(probe(args)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => {
-                    eprintln!("runner at {} is not serving", args.addr);
+                    eprintln!(
+                        "runner at {} is not serving",
+                        args.http.as_ref().unwrap_or(&args.addr)
+                    );
                     ExitCode::FAILURE
                 }
                 Err(e) => {
                     eprintln!(
                         "ferrofn-runner: probe of {} failed: {}",
-                        args.addr,
+                        args.http.as_ref().unwrap_or(&args.addr),
                         ferrofn_common::exit::report(&e)
                     );
                     ExitCode::FAILURE

@@ -330,7 +330,20 @@ pub async fn start(settings: &RunnerSettings, shutdown: Shutdown) -> Result<Runn
             .route(
                 "/version",
                 axum::routing::get(|| async { format!("{{\"version\":\"{}\"}}", env!("CARGO_PKG_VERSION")) }),
-            );
+            )
+            .route(
+                "/health/live",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "live"})) }),
+            )
+            .route("/health/ready", {
+                let health = Arc::new(tonic_health::server::HealthService::from_health_reporter(
+                    reporter.clone(),
+                ));
+                axum::routing::get(move || {
+                    let health = health.clone();
+                    async move { crate::health::ready_answer(&health).await }
+                })
+            });
         tokio::spawn(async move {
             let served = axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

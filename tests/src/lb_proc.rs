@@ -236,6 +236,9 @@ pub mod fake_runner {
         pub run_ms: u64,
         /// After the body, end the stream cleanly without CallFinished (a broken runner).
         pub end_without_finish: bool,
+        /// Never answer an Engage stream (no response headers: a runner cut off or stalled), while
+        /// the Status and health RPCs still answer.
+        pub silent: bool,
     }
 
     impl Default for Behaviour {
@@ -254,6 +257,7 @@ pub mod fake_runner {
                 response_size: None,
                 run_ms: 0,
                 end_without_finish: false,
+                silent: false,
             }
         }
     }
@@ -451,6 +455,9 @@ pub mod fake_runner {
 
         async fn engage(&self, req: Request<Streaming<ClientMsg>>) -> Result<Response<Out>, Status> {
             self.0.engaged.fetch_add(1, Ordering::SeqCst);
+            if self.0.behaviour().silent {
+                std::future::pending::<()>().await;
+            }
             let mut seen = Seen::default();
             for kv in req.metadata().iter() {
                 if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {

@@ -21,6 +21,12 @@ const ANSWER_BOUND: Duration = Duration::from_secs(FN_TIMEOUT as u64 + 15);
 /// accepted calls answer 502, the others are placed again, so the normal answer bound holds (the
 /// LB's per-call deadline, fn timeout + 30 s, is only the backstop).
 const SILENT_RUNNER_BOUND: Duration = ANSWER_BOUND;
+/// What the function itself takes per call (the body's `sleepTime`).
+const CALL_WORK: Duration = Duration::from_millis(50);
+/// Issue 10, point 5: a call not in flight on the failed runner takes at most its own work plus
+/// this. A call sent to the cut-off runner after the cut is left unanswered there and goes to
+/// another runner after the LB's answer timeout (200 ms), well before the keepalive verdict.
+const FAULT_LATENCY_MARGIN: Duration = Duration::from_millis(300);
 const WORKERS: usize = 6;
 /// Upper bound on the calls of one test (the tests stop the load long before).
 const MAX_CALLS: usize = 5000;
@@ -220,11 +226,17 @@ async fn runner_cut_off_the_network_is_avoided_and_used_again_after_reconnect() 
         describe_failures(&outcomes)
     );
     // A call placed on the silent runner after the cut was never accepted by it: the LB places it
-    // again once the connection is declared dead, so it succeeds.
+    // again once the runner leaves it unanswered, so it succeeds, and soon.
     ensure!(
         failed_after_cut == 0,
         "{failed_after_cut} call(s) sent after the cut failed: {}",
         describe_failures(&outcomes)
+    );
+    let bound = CALL_WORK + FAULT_LATENCY_MARGIN;
+    ensure!(
+        slowest_after_cut.is_some_and(|t| t <= bound),
+        "a call sent between the cut and the LB's verdict took {slowest_after_cut:?}, over {bound:?} \
+         (its own work + {FAULT_LATENCY_MARGIN:?})"
     );
     cluster.down().await
 }

@@ -27,7 +27,8 @@ use tokio::sync::Semaphore;
 
 use ferrofn_tests::images::TESTFN_IMAGE;
 use ferrofn_tests::load::{
-    ConnWatch, LoadConfig, LoadRun, ProcCluster, RunnerCounters, count_lines, load_secs, tail,
+    ConnWatch, LoadConfig, LoadRun, ProcCluster, RunnerCounters, count_lines, load_secs, metric_sum, scrape,
+    tail,
 };
 use ferrofn_tests::runner_proc::{RunnerProc, eventually};
 
@@ -68,6 +69,17 @@ fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
 
+/// Engage streams the LB gave up on because a runner did not answer them in time (each one a call
+/// placed again): a live runner under load should leave none; TryCalls per call bound them.
+async fn lb_unanswered(c: &ProcCluster) -> Result<f64> {
+    let text = scrape(c.lb.addr).await?;
+    Ok(metric_sum(
+        &text,
+        "lb_engage_open_retries_total",
+        &[("class", "no_answer")],
+    ))
+}
+
 /// One client count on a running cluster: the load, then its checks. Returns the problems found.
 async fn scenario(c: &ProcCluster, clients: usize, secs: u64) -> Result<Vec<String>> {
     let n = c.runners.len();
@@ -75,6 +87,7 @@ async fn scenario(c: &ProcCluster, clients: usize, secs: u64) -> Result<Vec<Stri
     let what = format!("{n} runner(s) {tls} {clients} clients");
     let sockets_before = c.sockets()?;
     let c0 = c.counters().await?;
+    let unanswered0 = lb_unanswered(c).await?;
     let watch = ConnWatch::start(c.runners.iter().map(|r| r.grpc_addr).collect());
     let cfg = LoadConfig {
         addr: c.lb.addr,
@@ -92,6 +105,7 @@ async fn scenario(c: &ProcCluster, clients: usize, secs: u64) -> Result<Vec<Stri
     let t2 = Instant::now();
     let report = run.stop(REQUEST_TIMEOUT + PROMPT).await?;
     let c1 = c.counters().await?;
+    let unanswered = lb_unanswered(c).await? - unanswered0;
     let seen = watch.stop().await;
     let sockets_after = c.sockets()?;
 
@@ -120,7 +134,7 @@ async fn scenario(c: &ProcCluster, clients: usize, secs: u64) -> Result<Vec<Stri
         .collect();
     println!(
         "LOAD runners={n} tls={tls:5} clients={clients:3} calls={:6} failures={:5} trycalls/call={:.2}{} \
-         nacks={nacks:6} p50={} p99={} max={} conns(seen/at start)={:?}/{:?} statuses={:?} transport={}",
+         nacks={nacks:6} unanswered={unanswered} p50={} p99={} max={} conns(seen/at start)={:?}/{:?} statuses={:?} transport={}",
         all.calls,
         all.failures(),
         per_call,

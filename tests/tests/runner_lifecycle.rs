@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bollard::Docker;
 use ferrofn_proto::health::health_check_response::ServingStatus;
 use ferrofn_proto::health::{HealthCheckRequest, health_client::HealthClient};
@@ -69,6 +69,10 @@ async fn sigterm_drains_in_flight_calls_nacks_new_ones_and_removes_containers() 
         }
     })
     .await?;
+    // The HTTP port's readiness (what `probe --http` checks) follows the gRPC health.
+    let http = runner.http_addr.to_string();
+    let ready = || ferrofn_common::probe::http_ok(&http, "/health/ready", Duration::from_secs(2));
+    ready().await.context("/health/ready of a serving runner")?;
     runner.sigterm()?;
     eventually("health NOT_SERVING", Duration::from_secs(5), || async {
         health(&runner)
@@ -77,6 +81,9 @@ async fn sigterm_drains_in_flight_calls_nacks_new_ones_and_removes_containers() 
             .unwrap_or(false)
     })
     .await?;
+    let not_ready = ready().await.expect_err("a draining runner is not ready");
+    assert!(not_ready.to_string().contains("503"), "{not_ready}");
+    ferrofn_common::probe::http_ok(&http, "/health/live", Duration::from_secs(2)).await?;
     let mut client = runner.client().await?;
     let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(2), &[], |_| {});
     let r = engage(&mut client, &call, b"{}", EngageOpts::default()).await?;
@@ -137,28 +144,33 @@ async fn probe_subcommand_reports_health() -> Result<()> {
     let docker = docker_with(&[]).await?;
     let runner = RunnerProc::start(&[]).await?;
     let bin = ensure_runner_binary().await?;
-    let probe = |addr: String| {
+    // `--addr` probes the gRPC health, `--http` the HTTP port's /health/ready.
+    let probe = |flag: &'static str, addr: String| {
         let bin = bin.clone();
         async move {
             tokio::process::Command::new(bin)
-                .args(["probe", "--addr", &addr, "--timeout-ms", "2000"])
+                .args(["probe", flag, &addr, "--timeout-ms", "2000"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .await
         }
     };
-    assert!(
-        probe(runner.grpc_addr.to_string()).await?.success(),
-        "probe of a serving runner failed"
-    );
-    let addr = runner.grpc_addr.to_string();
+    let (grpc, http) = (runner.grpc_addr.to_string(), runner.http_addr.to_string());
+    for (flag, addr) in [("--addr", &grpc), ("--http", &http)] {
+        assert!(
+            probe(flag, addr.clone()).await?.success(),
+            "probe {flag} of a serving runner failed"
+        );
+    }
     finish(&docker, runner).await?;
-    assert_eq!(
-        probe(addr).await?.code(),
-        Some(1),
-        "probe of a stopped runner must exit 1"
-    );
+    for (flag, addr) in [("--addr", grpc), ("--http", http)] {
+        assert_eq!(
+            probe(flag, addr).await?.code(),
+            Some(1),
+            "probe {flag} of a stopped runner must exit 1"
+        );
+    }
     Ok(())
 }
 

@@ -42,7 +42,7 @@ use ferrofn_proto::{
 };
 
 use crate::placer::Attempt;
-use crate::pool::{InFlight, Runner, RunnerState};
+use crate::pool::{InFlight, Runner, RunnerPool, RunnerState};
 
 /// Default response bytes held before the LB commits to a status and starts streaming (ack mode).
 pub const HEAD_BUFFER: usize = 64 * 1024;
@@ -92,6 +92,8 @@ pub struct EngageCall {
     pub max_request: u64,
     /// Response head held before streaming (ack mode): errors within it keep their exact status.
     pub head_limit: usize,
+    /// The pool the call is placed on (is there another runner to leave a silent one for?).
+    pub pool: Arc<RunnerPool>,
 }
 
 /// The HTTP answer of a committed call.
@@ -247,16 +249,19 @@ pub fn classify_open_failure(s: &tonic::Status, try_sent: bool, ack_mode: bool) 
 pub(crate) struct RunnerStream {
     inner: Option<tonic::Streaming<RunnerMsg>>,
     finished: bool,
+    /// Told of every message (the runner is alive).
+    runner: Arc<Runner>,
 }
 
 /// How long a finished call's stream is read for its trailers before it is dropped anyway.
 const TRAILERS_LIMIT: Duration = Duration::from_secs(10);
 
 impl RunnerStream {
-    pub(crate) fn new(s: tonic::Streaming<RunnerMsg>) -> Self {
+    pub(crate) fn new(s: tonic::Streaming<RunnerMsg>, runner: Arc<Runner>) -> Self {
         Self {
             inner: Some(s),
             finished: false,
+            runner,
         }
     }
 
@@ -268,8 +273,11 @@ impl RunnerStream {
         match &r {
             Ok(Some(RunnerMsg {
                 body: Some(runner_msg::Body::Finished(_)),
-            })) => self.finished = true,
-            Ok(Some(_)) => {}
+            })) => {
+                self.finished = true;
+                self.runner.heard();
+            }
+            Ok(Some(_)) => self.runner.heard(),
             // The end, or a broken stream: nothing left to read either way.
             Ok(None) | Err(_) => self.inner = None,
         }
@@ -422,9 +430,14 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
     // The transport polls the TryCall (always the first message) out of the queue only once the
     // stream is open on a live connection: until then a failure cannot have reached the runner.
     let try_sent = Arc::new(AtomicBool::new(false));
+    let try_left = Arc::new(tokio::sync::Notify::new());
     let outbound = {
-        let try_sent = try_sent.clone();
-        ReceiverStream::new(rx).inspect(move |_| try_sent.store(true, Ordering::Release))
+        let (try_sent, try_left) = (try_sent.clone(), try_left.clone());
+        ReceiverStream::new(rx).inspect(move |_| {
+            if !try_sent.swap(true, Ordering::AcqRel) {
+                try_left.notify_one();
+            }
+        })
     };
     let mut req = tonic::Request::new(outbound);
     if let Ok(v) = MetadataValue::try_from(call.call_id.as_str()) {
@@ -449,24 +462,44 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
     };
 
     let mut client = runner.client();
+    let open = client.engage(req);
     // An Fn runner sends its response headers only with its first message, so for a sync call the
     // open can last as long as the function: the deadline bounds it too.
-    let opened = match deadline {
-        Some(d) => match tokio::time::timeout_at(d, client.engage(req)).await {
-            Ok(r) => r,
-            Err(_) if try_sent.load(Ordering::Acquire) => {
+    let past_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    // A ferrofn runner answers at once, before queueing the call: silence once the TryCall left
+    // means a runner cut off or stalled, and the call it never acknowledged never ran.
+    let answer_timeout = runner.answer_timeout().filter(|_| ack_mode);
+    let unanswered = async {
+        match answer_timeout {
+            Some(t) => {
+                try_left.notified().await;
+                silent_for(&runner, t, &call.pool).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let opened = tokio::select! {
+        r = open => r,
+        () = unanswered => return no_answer(&runner, answer_timeout.unwrap_or_default()),
+        () = past_deadline => {
+            if try_sent.load(Ordering::Acquire) {
                 return Attempt::Placed(Err(deadline_passed(&runner, call)));
             }
-            Err(_) => {
-                tracing::info!(runner = %runner.addr(), "engage open timed out before the TryCall left; trying the next runner");
-                runner.set_state(RunnerState::Down, "engage open timed out before the TryCall left");
-                return Attempt::NotPlaced(FnError::server_busy());
-            }
-        },
-        None => client.engage(req).await,
+            tracing::info!(runner = %runner.addr(), "engage open timed out before the TryCall left; trying the next runner");
+            runner.set_state(RunnerState::Down, "engage open timed out before the TryCall left");
+            return Attempt::NotPlaced(FnError::server_busy());
+        }
     };
     let stream = match opened {
-        Ok(resp) => RunnerStream::new(resp.into_inner()),
+        Ok(resp) => {
+            runner.mark_answered();
+            RunnerStream::new(resp.into_inner(), runner.clone())
+        }
         Err(s) => {
             let sent = try_sent.load(Ordering::Acquire);
             let class = classify_open_failure(&s, sent, ack_mode);
@@ -523,6 +556,44 @@ pub(crate) struct Engaged<'a> {
 fn connection_lost(runner: &Runner, s: &tonic::Status) -> Attempt<CallResponse, FnError> {
     tracing::info!(runner = %runner.addr(), error = %s, "connection lost before the runner accepted the call; placing it again");
     metrics::counter!("lb_engage_open_retries_total", "class" => "connection_lost").increment(1);
+    Attempt::NotPlaced(FnError::server_busy())
+}
+
+/// Resolves once `runner` has sent nothing at all (on this stream, on any other, to a probe) for
+/// `t` since now, and another runner is up and answering. A runner that is merely loaded keeps
+/// sending on its other streams, so it is never left; with nowhere else to go the call waits here
+/// (for the keepalive verdict, or the answer).
+async fn silent_for(runner: &Runner, t: Duration, pool: &RunnerPool) {
+    let left = Instant::now();
+    loop {
+        let quiet = runner.quiet_for().min(left.elapsed());
+        if quiet < t {
+            tokio::time::sleep(t - quiet).await;
+            continue;
+        }
+        // Let the connection read what may already be waiting (a starved LB wakes its timers and
+        // its sockets together) before judging.
+        tokio::time::sleep(JUDGE_PAUSE).await;
+        if runner.quiet_for() >= t && pool.answering_alternative(runner) {
+            return;
+        }
+        if runner.quiet_for() >= t {
+            tokio::time::sleep(t).await;
+        }
+    }
+}
+
+/// See [`silent_for`].
+const JUDGE_PAUSE: Duration = Duration::from_millis(5);
+
+/// An accept-ack runner left the stream unanswered past `waited` after the TryCall left: dropping
+/// the stream resets it (a runner that is merely slow cancels the call before accepting it), the
+/// runner is avoided until it answers again, and the call goes to the next runner.
+fn no_answer(runner: &Runner, waited: Duration) -> Attempt<CallResponse, FnError> {
+    tracing::info!(runner = %runner.addr(), waited_ms = waited.as_millis() as u64,
+        "runner did not answer the Engage stream; placing the call again");
+    runner.mark_unanswered();
+    metrics::counter!("lb_engage_open_retries_total", "class" => "no_answer").increment(1);
     Attempt::NotPlaced(FnError::server_busy())
 }
 

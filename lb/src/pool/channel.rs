@@ -24,6 +24,11 @@ pub const RESET_STREAMS_REMEMBERED: usize = 4096;
 /// their trailers, cancelled ones are remembered above), so reaching it means a broken runner.
 pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
+/// Default of [`ChannelOptions::answer_timeout`]: far above a live runner's answer (well under a
+/// millisecond on a LAN; the load test counts the re-placements it causes, expected 0), and short
+/// enough that a call meeting a silent runner is still served within a few hundred ms elsewhere.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Connection tuning shared by every runner channel.
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelOptions {
@@ -35,6 +40,11 @@ pub struct ChannelOptions {
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered.
     pub keepalive_timeout: Duration,
+    /// How long an accept-ack (ferrofn) runner may take to send an Engage stream's response
+    /// headers once the TryCall left; `None` = no bound. A ferrofn runner answers a stream at once,
+    /// before it queues the call for a container, so silence means a runner that is cut off or
+    /// stalled: the call (not accepted, so it never ran) is placed again at once.
+    pub answer_timeout: Option<Duration>,
 }
 
 impl Default for ChannelOptions {
@@ -43,6 +53,7 @@ impl Default for ChannelOptions {
             connect_timeout: Duration::from_millis(500),
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(5),
+            answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
         }
     }
 }

@@ -100,6 +100,8 @@ pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
     let status = client.status(req).await.map(tonic::Response::into_inner);
     if let Ok(s) = &status {
         r.set_accept_ack(advertises_accept_ack(s));
+        // It answered on the same connection the Engage streams use.
+        r.mark_answered();
     }
     let health = match &status {
         Ok(s) if s.failed => None,

@@ -48,6 +48,13 @@ impl RunnerState {
     }
 }
 
+/// The origin of [`Runner`]'s last-heard times.
+static EPOCH: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
+fn since_epoch_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
 /// One runner of the pool.
 #[derive(Debug)]
 pub struct Runner {
@@ -56,6 +63,14 @@ pub struct Runner {
     state: AtomicU8,
     in_flight: AtomicU64,
     accept_ack: AtomicBool,
+    /// Set when an Engage stream went unanswered past the answer timeout; cleared by the next
+    /// answered stream or a passed health probe. An Up runner so marked is tried only when no
+    /// other runner is up and answering.
+    unanswered: AtomicBool,
+    answer_timeout: Option<std::time::Duration>,
+    /// When the LB last heard from the runner (any Engage message, an answered stream or probe),
+    /// in ms since [`EPOCH`].
+    heard_ms: AtomicU64,
     /// Shared with the pool: woken whenever a call ends (for the shutdown drain).
     call_ended: Arc<tokio::sync::Notify>,
 }
@@ -72,13 +87,21 @@ impl Drop for InFlight {
 }
 
 impl Runner {
-    fn new(addr: String, channel: Channel, call_ended: Arc<tokio::sync::Notify>) -> Self {
+    fn new(
+        addr: String,
+        channel: Channel,
+        opts: &ChannelOptions,
+        call_ended: Arc<tokio::sync::Notify>,
+    ) -> Self {
         Self {
             addr,
             channel,
             state: AtomicU8::new(RunnerState::Up as u8),
             in_flight: AtomicU64::new(0),
             accept_ack: AtomicBool::new(false),
+            unanswered: AtomicBool::new(false),
+            answer_timeout: opts.answer_timeout,
+            heard_ms: AtomicU64::new(since_epoch_ms()),
             call_ended,
         }
     }
@@ -135,6 +158,44 @@ impl Runner {
     pub fn set_accept_ack(&self, yes: bool) {
         self.accept_ack.store(yes, Ordering::Release);
     }
+
+    /// The bound on an accept-ack runner's answer to an Engage stream ([`ChannelOptions`]).
+    pub fn answer_timeout(&self) -> Option<std::time::Duration> {
+        self.answer_timeout
+    }
+
+    /// Records an Engage stream left unanswered past the answer timeout.
+    pub fn mark_unanswered(&self) {
+        if !self.unanswered.swap(true, Ordering::AcqRel) {
+            tracing::warn!(runner = %self.addr, "runner did not answer an Engage stream in time: avoided until it answers again");
+            metrics::gauge!("lb_runner_unanswered", "runner" => self.addr.clone()).set(1.0);
+        }
+    }
+
+    /// Records that the runner sent something (cheap: one store).
+    pub fn heard(&self) {
+        self.heard_ms.store(since_epoch_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the runner has been silent on every stream and probe.
+    pub fn quiet_for(&self) -> std::time::Duration {
+        let last = self.heard_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(since_epoch_ms().saturating_sub(last))
+    }
+
+    /// Records an answer (an Engage stream opened, or a health probe passed).
+    pub fn mark_answered(&self) {
+        self.heard();
+        if self.unanswered.load(Ordering::Acquire) && self.unanswered.swap(false, Ordering::AcqRel) {
+            tracing::info!(runner = %self.addr, "runner answers again");
+            metrics::gauge!("lb_runner_unanswered", "runner" => self.addr.clone()).set(0.0);
+        }
+    }
+
+    /// True while marked by [`Runner::mark_unanswered`].
+    pub fn is_unanswered(&self) -> bool {
+        self.unanswered.load(Ordering::Acquire)
+    }
 }
 
 /// The pool.
@@ -181,7 +242,12 @@ impl RunnerPool {
                 Some(r) => next.push(r.clone()),
                 None => {
                     let ch = channel::runner_channel(addr, self.tls.clone(), self.opts)?;
-                    next.push(Arc::new(Runner::new(addr.clone(), ch, self.call_ended.clone())));
+                    next.push(Arc::new(Runner::new(
+                        addr.clone(),
+                        ch,
+                        &self.opts,
+                        self.call_ended.clone(),
+                    )));
                 }
             }
         }
@@ -195,20 +261,32 @@ impl RunnerPool {
         self.runners.read_unpoisoned().clone()
     }
 
-    /// What the placer sees: every runner with its eligibility and load.
+    /// What the placer sees: every runner with its eligibility and load. Up runners are eligible,
+    /// except one that left a stream unanswered while another up runner answers.
     pub fn snapshot(&self) -> Vec<(Candidate, Arc<Runner>)> {
-        self.runners()
+        let runners = self.runners();
+        let up = |r: &Runner| r.state() == RunnerState::Up;
+        let some_answer = runners.iter().any(|r| up(r) && !r.is_unanswered());
+        runners
             .iter()
             .map(|r| {
                 (
                     Candidate {
-                        eligible: r.state() == RunnerState::Up,
+                        eligible: up(r) && !(some_answer && r.is_unanswered()),
                         load: r.in_flight(),
                     },
                     r.clone(),
                 )
             })
             .collect()
+    }
+
+    /// True when a runner other than `not` is up and answering (somewhere else to place a call
+    /// that `not` leaves unanswered).
+    pub fn answering_alternative(&self, not: &Runner) -> bool {
+        self.runners()
+            .iter()
+            .any(|r| !std::ptr::eq(&**r, not) && r.state() == RunnerState::Up && !r.is_unanswered())
     }
 
     /// Calls in flight on all runners.
