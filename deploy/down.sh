@@ -38,7 +38,8 @@ if [[ ${#fn_containers[@]} -gt 0 ]]; then
 fi
 
 # Compose names them <project>_<name>; `down --volumes` removes them, this covers an interrupted down.
-for v in certs lb-data; do
+# `certs` is the single certificate volume of earlier releases.
+for v in certs-ca certs-lb "${RUNNER_SERVICES[@]/#/certs-}" certs lb-data; do
   docker volume rm "${FERROFN_CLUSTER}_$v" >/dev/null 2>&1 || true
 done
 docker network rm "${FERROFN_CLUSTER}_cluster" >/dev/null 2>&1 || true

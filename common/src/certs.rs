@@ -281,8 +281,8 @@ pub struct ClusterCertOptions {
     /// certificate and key: for the issuer only), `lb/` (`ca.pem` and the LB's pair) and
     /// `<runner name>/` (`ca.pem` and that runner's pair). Off: every file in `out` itself.
     pub per_node: bool,
-    /// Give every directory and file written to this uid and gid (a job running as root that
-    /// issues the files for nodes running as another user).
+    /// Give the files written to this uid and gid (a job running as root that issues the files
+    /// for nodes running as another user); in the per-node layout the CA's files stay the issuer's.
     pub owner: Option<(u32, u32)>,
 }
 
@@ -442,7 +442,12 @@ pub fn generate_cluster(out: &Path, opts: &ClusterCertOptions) -> Result<Cluster
     }
 
     if let Some((uid, gid)) = opts.owner {
-        for path in dirs.iter().chain(&written) {
+        // The files only: directories stay with the issuer, who can then write them again without
+        // any privilege but CAP_CHOWN; so do the CA's own files in the per-node layout.
+        let for_nodes = written
+            .iter()
+            .filter(|p| !(opts.per_node && p.starts_with(&ca_dir)));
+        for path in for_nodes {
             std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| CertError::Chown {
                 path: path.clone(),
                 uid,

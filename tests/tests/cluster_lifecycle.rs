@@ -1,6 +1,8 @@
 //! Lifecycle of the compose cluster of `deploy/`: the LB keeps apps and fns across a restart (its
 //! SQLite file lives in a volume), and `deploy/down.sh` leaves nothing behind, not even the function
-//! containers of a runner that was killed and so could not remove them itself.
+//! containers of a runner that was killed and so could not remove them itself. Least privilege
+//! (issue 13, point 3): each node holds only its own key and the CA certificate, the CA key only
+//! the job that issues certificates.
 
 use std::time::Duration;
 
@@ -9,6 +11,125 @@ use bytes::Bytes;
 
 use ferrofn_tests::cluster::{Cluster, RUNNERS, docker};
 use ferrofn_tests::images::{HELLO_IMAGE, TESTFN_IMAGE};
+
+/// The files a container sees under `dir`, sorted (copied out of the container's own view of its
+/// filesystem, mounts included).
+async fn files_in(container: &str, dir: &str) -> Result<Vec<String>> {
+    let tmp = tempfile::tempdir()?;
+    let dest = tmp.path().join("copy");
+    docker(&["cp", &format!("{container}:{dir}"), &dest.display().to_string()]).await?;
+    let mut names: Vec<String> = std::fs::read_dir(&dest)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// `docker inspect`: the names of the volumes mounted in `container`.
+async fn volumes_of(container: &str) -> Result<Vec<String>> {
+    let out = docker(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{if .Name}}{{.Name}} {{end}}{{end}}",
+        container,
+    ])
+    .await?;
+    Ok(out.split_whitespace().map(str::to_owned).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_node_holds_only_its_own_key_and_no_node_the_ca_key() -> Result<()> {
+    let cluster = Cluster::up().await?;
+    let ca_volume = format!("{}_certs-ca", cluster.project);
+
+    let lb = cluster.container("lb").await?;
+    ensure!(
+        files_in(&lb, "/certs").await? == ["ca.pem", "lb-key.pem", "lb.pem"],
+        "the LB sees {:?} in /certs",
+        files_in(&lb, "/certs").await?
+    );
+    ensure!(
+        !volumes_of(&lb).await?.contains(&ca_volume),
+        "the LB mounts the CA's volume"
+    );
+    for runner in RUNNERS {
+        let id = cluster.container(runner).await?;
+        let want = [
+            "ca.pem".to_owned(),
+            format!("runner-{runner}-key.pem"),
+            format!("runner-{runner}.pem"),
+        ];
+        let seen = files_in(&id, "/certs").await?;
+        ensure!(seen == want, "{runner} sees {seen:?} in /certs, want {want:?}");
+        ensure!(
+            !volumes_of(&id).await?.contains(&ca_volume),
+            "{runner} mounts the CA's volume"
+        );
+    }
+
+    // From inside a runner: the LB's client identity is not there to take, and the runner's own
+    // (server) certificate is refused as a client by another runner.
+    let r1 = cluster.container(RUNNERS[0]).await?;
+    let other = format!("{}:9190", RUNNERS[1]);
+    let as_lb = docker(&[
+        "exec",
+        &r1,
+        "/ferrofn-runner",
+        "probe",
+        "--addr",
+        &other,
+        "--ca",
+        "/certs/ca.pem",
+        "--cert",
+        "/certs/lb.pem",
+        "--key",
+        "/certs/lb-key.pem",
+        "--timeout-ms",
+        "3000",
+    ])
+    .await
+    .expect_err("a runner must not hold the LB's certificate");
+    ensure!(
+        format!("{as_lb:#}").contains("lb.pem"),
+        "the probe should fail on the missing LB files: {as_lb:#}"
+    );
+    let own_cert = format!("/certs/runner-{}.pem", RUNNERS[0]);
+    let own_key = format!("/certs/runner-{}-key.pem", RUNNERS[0]);
+    docker(&[
+        "exec",
+        &r1,
+        "/ferrofn-runner",
+        "probe",
+        "--addr",
+        &other,
+        "--ca",
+        "/certs/ca.pem",
+        "--cert",
+        &own_cert,
+        "--key",
+        &own_key,
+        "--timeout-ms",
+        "3000",
+    ])
+    .await
+    .expect_err("a runner's server certificate must not pass as a client certificate");
+
+    // The issuer kept the CA key in its own volume, and the cluster works on these files.
+    let certs = cluster.compose(&["ps", "-a", "-q", "certs"]).await?;
+    let certs = certs.trim();
+    ensure!(
+        volumes_of(certs).await?.contains(&ca_volume),
+        "the certs job has the CA volume"
+    );
+    let hello = cluster
+        .register("priv", "hello", HELLO_IMAGE.as_str(), 30)
+        .await?;
+    let r = cluster
+        .invoke(&hello, Bytes::from_static(br#"{"name":"least"}"#))
+        .await?;
+    ensure!(r.status == 200, "a call over mTLS: {} {}", r.status, r.text());
+    cluster.down().await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lb_restart_keeps_apps_and_fns() -> Result<()> {
