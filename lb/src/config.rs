@@ -60,6 +60,10 @@ pub const ENV_NAMES: EnvNames = EnvNames {
             "request_header_read_timeout_secs",
         ),
         ("FERROFN_MAX_CONNECTIONS", "max_connections"),
+        (
+            "FERROFN_REQUEST_BODY_IDLE_TIMEOUT_MSECS",
+            "request_body_idle_timeout_ms",
+        ),
     ],
     // Names of earlier releases that looked like Fn's without being Fn's.
     deprecated: &[
@@ -190,6 +194,10 @@ pub struct LbSettings {
     pub request_header_read_timeout_secs: u64,
     /// Client connections served at once; more are closed at accept (0 = no limit).
     pub max_connections: u64,
+    /// How long a request body may stall while the LB waits for it, ms (slowloris bodies): the
+    /// call is answered 408 and the connection closed. Time the LB spends not reading (the
+    /// function applying back-pressure) does not count. 0 = no bound.
+    pub request_body_idle_timeout_ms: u64,
 }
 
 impl Default for LbSettings {
@@ -229,6 +237,7 @@ impl Default for LbSettings {
             max_request_header_size: 64 * 1024,
             request_header_read_timeout_secs: 10,
             max_connections: 10_000,
+            request_body_idle_timeout_ms: 10_000,
         }
     }
 }

@@ -27,6 +27,8 @@ struct ConnLimits {
     header_timeout: Duration,
     /// Connections served at once (more are closed at accept).
     connections: usize,
+    /// Longest stall of a request body while the LB waits for it (`None`: unbounded).
+    body_idle: Option<Duration>,
 }
 
 /// The accept loop: HTTP/1.1 (and h2c) per connection with the header limits, a cap on open
@@ -69,8 +71,15 @@ async fn serve(listener: TcpListener, app: axum::Router, limits: ConnLimits, sto
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection failed");
         }
+        let svc = tower::ServiceBuilder::new()
+            .option_layer(
+                limits
+                    .body_idle
+                    .map(tower_http::timeout::RequestBodyTimeoutLayer::new),
+            )
+            .service(app.clone());
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app.clone()))
+            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(svc))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -204,6 +213,8 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
         header_bytes: usize::try_from(settings.max_request_header_size).unwrap_or(usize::MAX),
         header_timeout: Duration::from_secs(settings.request_header_read_timeout_secs),
         connections: usize::try_from(settings.max_connections).unwrap_or(usize::MAX),
+        body_idle: Some(Duration::from_millis(settings.request_body_idle_timeout_ms))
+            .filter(|d| !d.is_zero()),
     };
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {

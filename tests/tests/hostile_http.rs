@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use serde_json::json;
+
+use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
 use ferrofn_tests::lb_proc::{LbProc, json as call};
 
 /// Sends `raw` on a new connection and reads until the server closes it or `limit` passes; returns
@@ -138,6 +141,91 @@ async fn slowloris_headers_are_cut_off_and_others_are_served() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A fn on a fake runner (accept-ack: the body streams to it; without: the LB reads it whole
+/// first, as towards an Fn runner); returns the LB (body idle timeout 1 s) and the invoke path.
+async fn lb_with_fn(accept_ack: bool) -> (LbProc, FakeRunner, String) {
+    let runner = FakeRunner::start(Behaviour {
+        accept_ack,
+        ..Behaviour::default()
+    })
+    .await
+    .unwrap();
+    let lb = LbProc::start(|s| {
+        s.runner_addresses = vec![runner.address()];
+        s.request_body_idle_timeout_ms = 1_000;
+    })
+    .await
+    .unwrap();
+    let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "slow"})))
+        .await
+        .unwrap()
+        .json();
+    let f = call(
+        "POST",
+        &lb.url("/v2/fns"),
+        Some(json!({"app_id": app["id"], "name": "slowfn", "image": "local/slow:1", "timeout": 30})),
+    )
+    .await
+    .unwrap()
+    .json();
+    let path = format!("/invoke/{}", f["id"].as_str().unwrap());
+    for _ in 0..250 {
+        if lb.handle.pool.runners()[0].supports_accept_ack() == accept_ack {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (lb, runner, path)
+}
+
+/// `lb_request_body_timeouts_total` (the recorder is shared by the LBs of this test binary).
+async fn body_timeouts(lb: &LbProc) -> f64 {
+    let m = call("GET", &lb.url("/metrics"), None).await.unwrap().text();
+    ferrofn_tests::load::metric_sum(&m, "lb_request_body_timeouts_total", &[])
+}
+
+#[tokio::test]
+async fn slowloris_bodies_get_408_and_their_connection_closed() {
+    for accept_ack in [false, true] {
+        let (lb, runner, path) = lb_with_fn(accept_ack).await;
+        let before = body_timeouts(&lb).await;
+        // 10 of the 100 bytes announced, then nothing.
+        let raw = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789");
+        let slow = tokio::spawn({
+            let addr = lb.addr();
+            async move { exchange(addr, raw.as_bytes(), Duration::from_secs(10)).await }
+        });
+        // Meanwhile a well-behaved client gets its call served.
+        let r = call("POST", &lb.url(&path), Some(json!({"ok": true})))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.json()),
+            (200, json!({"ok": true})),
+            "ack={accept_ack}"
+        );
+        let (status, text, closed) = slow.await.unwrap();
+        assert_eq!(status, 408, "ack={accept_ack}: {text}");
+        assert!(text.contains("Timed out waiting for the request body"), "{text}");
+        let closed = closed.unwrap_or_else(|| panic!("ack={accept_ack}: the stalled connection stayed open"));
+        assert!(closed < Duration::from_secs(5), "ack={accept_ack}: {closed:?}");
+        let complete = runner
+            .seen()
+            .iter()
+            .filter(|s| s.frames.iter().any(|f| f.eof))
+            .count();
+        assert_eq!(
+            complete, 1,
+            "ack={accept_ack}: only the well-behaved body reached the runner whole"
+        );
+        assert!(
+            body_timeouts(&lb).await >= before + 1.0,
+            "ack={accept_ack}: counted"
+        );
+        lb.stop().await;
+    }
 }
 
 #[tokio::test]

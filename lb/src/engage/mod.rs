@@ -350,14 +350,27 @@ pub(crate) fn data_msg(data: Bytes, eof: bool) -> ClientMsg {
 }
 
 /// Reads a whole body, failing with 413 past `max` (0 = unlimited): covers chunked bodies too.
+/// The answer to a client whose request body could not be read: 408 when it stalled past the
+/// LB's body idle timeout (`FERROFN_REQUEST_BODY_IDLE_TIMEOUT_MSECS`), 400 when it broke.
+pub(crate) fn body_read_failed(e: &axum::Error) -> FnError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            tracing::info!("request body stalled past the idle timeout: answering 408");
+            metrics::counter!("lb_request_body_timeouts_total").increment(1);
+            return FnError::new(408, "Timed out waiting for the request body", true);
+        }
+        cause = c.source();
+    }
+    tracing::debug!(error = %e, "reading the request body failed");
+    FnError::new(400, "Failed to read the request body", true)
+}
+
 pub async fn read_limited(body: Body, max: u64) -> Result<Bytes, FnError> {
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            tracing::debug!(error = %e, "reading the request body failed");
-            FnError::internal()
-        })?;
+        let chunk = chunk.map_err(|e| body_read_failed(&e))?;
         buf.extend_from_slice(&chunk);
         if max > 0 && buf.len() as u64 > max {
             return Err(FnError::request_too_large(buf.len() as u64, max));

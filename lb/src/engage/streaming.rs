@@ -172,8 +172,7 @@ async fn pump_body(body: Body, tx: mpsc::Sender<ClientMsg>, max: u64, over: ones
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(error = %e, "client body read failed");
-                let _ = over.send(FnError::internal());
+                let _ = over.send(super::body_read_failed(&e));
                 return;
             }
         };
