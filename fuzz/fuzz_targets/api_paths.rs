@@ -13,7 +13,7 @@ use axum::body::Body;
 use ferrofn_fuzz::{Input, runtime};
 use ferrofn_lb::config::LbSettings;
 use ferrofn_lb::http::auth::Tokens;
-use ferrofn_lb::http::{LbState, router};
+use ferrofn_lb::http::{LbState, MetricsOn, router};
 use ferrofn_lb::placer::PlacerConfig;
 use ferrofn_lb::pool::RunnerPool;
 use ferrofn_lb::registry::Registry;
@@ -108,7 +108,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     runtime().block_on(async {
-        let app = router(state());
+        let app = router(state(), MetricsOn::Main);
         for (method, uri, body) in requests {
             let api = uri.starts_with("/v2/");
             let (status, out) = send(&app, method.clone(), &uri, body).await;

@@ -64,6 +64,7 @@ pub const ENV_NAMES: EnvNames = EnvNames {
             "FERROFN_REQUEST_BODY_IDLE_TIMEOUT_MSECS",
             "request_body_idle_timeout_ms",
         ),
+        ("FERROFN_METRICS_ADDRESS", "metrics_address"),
     ],
     // Names of earlier releases that looked like Fn's without being Fn's.
     deprecated: &[
@@ -198,6 +199,10 @@ pub struct LbSettings {
     /// call is answered 408 and the connection closed. Time the LB spends not reading (the
     /// function applying back-pressure) does not count. 0 = no bound.
     pub request_body_idle_timeout_ms: u64,
+    /// `host:port` of a listener of its own for `/metrics` (and `/health/*`), without a token:
+    /// keep it on a private address. Set, the main listener answers `/metrics` with 404.
+    /// "" = `/metrics` on the main listener.
+    pub metrics_address: String,
 }
 
 impl Default for LbSettings {
@@ -238,6 +243,7 @@ impl Default for LbSettings {
             request_header_read_timeout_secs: 10,
             max_connections: 10_000,
             request_body_idle_timeout_ms: 10_000,
+            metrics_address: String::new(),
         }
     }
 }
@@ -261,6 +267,9 @@ impl LbSettings {
         check_listen_address("listen_address", &self.listen_address)?;
         for addr in self.runner_list() {
             check_host_port("runner_addresses", &addr)?;
+        }
+        if !self.metrics_address.is_empty() {
+            check_host_port("metrics_address", &self.metrics_address)?;
         }
         crate::placer::from_name(&self.placer, self.placer_load_factor)
             .map_err(|e| BadSetting::new("placer", e.to_string()))?;

@@ -13,7 +13,7 @@ use ferrofn_common::tls::{ClientTls, TlsFiles};
 
 use crate::config::LbSettings;
 use crate::http::auth::Tokens;
-use crate::http::{LbState, router};
+use crate::http::{LbState, MetricsOn, metrics_router, router};
 use crate::placer;
 use crate::pool::{RunnerPool, health};
 use crate::registry::{CachedRegistry, Registry, SqliteRegistry, cache, sqlite::db_path};
@@ -132,6 +132,8 @@ pub struct LbHandle {
     pub pool: Arc<RunnerPool>,
     /// The shared state.
     pub state: Arc<LbState>,
+    /// Where `/metrics` has a listener of its own (`FERROFN_METRICS_ADDRESS`).
+    pub metrics_addr: Option<SocketAddr>,
     /// The server task.
     pub task: JoinHandle<()>,
 }
@@ -208,7 +210,42 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
         shutdown.token(),
     );
 
-    let app = router(state.clone());
+    let metrics_listener = if settings.metrics_address.is_empty() {
+        None
+    } else {
+        let addr = &settings.metrics_address;
+        let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let local = l.local_addr().map_err(|source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        Some((l, local))
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, a)| *a);
+    let app = router(
+        state.clone(),
+        if metrics_addr.is_some() {
+            MetricsOn::Separate
+        } else {
+            MetricsOn::Main
+        },
+    );
+    if let Some((l, local)) = metrics_listener {
+        let app = metrics_router(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tracing::info!(local_addr = %local, "LB metrics listening");
+            let served = axum::serve(l, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     let limits = ConnLimits {
         header_bytes: usize::try_from(settings.max_request_header_size).unwrap_or(usize::MAX),
         header_timeout: Duration::from_secs(settings.request_header_read_timeout_secs),
@@ -226,6 +263,7 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
         shutdown,
         pool,
         state,
+        metrics_addr,
         task,
     })
 }

@@ -172,3 +172,32 @@ async fn a_non_loopback_lb_without_a_token_refuses_to_start() {
         );
     }
 }
+
+#[tokio::test]
+async fn metrics_on_a_listener_of_their_own_leave_the_main_port() {
+    let lb = LbProc::start(|s| {
+        s.api_token = "sekret".into();
+        s.metrics_address = "127.0.0.1:0".into();
+    })
+    .await
+    .unwrap();
+    let metrics = lb.handle.metrics_addr.expect("a metrics listener");
+    assert_ne!(metrics, lb.addr());
+    // The main port no longer serves them (to anyone, with a token or not)...
+    for token in [None, Some("sekret")] {
+        let r = get(&lb.url("/metrics"), token).await;
+        assert_eq!(r.status, 404, "main /metrics with {token:?}: {}", r.text());
+    }
+    // ...the metrics listener does, and the health endpoints, and nothing else.
+    let r = get(&format!("http://{metrics}/metrics"), None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("lb_http_requests_total"), "{}", r.text());
+    assert_eq!(
+        get(&format!("http://{metrics}/health/live"), None).await.status,
+        200
+    );
+    let r = get(&format!("http://{metrics}/v2/apps"), Some("sekret")).await;
+    assert_eq!(r.status, 404, "the API is not on the metrics listener");
+    assert!(r.json()["message"].is_string(), "Fn's error shape: {}", r.text());
+    lb.stop().await;
+}

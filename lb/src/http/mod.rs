@@ -137,6 +137,17 @@ async fn ready(State(st): State<SharedState>) -> Response {
     json_response(code, &body, false)
 }
 
+/// The router of the separate metrics listener (`FERROFN_METRICS_ADDRESS`): `/metrics` and the
+/// health endpoints, no token (keep that listener on a private address).
+pub fn metrics_router(state: SharedState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -181,15 +192,27 @@ async fn count_requests(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsOn {
+    /// On the main listener, with everything else (the default).
+    Main,
+    /// On a listener of its own ([`metrics_router`]); the main one answers 404.
+    Separate,
+}
+
 /// The LB router.
-pub fn router(state: SharedState) -> Router {
-    Router::new()
+pub fn router(state: SharedState, metrics_on: MetricsOn) -> Router {
+    let base = Router::new()
         .route("/", get(root))
         .route("/version", get(version))
         .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .merge(api::routes())
+        .route("/health/ready", get(ready));
+    let base = match metrics_on {
+        MetricsOn::Main => base.route("/metrics", get(metrics)),
+        MetricsOn::Separate => base,
+    };
+    base.merge(api::routes())
         .route("/invoke/{fn_id}", any(invoke::invoke))
         .route("/t/{app_name}", any(trigger::trigger_root))
         .route("/t/{app_name}/{*source}", any(trigger::trigger))
