@@ -6,7 +6,8 @@
 //! - memory beyond the fn's limit: the kernel kills the function, the call gets Fn's 502 `error
 //!   receiving function response`, the next call runs in a new container;
 //! - a stdout/stderr flood: the call succeeds, its log is capped at `FN_MAX_LOG_SIZE_BYTES` (one
-//!   truncation line), the runner's memory and log stay small;
+//!   truncation line), the runner's memory and log stay small; output between calls (a background
+//!   flood) is capped the same way, per stretch between two calls;
 //! - connecting to the Docker socket (not mounted) or to the runner's gRPC port (network `none`):
 //!   both fail; the same probe from a container on the bridge network reaches the port, so the probe
 //!   itself works.
@@ -99,7 +100,9 @@ async fn writes_to_the_root_filesystem_fail_and_tmp_is_writable() -> Result<()> 
         )
         .await?;
         assert!(ok, "{code} {msg}");
-        let error = doc["data"][format!("{path}.create_error")].as_str().unwrap_or_default();
+        let error = doc["data"][format!("{path}.create_error")]
+            .as_str()
+            .unwrap_or_default();
         eprintln!("create {path}: {error}");
         assert!(error.contains("Read-only file system"), "{path}: {}", doc["data"]);
         neighbour_served(&mut client, path).await?;
@@ -111,7 +114,10 @@ async fn writes_to_the_root_filesystem_fail_and_tmp_is_writable() -> Result<()> 
         json!({"createFile": "/tmp/scratch", "createFileSize": 1 << 20}),
     )
     .await?;
-    assert!(ok && doc["data"].get("/tmp/scratch.create_error").is_none(), "{doc}");
+    assert!(
+        ok && doc["data"].get("/tmp/scratch.create_error").is_none(),
+        "{doc}"
+    );
     runner.drain_and_check(&docker).await
 }
 
@@ -132,7 +138,10 @@ async fn memory_beyond_the_limit_gets_502_and_a_new_container() -> Result<()> {
     );
     let (ok, code, msg, _) = hostile?;
     neighbour?;
-    assert_eq!((ok, code, msg.as_str()), (false, 502, "error receiving function response"));
+    assert_eq!(
+        (ok, code, msg.as_str()),
+        (false, 502, "error receiving function response")
+    );
     assert!(
         runner.logs().contains("exited with 137"),
         "no exit 137 in the runner log"
@@ -180,7 +189,10 @@ async fn an_output_flood_is_capped_and_the_runner_stays_small() -> Result<()> {
     );
     let (ok, code, msg, doc) = flood.await??;
     assert!(ok, "{code} {msg}");
-    assert_eq!(doc["data"]["floodOutput"], json!({"stdout": FLOOD, "stderr": FLOOD}));
+    assert_eq!(
+        doc["data"]["floodOutput"],
+        json!({"stdout": FLOOD, "stderr": FLOOD})
+    );
     let took = started.elapsed();
 
     let grown = rss_of(runner.pid()).saturating_sub(rss);
@@ -193,8 +205,50 @@ async fn an_output_flood_is_capped_and_the_runner_stays_small() -> Result<()> {
     );
     assert!(grown < 32 << 20, "runner RSS grew by {grown} bytes");
     // The cap plus one line per log record's fields: far below the flood.
-    assert!(logged < 2 << 20, "the runner logged {logged} bytes of a 512 MiB flood");
+    assert!(
+        logged < 2 << 20,
+        "the runner logged {logged} bytes of a 512 MiB flood"
+    );
     neighbour_served(&mut client, "after").await?;
+    runner.drain_and_check(&docker).await
+}
+
+#[tokio::test]
+async fn an_output_flood_between_calls_is_capped_too() -> Result<()> {
+    const FLOOD: u64 = 64 << 20;
+    let (docker, runner) = start_with_testfn(&[("FN_MAX_LOG_SIZE_BYTES", "65536")]).await?;
+    let mut client = runner.client().await?;
+    let log_before = runner.logs().len();
+
+    // The function answers, then floods stderr from a thread once the call is over.
+    let (ok, code, msg, _) = call(&mut client, 6, 128, json!({ "floodOutputAfter": FLOOD })).await?;
+    assert!(ok, "{code} {msg}");
+    ferrofn_tests::runner_proc::eventually("the cap between calls reached", Duration::from_secs(60), || {
+        let logs = runner.logs();
+        async move { logs.contains("max log size 65536 bytes exceeded between calls, truncating log") }
+    })
+    .await?;
+    neighbour_served(&mut client, "during the flood").await?;
+    // The function says when its flood is over (each of these calls is capped on its own).
+    ferrofn_tests::runner_proc::eventually("the background flood done", Duration::from_secs(60), || {
+        let mut client = client.clone();
+        async move {
+            call(&mut client, 6, 128, json!({}))
+                .await
+                .is_ok_and(|(_, _, _, doc)| doc["data"]["backgroundFlood"] == "done")
+        }
+    })
+    .await?;
+    let logged = runner.logs().len() - log_before;
+    eprintln!(
+        "background flood of {} MiB: runner log growth {} KiB",
+        FLOOD >> 20,
+        logged >> 10
+    );
+    assert!(
+        logged < 8 << 20,
+        "the runner logged {logged} bytes of a 64 MiB flood"
+    );
     runner.drain_and_check(&docker).await
 }
 
@@ -237,7 +291,9 @@ async fn the_docker_socket_and_the_runner_port_are_out_of_reach() -> Result<()> 
         let error = data[format!("{t}.connect_error")].as_str().unwrap_or_default();
         assert!(!error.is_empty(), "{t} reached from the function: {data}");
     }
-    let socket_error = data["unix:/var/run/docker.sock.connect_error"].as_str().unwrap_or_default();
+    let socket_error = data["unix:/var/run/docker.sock.connect_error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(socket_error.contains("No such file"), "{data}");
     let tcp_error = data[format!("tcp:{gateway}:{port}.connect_error")]
         .as_str()

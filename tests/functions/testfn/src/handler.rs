@@ -124,6 +124,12 @@ pub async fn handle(req: Request) -> Response {
     if knobs.flood_output > 0 {
         data.insert("floodOutput".into(), hostile::flood_output(knobs.flood_output));
     }
+    if knobs.flood_output_after > 0 {
+        hostile::flood_output_later(knobs.flood_output_after);
+    }
+    if let Some(state) = hostile::background_flood() {
+        data.insert("backgroundFlood".into(), json!(state));
+    }
     for target in &knobs.connect {
         match hostile::connect(target) {
             Ok(()) => data.insert(format!("{target}.connect_output"), json!("connected")),

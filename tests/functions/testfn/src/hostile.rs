@@ -74,6 +74,45 @@ pub fn flood_output(bytes: u64) -> Value {
     json!({"stdout": written[0], "stderr": written[1]})
 }
 
+/// State of the background flood: 0 none, 1 waiting or writing, 2 done.
+static BACKGROUND: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Floods stderr with `bytes` from a thread, starting one second after the call (well after the
+/// runner stopped attributing output to it): output between calls. One at a time.
+pub fn flood_output_later(bytes: u64) {
+    use std::sync::atomic::Ordering;
+    if BACKGROUND
+        .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+        && BACKGROUND
+            .compare_exchange(2, 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+    {
+        return;
+    }
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        let mut line = [b'z'; 1024];
+        line[1023] = b'\n';
+        let mut err = std::io::stderr().lock();
+        let mut written = 0u64;
+        while written < bytes && err.write_all(&line).is_ok() {
+            written += line.len() as u64;
+        }
+        let _ = err.flush();
+        BACKGROUND.store(2, Ordering::SeqCst);
+    });
+}
+
+/// `"running"` or `"done"` once a background flood was asked for.
+pub fn background_flood() -> Option<&'static str> {
+    match BACKGROUND.load(std::sync::atomic::Ordering::SeqCst) {
+        1 => Some("running"),
+        2 => Some("done"),
+        _ => None,
+    }
+}
+
 /// Tries to connect to `target`: `unix:<path>` or `tcp:<host:port>` (2 s bound). Returns `Ok(())`
 /// when the connection was established (and closes it), else the error as text.
 pub fn connect(target: &str) -> Result<(), String> {

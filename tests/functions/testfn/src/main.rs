@@ -24,7 +24,9 @@
 //! - Hostile behaviours, each reported in `data` (see `hostile.rs`): `forkBomb` (N) starts up to N
 //!   sleeping copies of the binary until the kernel refuses one (`data.forkBomb = {"spawned",
 //!   "error"}`); `floodOutput` (bytes) writes that much to stdout and as much to stderr
-//!   (`data.floodOutput`); `connect` (`unix:<path>` / `tcp:<ip:port>`, one or a list) tries each
+//!   (`data.floodOutput`); `floodOutputAfter` (bytes) writes that much to stderr from a thread a
+//!   second after the call, i.e. between calls (every later answer reports
+//!   `data.backgroundFlood`: `"running"` / `"done"`); `connect` (`unix:<path>` / `tcp:<ip:port>`, one or a list) tries each
 //!   (`data["<target>.connect_output"] = "connected"` or `data["<target>.connect_error"]`).
 //!   Memory beyond the fn's limit is `allocateMemory`, a write to the root filesystem `createFile`.
 //!
