@@ -3,8 +3,9 @@
 //! - a fork bomb: stopped by the pids limit (`FN_MAX_PIDS`, 50): the kernel refuses the next
 //!   process (EAGAIN), the call itself answers 200 with what it managed;
 //! - writes to the root filesystem: `Read-only file system` (os error 30); `/tmp` is a tmpfs;
-//! - memory beyond the fn's limit: the kernel kills the function, the call gets Fn's 502 `error
-//!   receiving function response`, the next call runs in a new container;
+//! - memory beyond the fn's limit (allocated, or written to the `/tmp` tmpfs): the kernel kills the
+//!   function, the call gets Fn's 502 `error receiving function response`, the next call runs in a
+//!   new container;
 //! - a stdout/stderr flood: the call succeeds, its log is capped at `FN_MAX_LOG_SIZE_BYTES` (one
 //!   truncation line), the runner's memory and log stay small; output between calls (a background
 //!   flood) is capped the same way, per stretch between two calls;
@@ -153,6 +154,24 @@ async fn memory_beyond_the_limit_gets_502_and_a_new_container() -> Result<()> {
     let second = docker_id(&doc.to_string().into_bytes());
     assert!(!second.is_empty() && second != first, "{first} served again");
     neighbour_served(&mut client, "after").await?;
+
+    // /tmp is a tmpfs: what is written there is memory of the fn, limited the same way.
+    let (ok, code, msg, _) = call(
+        &mut client,
+        3,
+        64,
+        json!({"createFile": "/tmp/fill", "createFileSize": 256u64 << 20}),
+    )
+    .await?;
+    assert_eq!(
+        (ok, code, msg.as_str()),
+        (false, 502, "error receiving function response")
+    );
+    let (ok, code, msg, doc) = call(&mut client, 3, 64, json!({"isDebug": true})).await?;
+    assert!(ok, "{code} {msg}");
+    let third = docker_id(&doc.to_string().into_bytes());
+    assert!(!third.is_empty() && third != second, "{second} served again");
+    neighbour_served(&mut client, "after /tmp filled up").await?;
     runner.drain_and_check(&docker).await
 }
 

@@ -15,10 +15,9 @@ pub const CHILD_ENV: &str = "TESTFN_FORK_BOMB_CHILD";
 static CHILDREN: std::sync::Mutex<Vec<Child>> = std::sync::Mutex::new(Vec::new());
 
 /// What a child of the bomb does: nothing, for ever (until the container is removed).
-pub fn child_sleep_forever() -> ! {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+pub async fn child_idle_forever() -> ! {
+    std::future::pending::<()>().await;
+    unreachable!("a pending future never completes")
 }
 
 /// Starts copies of this binary as fast as it can, until the kernel refuses one or `max` are
@@ -90,17 +89,20 @@ pub fn flood_output_later(bytes: u64) {
     {
         return;
     }
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(1));
-        let mut line = [b'z'; 1024];
-        line[1023] = b'\n';
-        let mut err = std::io::stderr().lock();
-        let mut written = 0u64;
-        while written < bytes && err.write_all(&line).is_ok() {
-            written += line.len() as u64;
-        }
-        let _ = err.flush();
-        BACKGROUND.store(2, Ordering::SeqCst);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Blocking writes, off the runtime's only thread.
+        std::thread::spawn(move || {
+            let mut line = [b'z'; 1024];
+            line[1023] = b'\n';
+            let mut err = std::io::stderr().lock();
+            let mut written = 0u64;
+            while written < bytes && err.write_all(&line).is_ok() {
+                written += line.len() as u64;
+            }
+            let _ = err.flush();
+            BACKGROUND.store(2, Ordering::SeqCst);
+        });
     });
 }
 

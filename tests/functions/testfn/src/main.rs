@@ -75,7 +75,7 @@ async fn sleep_ms(ms: Option<i64>) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     if env_flag(hostile::CHILD_ENV) {
-        hostile::child_sleep_forever();
+        hostile::child_idle_forever().await;
     }
     if env_flag("ENABLE_HEADER") {
         ferrofn_fdk::log_err("Container starting");
