@@ -492,12 +492,16 @@ async fn rapid_reset_gets_goaway_and_the_lb_connection_keeps_serving() -> Result
                 }
                 out
             },
-            1000,
+            // Up to a million streams: only the server closing the connection ends this early.
+            10_000,
         )
         .await;
     let seen = raw.outcome().await?;
     eprintln!("rapid reset: {batches} batches of 100 written; server frames: {seen:?}");
-    assert!(batches < 1000, "100,000 reset streams were all taken: {seen:?}");
+    assert!(
+        batches < 10_000,
+        "a million reset streams were all taken: {seen:?}"
+    );
     let (_, code) = seen.goaway.unwrap_or_else(|| panic!("no GOAWAY: {seen:?}"));
     assert_eq!(code, ENHANCE_YOUR_CALM, "{seen:?}");
     assert!(seen.closed);
