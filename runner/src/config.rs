@@ -101,7 +101,7 @@ pub struct RunnerSettings {
     pub max_response_size: u64,
     /// Response header cap in bytes (0 = 10 MiB, Go's default).
     pub max_hdr_response_size: u64,
-    /// Per-call log cap in bytes.
+    /// Log cap in bytes: per call, and per stretch of output between two calls.
     pub max_log_size_bytes: u64,
     /// Networks for function containers, whitespace or comma separated ("" = no network).
     pub docker_networks: String,

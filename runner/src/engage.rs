@@ -2,8 +2,8 @@
 //! -> ResultStart once, Data frames <= 10240 bytes -> always CallFinished. Adds decisions.md (2)'s accept
 //! ack and, for an LB that asked for it, full duplex (the answer streams while the body comes in).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -148,17 +148,26 @@ async fn run_stream(
             return false;
         }
         Err(status) => {
+            // A reset by the LB (nobody reads this answer) or a message the runner refuses, e.g.
+            // one over the size limit (OUT_OF_RANGE): the client gets that status, not an empty OK.
             debug!(%status, "engage stream broke before the TryCall");
+            let _ = tx.send(Err(status)).await;
             return false;
         }
     };
     crate::metrics::try_call();
     let t0 = Instant::now();
-    let (finished, outcome) = handle_try(ctx, try_call, inbound, tx, meta).await;
+    let broken = Arc::new(OnceLock::new());
+    let (finished, outcome) = handle_try(ctx, try_call, inbound, tx, meta, &broken).await;
     let nack = !finished.success && finished.error_code == 503;
     crate::metrics::call_finished(&outcome, t0.elapsed());
     if tx.send(msg(runner_msg::Body::Finished(finished))).await.is_err() {
         debug!("LB went away before CallFinished");
+    }
+    // The stream broke while the body came in: after the CallFinished (always sent), the stream
+    // ends with what broke it, e.g. OUT_OF_RANGE for a frame over the size limit.
+    if let Some(status) = broken.get() {
+        let _ = tx.send(Err(status.clone())).await;
     }
     nack
 }
@@ -244,6 +253,7 @@ async fn handle_try(
     inbound: tonic::Streaming<ClientMsg>,
     tx: &Out,
     meta: &StreamMeta,
+    broken: &Arc<OnceLock<tonic::Status>>,
 ) -> (CallFinished, String) {
     let mut times = Times::default();
     let mut model = match CallModel::from_json(&try_call.models_call_json) {
@@ -293,7 +303,7 @@ async fn handle_try(
             .extensions
             .get(ferrofn_proto::ext::ACCEPT_ACK)
             .is_some_and(|v| v == ferrofn_proto::ext::ON);
-        let r = run_call(ctx, &call, inbound, tx, want_ack, traceparent, &mut times).await;
+        let r = run_call(ctx, &call, inbound, tx, want_ack, traceparent, broken, &mut times).await;
         if let Err(e) = &r {
             info!(code = e.code(), error = e.message(), "call failed");
         } else {
@@ -333,13 +343,15 @@ fn drain_later(inbound: tonic::Streaming<ClientMsg>) {
 }
 
 /// Feeds LB data frames into the function's body channel until `eof`. Sets `protocol_error` and
-/// cancels the call when the LB sends something else or the stream breaks. Once the call is over
-/// (`cancel`), it reads the rest of the stream to its end (see [`drain_inbound`]).
+/// cancels the call when the LB sends something else, and records the status in `broken` and cancels
+/// when the stream breaks. Once the call is over (`cancel`), it reads the rest of the stream to its
+/// end (see [`drain_inbound`]).
 async fn feed_body(
     mut inbound: tonic::Streaming<ClientMsg>,
     body: mpsc::Sender<Bytes>,
     eof_seen: watch::Sender<bool>,
     protocol_error: Arc<AtomicBool>,
+    broken: Arc<OnceLock<tonic::Status>>,
     cancel: CancellationToken,
 ) {
     let mut body = Some(body);
@@ -391,6 +403,7 @@ async fn feed_body(
             }
             Err(status) => {
                 debug!(%status, "engage stream broke while receiving the body");
+                let _ = broken.set(status);
                 cancel.cancel();
                 return;
             }
@@ -400,6 +413,7 @@ async fn feed_body(
     drain_inbound(inbound).await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_call(
     ctx: &EngageContext,
     call: &PreparedCall,
@@ -407,6 +421,7 @@ async fn run_call(
     tx: &Out,
     want_ack: bool,
     traceparent: Option<String>,
+    broken: &Arc<OnceLock<tonic::Status>>,
     times: &mut Times,
 ) -> Result<(), FnError> {
     let cancel = CancellationToken::new();
@@ -419,6 +434,7 @@ async fn run_call(
         body_tx,
         eof_tx,
         protocol_error.clone(),
+        broken.clone(),
         cancel.clone(),
     ));
     let lb_gone = {
@@ -435,6 +451,8 @@ async fn run_call(
     let abort_err = |protocol_error: &AtomicBool| {
         if protocol_error.load(Ordering::SeqCst) {
             FnError::expected_data()
+        } else if let Some(status) = broken.get() {
+            broken_stream(status)
         } else {
             FnError::internal()
         }
@@ -526,6 +544,18 @@ async fn run_call(
             slot.release(keep);
             Err(e)
         }
+    }
+}
+
+/// The call's error when its stream broke while the body came in: a message the runner refused
+/// (over the size limit, undecodable) is the LB's protocol failure, named; anything else (a reset:
+/// the LB is gone and reads nothing) stays Fn's plain 500.
+fn broken_stream(status: &tonic::Status) -> FnError {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::Internal | tonic::Code::InvalidArgument => {
+            FnError::new(500, format!("Protocol failure: {}", status.message()), false)
+        }
+        _ => FnError::internal(),
     }
 }
 
@@ -680,6 +710,29 @@ mod tests {
             traceparent: Some("garbage".into()),
         };
         assert_eq!(bad.child_traceparent(), None);
+    }
+
+    #[test]
+    fn a_refused_message_is_a_named_protocol_failure_and_a_reset_a_plain_500() {
+        let too_big = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 67108869 bytes, the limit is: 4194304 bytes",
+        );
+        let e = broken_stream(&too_big);
+        assert_eq!(e.code(), 500);
+        assert_eq!(
+            e.message(),
+            "Protocol failure: Error, decoded message length too large: found 67108869 bytes, the limit is: 4194304 bytes"
+        );
+        assert!(!e.is_user_error());
+        let garbled = broken_stream(&tonic::Status::internal("failed to decode Protobuf message"));
+        assert_eq!(
+            garbled.message(),
+            "Protocol failure: failed to decode Protobuf message"
+        );
+        assert_eq!(
+            broken_stream(&tonic::Status::cancelled("h2 protocol error")),
+            FnError::internal()
+        );
     }
 
     #[test]

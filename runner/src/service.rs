@@ -156,6 +156,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Engage stream is read to its end (see `engage::drain_inbound`), so these only stop hostile or
 /// broken peers.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Largest gRPC message taken from an LB (tonic's default, as grpc-go's on Fn's runner): data frames
+/// are at most 10 KiB, and a TryCall's call JSON carries the request headers and the fn's config. A
+/// larger message is refused by its length prefix, before it is read, and its stream ends with
+/// OUT_OF_RANGE (`engage::run_stream`).
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// The gRPC services on one port: `RunnerProtocol`, `grpc.health.v1` and reflection (v1).
 pub fn grpc_router(
@@ -176,7 +181,7 @@ pub fn grpc_router(
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .add_service(health)
         .add_service(reflection)
-        .add_service(RunnerProtocolServer::new(service)))
+        .add_service(RunnerProtocolServer::new(service).max_decoding_message_size(MAX_MESSAGE_SIZE)))
 }
 
 /// Starts the runner: Docker (with the start-up sweep), agent, gRPC and HTTP listeners. On
@@ -382,13 +387,30 @@ mod tests {
     use super::*;
     use crate::driver::fake::PingOnlyDriver;
 
-    #[tokio::test]
-    async fn one_port_serves_runner_protocol_health_and_reflection() {
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    /// The gRPC router over a driver that starts no container, serving on a loopback port.
+    struct TestServer {
+        addr: SocketAddr,
+        stop: CancellationToken,
+        server: JoinHandle<Result<(), tonic::transport::Error>>,
+        _tmp: tempfile::TempDir,
+    }
 
+    impl TestServer {
+        async fn channel(&self) -> tonic::transport::Channel {
+            tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.server.await.unwrap().unwrap();
+        }
+    }
+
+    async fn test_server() -> TestServer {
         let tmp = tempfile::tempdir().unwrap();
         let driver: Arc<dyn Driver> = Arc::new(PingOnlyDriver::up());
         let cfg = AgentConfig {
@@ -427,11 +449,23 @@ mod tests {
             tonic::transport::server::TcpIncoming::from(listener),
             stop.clone().cancelled_owned(),
         ));
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        TestServer {
+            addr,
+            stop,
+            server,
+            _tmp: tmp,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_port_serves_runner_protocol_health_and_reflection() {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+        let server = test_server().await;
+        let channel = server.channel().await;
 
         let mut reflection = ServerReflectionClient::new(channel.clone());
         let req = ServerReflectionRequest {
@@ -480,7 +514,39 @@ mod tests {
             .unwrap()
             .into_inner();
         assert_eq!(s.status, ServingStatus::Serving as i32);
-        stop.cancel();
-        server.await.unwrap().unwrap();
+        server.stop().await;
+    }
+
+    /// A message over the gRPC size limit ends its stream with OUT_OF_RANGE (it used to end with an
+    /// empty OK stream), is refused by its length prefix, and leaves the connection serving.
+    #[tokio::test]
+    async fn a_try_call_over_the_size_limit_ends_the_stream_with_out_of_range() {
+        let server = test_server().await;
+        let mut client =
+            ferrofn_proto::runner_protocol_client::RunnerProtocolClient::new(server.channel().await);
+        let huge = ferrofn_proto::ClientMsg {
+            body: Some(ferrofn_proto::client_msg::Body::Try(ferrofn_proto::TryCall {
+                models_call_json: "x".repeat(5 << 20),
+                ..Default::default()
+            })),
+        };
+        let mut answers = client
+            .engage(tokio_stream::iter(vec![huge]))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = answers
+            .message()
+            .await
+            .expect_err("a status, not an empty OK stream");
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert!(
+            status.message().contains("message length too large"),
+            "{status:?}"
+        );
+        #[allow(deprecated)]
+        let served = client.status(()).await;
+        assert!(served.is_ok(), "the connection still serves: {served:?}");
+        server.stop().await;
     }
 }

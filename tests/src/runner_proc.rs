@@ -28,6 +28,9 @@ use ferrofn_proto::{
 
 use crate::images::{binary_path, ensure_binary, workspace_root};
 
+/// Where test runners listen unless a test asks otherwise.
+const LOOPBACK: &str = "127.0.0.1";
+
 /// Label carrying the runner's name on its containers.
 pub const RUNNER_LABEL: &str = "ferrofn.runner";
 
@@ -82,7 +85,7 @@ impl RunnerProc {
             .prefix("ffr")
             .tempdir()
             .context("temp dir")?;
-        Self::start_in(dir, name, env, args, true, 0).await
+        Self::start_in(dir, name, env, args, true, 0, LOOPBACK).await
     }
 
     /// Starts a runner serving mTLS (`args` must carry `--tls-ca/--tls-cert/--tls-key`).
@@ -91,7 +94,7 @@ impl RunnerProc {
             .prefix("ffr")
             .tempdir()
             .context("temp dir")?;
-        Self::start_in(dir, name, env, args, false, 0).await
+        Self::start_in(dir, name, env, args, false, 0, LOOPBACK).await
     }
 
     /// Starts a runner with a fresh unique name.
@@ -99,6 +102,17 @@ impl RunnerProc {
         Self::start_named(&unique_name("rt"), env, &[]).await
     }
 
+    /// Starts a plaintext runner with a fresh unique name whose listeners bind `listen_address`
+    /// (e.g. the Docker bridge's gateway, to check what a function container can reach).
+    pub async fn start_on(listen_address: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("ffr")
+            .tempdir()
+            .context("temp dir")?;
+        Self::start_in(dir, &unique_name("rt"), env, &[], true, 0, listen_address).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn start_in(
         dir: TempDir,
         name: &str,
@@ -106,6 +120,7 @@ impl RunnerProc {
         args: &[&str],
         plaintext: bool,
         grpc_port: u16,
+        listen_address: &str,
     ) -> Result<Self> {
         let bin = ensure_runner_binary().await?;
         let iofs = dir.path().join("iofs");
@@ -115,7 +130,7 @@ impl RunnerProc {
         let grpc_port = grpc_port.to_string();
         cmd.args([
             "--listen-address",
-            "127.0.0.1",
+            listen_address,
             "--grpc-port",
             grpc_port.as_str(),
             "--port",
@@ -234,7 +249,7 @@ impl RunnerProc {
 
     /// Restarts a runner of the same name in `dir` (after [`RunnerProc::kill`]).
     pub async fn restart(dir: TempDir, name: &str, env: &[(&str, &str)]) -> Result<Self> {
-        Self::start_in(dir, name, env, &[], true, 0).await
+        Self::start_in(dir, name, env, &[], true, 0, LOOPBACK).await
     }
 
     /// Restarts an mTLS runner of the same name in `dir` (after [`RunnerProc::kill`]) on the given
@@ -246,7 +261,7 @@ impl RunnerProc {
         args: &[&str],
         grpc_port: u16,
     ) -> Result<Self> {
-        Self::start_in(dir, name, env, args, false, grpc_port).await
+        Self::start_in(dir, name, env, args, false, grpc_port, LOOPBACK).await
     }
 
     /// The end of every runner test: drains the runner with SIGTERM and checks that it exits 0 and

@@ -22,15 +22,54 @@ use crate::iofs::IofsDir;
 
 /// Where the container's output goes right now.
 enum Sink {
-    /// Between calls: logged against the container.
-    Container,
+    /// Between calls: logged against the container, capped per stretch between two calls (a
+    /// function that floods its output in the background gets no more than a call would).
+    Container { cap: LogCap },
     /// During a call (and for [`LATE_OUTPUT_GRACE`] after it): logged against the call, capped.
     Call {
         call_id: String,
-        written: usize,
-        truncated: bool,
+        cap: LogCap,
         ended: Option<Instant>,
     },
+}
+
+impl Sink {
+    fn container() -> Self {
+        Sink::Container {
+            cap: LogCap::default(),
+        }
+    }
+}
+
+/// Fn's bounded log writer: the first `max` bytes of output (lines counted with their newline),
+/// then one truncation notice, then nothing.
+#[derive(Debug, Default)]
+struct LogCap {
+    written: usize,
+    truncated: bool,
+}
+
+/// What [`LogCap::admit`] decides for one line.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Log,
+    /// The line passes the cap: log the truncation notice instead, once.
+    Truncate,
+    Drop,
+}
+
+impl LogCap {
+    fn admit(&mut self, line_len: usize, max: usize) -> Admit {
+        if self.truncated {
+            return Admit::Drop;
+        }
+        if self.written + line_len > max {
+            self.truncated = true;
+            return Admit::Truncate;
+        }
+        self.written += line_len + 1;
+        Admit::Log
+    }
 }
 
 /// Docker delivers a container's output asynchronously, after the function may already have
@@ -72,8 +111,7 @@ impl ContainerHandle {
     pub fn begin_call(&self, call_id: &str) {
         *self.sink.lock_unpoisoned() = Sink::Call {
             call_id: call_id.to_string(),
-            written: 0,
-            truncated: false,
+            cap: LogCap::default(),
             ended: None,
         };
     }
@@ -103,40 +141,42 @@ impl ContainerHandle {
         Ok(())
     }
 
-    /// Logs one line of output to the current sink.
+    /// Logs one line of output to the current sink, within its cap.
     fn log_line(&self, stream: &'static str, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
         let mut sink = self.sink.lock_unpoisoned();
         if let Sink::Call { ended: Some(at), .. } = &*sink
             && at.elapsed() > LATE_OUTPUT_GRACE
         {
-            *sink = Sink::Container;
+            *sink = Sink::container();
         }
+        let max = self.max_log;
         match &mut *sink {
-            Sink::Container => {
-                debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
-                       fn_id = %self.fn_id, stream, "{text}");
-            }
-            Sink::Call {
-                call_id,
-                written,
-                truncated,
-                ..
-            } => {
-                if *truncated {
-                    return;
+            Sink::Container { cap } => match cap.admit(line.len(), max) {
+                Admit::Log => {
+                    let text = String::from_utf8_lossy(line);
+                    debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
+                           fn_id = %self.fn_id, stream, "{text}");
                 }
-                if *written + line.len() > self.max_log {
-                    *truncated = true;
+                Admit::Truncate => {
+                    debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
+                           fn_id = %self.fn_id, stream,
+                           "-----max log size {max} bytes exceeded between calls, truncating log-----");
+                }
+                Admit::Drop => {}
+            },
+            Sink::Call { call_id, cap, .. } => match cap.admit(line.len(), max) {
+                Admit::Log => {
+                    let text = String::from_utf8_lossy(line);
+                    debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
+                           fn_id = %self.fn_id, call_id = %call_id, stream, user_log = true, "{text}");
+                }
+                Admit::Truncate => {
                     debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
                            fn_id = %self.fn_id, call_id = %call_id, stream,
-                           "-----max log size {} bytes exceeded, truncating log-----", self.max_log);
-                    return;
+                           "-----max log size {max} bytes exceeded, truncating log-----");
                 }
-                *written += line.len() + 1;
-                debug!(target: "ferrofn_runner::function_log", container = %self.name, app_id = %self.app_id,
-                       fn_id = %self.fn_id, call_id = %call_id, stream, user_log = true, "{text}");
-            }
+                Admit::Drop => {}
+            },
         }
     }
 }
@@ -287,7 +327,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
         init_ns,
         died: died.clone(),
         paused: tokio::sync::Mutex::new(false),
-        sink: Mutex::new(Sink::Container),
+        sink: Mutex::new(Sink::container()),
         max_log: inner.cfg.max_log_bytes,
         inner: inner.clone(),
     });
@@ -445,6 +485,21 @@ mod tests {
             status,
             message: message.to_string(),
         }
+    }
+
+    #[test]
+    fn the_log_cap_logs_up_to_its_size_then_one_notice_then_nothing() {
+        let mut cap = LogCap::default();
+        // 10-byte lines take 11 bytes each (newline included).
+        assert_eq!(cap.admit(10, 30), Admit::Log);
+        assert_eq!(cap.admit(10, 30), Admit::Log);
+        assert_eq!(cap.admit(10, 30), Admit::Truncate, "22 + 10 > 30");
+        assert_eq!(cap.admit(0, 30), Admit::Drop);
+        assert_eq!(cap.admit(1, 30), Admit::Drop);
+        // A line longer than the cap on its own is never logged.
+        let mut cap = LogCap::default();
+        assert_eq!(cap.admit(31, 30), Admit::Truncate);
+        assert_eq!(cap.admit(1, 30), Admit::Drop);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::{
     bodies::{self, EchoBody, Input, PatternBody, Prefix},
+    hostile,
     knobs::Knobs,
 };
 use bytes::Bytes;
@@ -116,6 +117,24 @@ pub async fn handle(req: Request) -> Response {
         && let Err(e) = create_file(path, knobs.create_file_size)
     {
         data.insert(format!("{path}.create_error"), json!(e.to_string()));
+    }
+    if knobs.fork_bomb > 0 {
+        data.insert("forkBomb".into(), hostile::fork_bomb(knobs.fork_bomb));
+    }
+    if knobs.flood_output > 0 {
+        data.insert("floodOutput".into(), hostile::flood_output(knobs.flood_output));
+    }
+    if knobs.flood_output_after > 0 {
+        hostile::flood_output_later(knobs.flood_output_after);
+    }
+    if let Some(state) = hostile::background_flood() {
+        data.insert("backgroundFlood".into(), json!(state));
+    }
+    for target in &knobs.connect {
+        match hostile::connect(target) {
+            Ok(()) => data.insert(format!("{target}.connect_output"), json!("connected")),
+            Err(e) => data.insert(format!("{target}.connect_error"), json!(e)),
+        };
     }
     if knobs.debug {
         data.insert("DockerId".into(), json!(docker_id().unwrap_or_default()));

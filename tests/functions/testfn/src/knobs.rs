@@ -66,6 +66,16 @@ pub struct Knobs {
     pub stdout: Vec<String>,
     /// `stderr` (ferrofn): line(s) printed to stderr during the call.
     pub stderr: Vec<String>,
+    /// `forkBomb` (ferrofn): start up to N sleeping copies of the function's binary, stopping at
+    /// the first the kernel refuses (the container's pids limit).
+    pub fork_bomb: u64,
+    /// `floodOutput` (ferrofn, bytes): write that much to stdout and as much to stderr.
+    pub flood_output: u64,
+    /// `floodOutputAfter` (ferrofn, bytes): write that much to stderr from a background thread,
+    /// starting a second after the call (output between calls).
+    pub flood_output_after: u64,
+    /// `connect` (ferrofn): `unix:<path>` / `tcp:<ip:port>` targets to try to connect to.
+    pub connect: Vec<String>,
 }
 
 impl Knobs {
@@ -109,6 +119,10 @@ impl Knobs {
             write_before_read: flag(o, "writeBeforeRead"),
             stdout: lines(o, "stdout"),
             stderr: lines(o, "stderr"),
+            fork_bomb: uint(o, "forkBomb").unwrap_or(0),
+            flood_output: uint(o, "floodOutput").unwrap_or(0),
+            flood_output_after: uint(o, "floodOutputAfter").unwrap_or(0),
+            connect: lines(o, "connect"),
         }
     }
 }
@@ -175,7 +189,8 @@ mod tests {
             "isCrash": false, "isExit": true, "exitCode": 7, "isShutdown": true,
             "allocateMemory": 1024, "leakMemory": 2048, "readFile": "/proc/mounts", "readFileSize": 10,
             "createFile": "/tmp/x", "createFileSize": 5, "echoBody": true, "responseSize": 99,
-            "httpStatus": 502, "writeBeforeRead": true, "stdout": "out", "stderr": ["e1", "e2"]
+            "httpStatus": 502, "writeBeforeRead": true, "stdout": "out", "stderr": ["e1", "e2"],
+            "forkBomb": 60, "floodOutput": 4096, "floodOutputAfter": 8, "connect": ["unix:/s", "tcp:1.2.3.4:5"]
         }));
         assert_eq!(knobs.echo_content.as_deref(), Some("hi"));
         assert_eq!((knobs.sleep_ms, knobs.post_sleep_ms), (10, 20));
@@ -198,6 +213,14 @@ mod tests {
         assert_eq!(knobs.http_status, Some(502));
         assert_eq!(knobs.stdout, vec!["out".to_string()]);
         assert_eq!(knobs.stderr.len(), 2);
+        assert_eq!(
+            (knobs.fork_bomb, knobs.flood_output, knobs.flood_output_after),
+            (60, 4096, 8)
+        );
+        assert_eq!(
+            knobs.connect,
+            vec!["unix:/s".to_string(), "tcp:1.2.3.4:5".to_string()]
+        );
     }
 
     #[test]

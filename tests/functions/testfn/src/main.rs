@@ -21,6 +21,14 @@
 //! - `writeBeforeRead` (bool): answer as soon as the knob object has been read, leaving the rest
 //!   of the request body unread (the premature-write case).
 //! - `stdout` / `stderr` (string or list of strings): lines printed during the call.
+//! - Hostile behaviours, each reported in `data` (see `hostile.rs`): `forkBomb` (N) starts up to N
+//!   sleeping copies of the binary until the kernel refuses one (`data.forkBomb = {"spawned",
+//!   "error"}`); `floodOutput` (bytes) writes that much to stdout and as much to stderr
+//!   (`data.floodOutput`); `floodOutputAfter` (bytes) writes that much to stderr from a thread a
+//!   second after the call, i.e. between calls (every later answer reports
+//!   `data.backgroundFlood`: `"running"` / `"done"`); `connect` (`unix:<path>` / `tcp:<ip:port>`, one or a list) tries each
+//!   (`data["<target>.connect_output"] = "connected"` or `data["<target>.connect_error"]`).
+//!   Memory beyond the fn's limit is `allocateMemory`, a write to the root filesystem `createFile`.
 //!
 //! Only the first JSON object of the body is read before acting, so the knobs may be followed by
 //! arbitrary bytes. A body that is not JSON is echoed as text (`"request": "<body>"`, first 1 MiB)
@@ -43,6 +51,7 @@
 
 mod bodies;
 mod handler;
+mod hostile;
 mod knobs;
 
 use ferrofn_fdk::{ListenerConfig, Server};
@@ -65,6 +74,9 @@ async fn sleep_ms(ms: Option<i64>) {
 // One thread is plenty for one call at a time, and stays far below the runner's pids limit.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    if env_flag(hostile::CHILD_ENV) {
+        hostile::child_idle_forever().await;
+    }
     if env_flag("ENABLE_HEADER") {
         ferrofn_fdk::log_err("Container starting");
     }
