@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUNCTIONS := -p ferrofn-fn-testfn -p ferrofn-fn-hello -p ferrofn-fn-status
 
-.PHONY: all build images lint prereqs test soak demo down bench
+.PHONY: all build images lint prereqs test soak demo down bench deny
 
 all: build
 
@@ -22,6 +22,12 @@ images:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Supply chain: licenses, banned crates and sources of every dependency (deny.toml; needs
+## `cargo install --locked cargo-deny`). Advisories need the advisory database from the network:
+## `cargo deny check advisories` where it is reachable.
+deny:
+	$(CARGO) deny check licenses bans sources
 
 ## The tools `make test` needs (one line per missing one, with its install command).
 prereqs:
