@@ -161,13 +161,14 @@ async fn open_registry(settings: &LbSettings, shutdown: &Shutdown) -> Result<Arc
             let options = settings.pg_options();
             let store = PostgresRegistry::connect(*config, options, shown).await?;
             let cached = CachedRegistry::new(Arc::new(store.clone()), cache::FEED_TTL);
-            postgres::changes::spawn(
-                store.config().clone(),
-                Duration::from_millis(settings.db_version_poll_ms),
-                options.timeout,
-                cached.clone(),
-                shutdown.token(),
-            );
+            let feed = postgres::changes::Feed {
+                config: store.config().clone(),
+                poll: Duration::from_millis(settings.db_version_poll_ms),
+                timeout: options.timeout,
+                writer: store.writer(),
+                cache: cached.clone(),
+            };
+            postgres::changes::spawn(feed, shutdown.token());
             Arc::new(cached)
         }
     })

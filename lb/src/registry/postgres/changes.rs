@@ -8,7 +8,11 @@
 //! every `poll` period (one tiny query), in case a notification is lost some other way. While the
 //! database is unreachable nothing is cleared: cached fns keep being served, and the first
 //! reconnect that sees a new version clears them.
+//!
+//! A notification carries the writer's mark; the LB's own are skipped (the write cleared the cache
+//! itself once committed). Versions are committed, and notified, in order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,8 +22,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::registry::CachedRegistry;
 
-/// The `NOTIFY` channel; the payload is the committed version.
+/// The `NOTIFY` channel; the payload is [`payload`].
 pub const CHANNEL: &str = "ferrofn_registry";
+
+/// A notification's payload: the committed version and the writer's mark.
+pub fn payload(version: i64, writer: &str) -> String {
+    format!("{version} {writer}")
+}
+
+/// The version and writer of a payload (`None` for one this LB did not make).
+fn parse_payload(payload: &str) -> Option<(i64, &str)> {
+    let (version, writer) = payload.split_once(' ')?;
+    Some((version.parse().ok()?, writer))
+}
 
 /// First pause before a reconnect (doubled up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -41,15 +56,23 @@ enum FeedError {
     Closed,
 }
 
-/// Starts the feed for the database of `config`: clears `cache` when another writer commits.
-/// `timeout` bounds each poll; the feed stops with `stop`.
-pub fn spawn(
-    config: tokio_postgres::Config,
-    poll: Duration,
-    timeout: Duration,
-    cache: CachedRegistry,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+/// What the feed follows and whom it tells.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    /// The database (with the LB's session settings).
+    pub config: tokio_postgres::Config,
+    /// Version poll period.
+    pub poll: Duration,
+    /// Bound of one poll.
+    pub timeout: Duration,
+    /// This LB's mark on its notifications ([`super::PostgresRegistry::writer`]).
+    pub writer: Arc<str>,
+    /// The cache to clear.
+    pub cache: CachedRegistry,
+}
+
+/// Starts the feed: clears the cache when another writer commits; stops with `stop`.
+pub fn spawn(feed: Feed, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen: Option<i64> = None;
         let mut delay = FIRST_BACKOFF;
@@ -57,7 +80,7 @@ pub fn spawn(
             let mut connected = false;
             let ended = tokio::select! {
                 () = stop.cancelled() => return,
-                ended = follow(&config, poll, timeout, &cache, &mut seen, &mut connected) => ended,
+                ended = follow(&feed, &mut seen, &mut connected) => ended,
             };
             metrics::gauge!("lb_registry_feed_connected").set(0.0);
             let error = ferrofn_common::exit::one_line(&ended);
@@ -78,15 +101,9 @@ pub fn spawn(
 
 /// One connection's life: connect, `LISTEN`, catch up on the version, then follow notifications and
 /// polls until the connection fails.
-async fn follow(
-    config: &tokio_postgres::Config,
-    poll: Duration,
-    timeout: Duration,
-    cache: &CachedRegistry,
-    seen: &mut Option<i64>,
-    connected: &mut bool,
-) -> FeedError {
-    let (client, mut connection) = match config.connect(NoTls).await {
+async fn follow(feed: &Feed, seen: &mut Option<i64>, connected: &mut bool) -> FeedError {
+    let (poll, timeout, cache) = (feed.poll, feed.timeout, &feed.cache);
+    let (client, mut connection) = match feed.config.connect(NoTls).await {
         Ok(pair) => pair,
         Err(e) => return e.into(),
     };
@@ -146,9 +163,14 @@ async fn follow(
     loop {
         tokio::select! {
             note = notes.recv() => match note {
-                Some(Ok(payload)) => match payload.parse::<i64>() {
-                    Ok(v) => catch_up(v, "notify", seen),
-                    Err(_) => cache.invalidate_all("notify"),
+                Some(Ok(payload)) => match parse_payload(&payload) {
+                    Some((v, writer)) if writer == &*feed.writer => {
+                        if seen.is_none_or(|s| v > s) {
+                            *seen = Some(v);
+                        }
+                    }
+                    Some((v, _)) => catch_up(v, "notify", seen),
+                    None => cache.invalidate_all("notify"),
                 },
                 Some(Err(e)) => return e.into(),
                 None => return FeedError::Closed,
@@ -167,5 +189,17 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip() {
+        assert_eq!(parse_payload(&payload(42, "00ab")), Some((42, "00ab")));
+        assert_eq!(parse_payload("42"), None);
+        assert_eq!(parse_payload("x 00ab"), None);
     }
 }

@@ -180,6 +180,9 @@ enum Replay {
 #[derive(Clone)]
 pub struct PostgresRegistry {
     pool: Pool,
+    /// This process's mark on its notifications: its own writes cleared its cache already, so its
+    /// change feed skips them.
+    writer: Arc<str>,
     config: Arc<tokio_postgres::Config>,
     options: PgOptions,
     url: Arc<String>,
@@ -222,6 +225,7 @@ impl PostgresRegistry {
             .map_err(|e| open_err(e.to_string()))?;
         let me = Self {
             pool,
+            writer: format!("{:016x}", rand::random::<u64>()).into(),
             config: Arc::new(config),
             options,
             url: Arc::new(url.clone()),
@@ -269,6 +273,11 @@ impl PostgresRegistry {
     /// The operation timeout.
     pub fn timeout(&self) -> Duration {
         self.options.timeout
+    }
+
+    /// The mark this LB puts on its notifications (`<version> <writer>`).
+    pub fn writer(&self) -> Arc<str> {
+        self.writer.clone()
     }
 
     /// Runs `f` on a pooled connection, retrying transient failures while the timeout allows.
@@ -342,10 +351,11 @@ impl PostgresRegistry {
 
     fn put<T: Stored>(&self, obj: T, insert: bool) -> BoxFuture<'_, RegResult<T>> {
         let op = if insert { "create" } else { "update" };
+        let writer = self.writer.clone();
         self.write(op, move |c| {
-            let obj = obj.clone();
+            let (obj, writer) = (obj.clone(), writer.clone());
             async move {
-                put(c, &obj, insert).await?;
+                put(c, &obj, insert, &writer).await?;
                 Ok(obj)
             }
             .boxed()
@@ -353,9 +363,10 @@ impl PostgresRegistry {
     }
 
     fn remove(&self, kind: Kind, id: String) -> BoxFuture<'_, RegResult<()>> {
+        let writer = self.writer.clone();
         self.write("delete", move |c| {
-            let id = id.clone();
-            async move { remove(c, kind, &id).await }.boxed()
+            let (id, writer) = (id.clone(), writer.clone());
+            async move { remove(c, kind, &id, &writer).await }.boxed()
         })
     }
 
@@ -401,11 +412,11 @@ async fn bump(tx: &Tx<'_>) -> Result<i64, Fail> {
     Ok(row.try_get(0)?)
 }
 
-/// Tells the other LBs (their change feeds) that `version` is committed; sent at commit.
-async fn notify(tx: &Tx<'_>, version: i64) -> Result<(), Fail> {
+/// Tells the LBs' change feeds that `version` is committed (delivered at commit, in commit order).
+async fn notify(tx: &Tx<'_>, version: i64, writer: &str) -> Result<(), Fail> {
     tx.execute(
         "SELECT pg_notify($1, $2)",
-        &[&changes::CHANNEL, &version.to_string()],
+        &[&changes::CHANNEL, &changes::payload(version, writer)],
     )
     .await?;
     Ok(())
@@ -432,7 +443,8 @@ fn constraint_error(kind: Kind, e: &tokio_postgres::Error) -> Option<RegistryErr
     None
 }
 
-async fn put<T: Stored>(c: &mut ClientWrapper, obj: &T, insert: bool) -> Result<(), Fail> {
+/// Inserts or replaces `obj`.
+async fn put<T: Stored>(c: &mut ClientWrapper, obj: &T, insert: bool, writer: &str) -> Result<(), Fail> {
     let (v, body) = to_json(obj)?;
     let k: Keys = keys_of(&v);
     let kind = T::KIND;
@@ -485,12 +497,13 @@ async fn put<T: Stored>(c: &mut ClientWrapper, obj: &T, insert: bool) -> Result<
             None => e.into(),
         });
     }
-    notify(&tx, version).await?;
+    notify(&tx, version, writer).await?;
     tx.commit().await?;
     Ok(())
 }
 
-async fn remove(c: &mut ClientWrapper, kind: Kind, id: &str) -> Result<(), Fail> {
+/// Deletes the object `id` of `kind`.
+async fn remove(c: &mut ClientWrapper, kind: Kind, id: &str, writer: &str) -> Result<(), Fail> {
     let tx = tokio_postgres::Client::transaction(c).await?;
     let version = bump(&tx).await?;
     // The foreign keys cascade: an app takes its fns and triggers, a fn its triggers.
@@ -498,7 +511,7 @@ async fn remove(c: &mut ClientWrapper, kind: Kind, id: &str) -> Result<(), Fail>
     if tx.execute(&sql, &[&id]).await? == 0 {
         return Err(RegistryError::NotFound(kind).into());
     }
-    notify(&tx, version).await?;
+    notify(&tx, version, writer).await?;
     tx.commit().await?;
     Ok(())
 }
