@@ -40,7 +40,7 @@ fn parse_payload(payload: &str) -> Option<(i64, &str)> {
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest pause between two reconnects: bounds how long after the database returns the feed
 /// (and so cross-LB invalidation) is back.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why the feed's connection ended.
 #[derive(Debug, thiserror::Error)]
