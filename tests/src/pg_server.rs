@@ -271,17 +271,16 @@ impl PgServer {
             return Ok(());
         };
         drop(stdin);
-        let deadline = Instant::now() + STOP_LIMIT;
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                if let Some(pid) = self.pid {
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("postgres did not stop within {STOP_LIMIT:?}: {}", self.log());
+        let shell = child.id();
+        let (done, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(child.wait());
+        });
+        if exited.recv_timeout(STOP_LIMIT).is_err() {
+            for pid in self.pid.into_iter().chain([shell]) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            bail!("postgres did not stop within {STOP_LIMIT:?}: {}", self.log());
         }
         Ok(())
     }

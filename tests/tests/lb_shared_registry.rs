@@ -338,3 +338,31 @@ async fn print_config_shows_the_database_url_without_its_password() {
     assert!(err.contains("sslmode=require is not supported"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[tokio::test]
+async fn a_wrong_password_fails_the_start_at_once_with_the_reason() {
+    let pg = PgServer::shared().await.unwrap();
+    let db = pg.create_database().await.unwrap();
+    let url = pg.url(&db).replace(PASSWORD, "not-the-password");
+    let config = ferrofn_lb::registry::postgres::parse_url(&url).unwrap();
+    let start = Instant::now();
+    let e = PostgresRegistry::connect(
+        config,
+        PgOptions::default(),
+        ferrofn_lb::registry::redact_db_url(&url),
+    )
+    .await
+    .unwrap_err();
+    let text = ferrofn_common::exit::one_line(&e);
+    println!(
+        "start with a wrong password failed after {:?}: {text}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < PgOptions::default().timeout,
+        "not retried as if transient"
+    );
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(text.contains("ferrofn:<redacted>@127.0.0.1"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+}

@@ -74,6 +74,10 @@ pub struct Report {
 /// Applies the missing migrations in one transaction under the advisory lock.
 pub async fn run(client: &mut tokio_postgres::Client) -> Result<Report, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    // Another LB may hold the lock while it migrates: wait for it (the start bounds the whole run),
+    // rather than give up at the session's statement timeout.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await?;
     tx.batch_execute(

@@ -233,7 +233,11 @@ impl PostgresRegistry {
         let deadline = Instant::now() + START_WAIT;
         let mut delay = FIRST_BACKOFF;
         loop {
-            match me.migrate_once().await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = tokio::time::timeout(left, me.migrate_once())
+                .await
+                .unwrap_or_else(|_| Err((format!("no answer within {START_WAIT:?}"), false)));
+            match attempt {
                 Ok(report) => {
                     tracing::info!(
                         db = %url,
@@ -255,13 +259,20 @@ impl PostgresRegistry {
         }
     }
 
+    /// One migration run; on failure the cause and whether another try may succeed (the server
+    /// is starting or unreachable, not refusing our password or our SQL).
     async fn migrate_once(&self) -> Result<migrate::Report, (String, bool)> {
-        let mut obj = self.pool.get().await.map_err(|e| (cause_of(&e), true))?;
-        let client: &mut tokio_postgres::Client = &mut obj;
-        migrate::run(client).await.map_err(|e| {
-            let transient = matches!(classify(&e), Class::Lost | Class::RolledBack);
+        let mut obj = self.pool.get().await.map_err(|e| {
+            let transient = match &e {
+                PoolError::Backend(db) => classify(db) != Class::Fatal,
+                _ => true,
+            };
             (cause_of(&e), transient)
-        })
+        })?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        migrate::run(client)
+            .await
+            .map_err(|e| (cause_of(&e), classify(&e) != Class::Fatal))
     }
 
     /// The connection settings (with the LB's session settings), for the change feed's own
