@@ -166,7 +166,7 @@ impl PgServer {
             .arg(format!("--pwfile={}", pwfile.display()))
             .current_dir(&root);
         as_user(&mut initdb, run_as);
-        let out = initdb.output().context("running initdb")?;
+        let out = output_within(initdb, START_LIMIT).context("running initdb")?;
         ensure!(
             out.status.success(),
             "initdb failed ({}): {}{}",
@@ -371,6 +371,27 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
             eprintln!("stopping the test Postgres: {e:#}");
+        }
+    }
+}
+
+/// Runs `cmd` to completion, killed (and an error) if it takes longer than `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> Result<std::process::Output> {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning")?;
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            bail!("did not finish within {limit:?}")
         }
     }
 }

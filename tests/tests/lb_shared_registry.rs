@@ -36,8 +36,9 @@ where
     }
 }
 
+/// An LB on `db_url` over `runner`, once its change feed follows the database.
 async fn start_lb(db_url: &str, runner: &FakeRunner, poll_ms: &str) -> LbBinary {
-    LbBinary::start(
+    let lb = LbBinary::start(
         &["--plaintext"],
         &[
             ("FN_DB_URL", db_url),
@@ -47,7 +48,14 @@ async fn start_lb(db_url: &str, runner: &FakeRunner, poll_ms: &str) -> LbBinary 
         ],
     )
     .await
-    .unwrap()
+    .unwrap();
+    let shared = &lb;
+    let feed = within(Duration::from_secs(10), || async move {
+        counter(shared, "lb_registry_feed_connected").await == 1.0
+    })
+    .await;
+    assert!(feed.is_some(), "the change feed did not connect");
+    lb
 }
 
 async fn ok(method: &str, url: String, body: Option<Value>) -> Value {

@@ -153,7 +153,10 @@ impl DbUrl {
             );
         }
         match s.split_once("://") {
-            Some(("sqlite3" | "sqlite", rest)) if !rest.is_empty() => Ok(DbUrl::Sqlite(sqlite::db_path(s))),
+            Some(("sqlite3" | "sqlite", "")) => {
+                Err("no path after sqlite3://: give sqlite3:///path/to/fn.db".into())
+            }
+            Some(("sqlite3" | "sqlite", _)) => Ok(DbUrl::Sqlite(sqlite::db_path(s))),
             Some(("postgres" | "postgresql", _)) => {
                 postgres::parse_url(s).map(|c| DbUrl::Postgres(Box::new(c)))
             }
@@ -328,8 +331,13 @@ mod tests {
             DbUrl::parse("postgresql://fn@db/fnreg"),
             Ok(DbUrl::Postgres(_))
         ));
-        for bad in ["", "mysql://u:p@h/db", "sqlite3://"] {
-            assert!(DbUrl::parse(bad).is_err(), "{bad}");
+        for (bad, why) in [
+            ("", "empty"),
+            ("mysql://u:p@h/db", "mysql:// databases are not supported"),
+            ("sqlite3://", "no path"),
+        ] {
+            let e = DbUrl::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 

@@ -142,8 +142,10 @@ async fn follow(feed: &Feed, seen: &mut Option<i64>, connected: &mut bool) -> Fe
     if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         return e.into();
     }
+    // On the first connect, entries cached since the start may predate a change whose notification
+    // came before the LISTEN: start clean.
     let catch_up = |v: i64, why: &'static str, seen: &mut Option<i64>| {
-        if seen.is_some_and(|s| v > s) {
+        if seen.is_none_or(|s| v > s) {
             cache.invalidate_all(why);
         }
         if seen.is_none_or(|s| v > s) {
