@@ -22,6 +22,8 @@ need "a Docker engine this user may use" "start it (systemctl start docker) and 
 need "Docker Compose (docker compose or docker-compose)" "apt-get install -y docker-compose" \
   bash -c 'docker compose version || docker-compose version'
 need "nginx (for the ingress test)" "apt-get install -y nginx-light" has nginx
+need "Postgres server binaries (initdb, for the registry tests)" "apt-get install -y postgresql" \
+  bash -c 'has() { command -v "$1" || [[ -x "/usr/sbin/$1" ]]; }; has initdb || ls /usr/lib/postgresql/*/bin/initdb'
 
 if [[ "$missing" != 0 ]]; then
   echo "make test needs the tools above (.ci/run installs them on a CI machine)" >&2

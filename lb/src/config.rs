@@ -32,6 +32,9 @@ pub const ENV_NAMES: EnvNames = EnvNames {
         ("FN_MAX_REQUEST_SIZE", "max_request_size"),
         ("FN_PUBLIC_LB_URL", "public_lb_url"),
         ("FN_DB_URL", "db_url"),
+        ("FERROFN_DB_MAX_CONNECTIONS", "db_max_connections"),
+        ("FERROFN_DB_TIMEOUT_MSECS", "db_timeout_ms"),
+        ("FERROFN_DB_VERSION_POLL_MSECS", "db_version_poll_ms"),
         ("FN_EXECUTION_HEADROOM", "execution_headroom_ms"),
         ("FERROFN_PLAINTEXT", "plaintext"),
         ("FERROFN_TLS_CA", "tls.ca"),
@@ -146,8 +149,19 @@ pub struct LbSettings {
     pub max_request_size: u64,
     /// Public base URL for the endpoint annotations ("" = the request's Host).
     pub public_lb_url: String,
-    /// Registry database: `sqlite3:///path` (as Fn's `FN_DB_URL`) or a plain path.
+    /// Registry database (Fn's `FN_DB_URL`): `sqlite3:///path` or a plain path (one LB), or
+    /// `postgres://user:password@host:port/db?sslmode=disable` (shared by several LBs). Its password
+    /// is shown as `<redacted>` by `print-config` and in logs.
     pub db_url: String,
+    /// Postgres: connections in each LB's pool.
+    pub db_max_connections: u64,
+    /// Postgres: bound of one registry operation (waiting for a connection, connecting, the
+    /// statements, retries of transient failures), ms; also the server-side statement timeout.
+    /// Past it a management call answers 503.
+    pub db_timeout_ms: u64,
+    /// Postgres: how often the change feed also polls the registry version (a backstop for a lost
+    /// notification), ms.
+    pub db_version_poll_ms: u64,
     /// Extra stream deadline of detached calls, ms (`FN_EXECUTION_HEADROOM`).
     pub execution_headroom_ms: u64,
     /// Plaintext h2c to runners (Fn runners, trusted networks). Off = mTLS.
@@ -221,6 +235,9 @@ impl Default for LbSettings {
             max_request_size: 0,
             public_lb_url: String::new(),
             db_url: "sqlite3://./data/fn.db".into(),
+            db_max_connections: 8,
+            db_timeout_ms: 5000,
+            db_version_poll_ms: 1000,
             execution_headroom_ms: 360_000,
             plaintext: false,
             tls: TlsSettings::default(),
@@ -279,7 +296,7 @@ impl LbSettings {
                 format!("{} is not a load factor (a number >= 1)", self.placer_load_factor),
             ));
         }
-        crate::registry::sqlite::check_db_url(&self.db_url).map_err(|m| BadSetting::new("db_url", m))?;
+        crate::registry::DbUrl::parse(&self.db_url).map_err(|m| BadSetting::new("db_url", m))?;
         let url = &self.public_lb_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(BadSetting::new(
@@ -313,6 +330,9 @@ impl LbSettings {
             ("runner_keepalive_timeout_ms", self.runner_keepalive_timeout_ms),
             ("placer_timeout_ms", self.placer_timeout_ms),
             ("detached_placer_timeout_ms", self.detached_placer_timeout_ms),
+            ("db_max_connections", self.db_max_connections),
+            ("db_timeout_ms", self.db_timeout_ms),
+            ("db_version_poll_ms", self.db_version_poll_ms),
             (
                 "request_header_read_timeout_secs",
                 self.request_header_read_timeout_secs,
@@ -329,6 +349,27 @@ impl LbSettings {
             ));
         }
         Ok(())
+    }
+
+    /// The settings as `print-config` and logs may show them: tokens as `<set>`, the database
+    /// password as `<redacted>`.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        for t in [&mut shown.api_token, &mut shown.invoke_token] {
+            if !t.is_empty() {
+                *t = "<set>".into();
+            }
+        }
+        shown.db_url = crate::registry::redact_db_url(&self.db_url);
+        shown
+    }
+
+    /// Postgres pool and timeout settings.
+    pub fn pg_options(&self) -> crate::registry::postgres::PgOptions {
+        crate::registry::postgres::PgOptions {
+            max_connections: usize::try_from(self.db_max_connections).unwrap_or(usize::MAX),
+            timeout: Duration::from_millis(self.db_timeout_ms),
+        }
     }
 
     /// Runner connection tuning.
@@ -372,7 +413,7 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placer: Option<String>,
-    /// Registry database (sqlite3:///path or a path).
+    /// Registry database (sqlite3:///path, a path, or postgres://user:password@host:port/db).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_url: Option<String>,
@@ -492,7 +533,13 @@ mod tests {
             ("FN_RUNNER_ADDRESSES", "garbage", "runner_addresses"),
             ("FN_RUNNER_ADDRESSES", "r1:9190,r2", "\"r2\" is not host:port"),
             ("FERROFN_LISTEN_ADDRESS", "nowhere", "listen_address"),
-            ("FN_DB_URL", "postgres://u@h/db", "db_url"),
+            ("FN_DB_URL", "mysql://u@h/db", "db_url"),
+            (
+                "FN_DB_URL",
+                "postgres://u:pw@h/db?sslmode=require",
+                "sslmode=require is not supported",
+            ),
+            ("FERROFN_DB_TIMEOUT_MSECS", "0", "db_timeout_ms"),
             ("FN_PUBLIC_LB_URL", "lb.example.com", "public_lb_url"),
             ("FERROFN_PLACER_LOAD_FACTOR", "0.5", "placer_load_factor"),
             ("FERROFN_RUNNER_KEEPALIVE_MSECS", "0", "runner_keepalive_ms"),
@@ -507,6 +554,41 @@ mod tests {
         };
         let e = LbSettings::load(None, &env([]), &flags).unwrap_err().to_string();
         assert!(e.contains("flag --placer"), "{e}");
+    }
+
+    #[test]
+    fn postgres_settings_and_their_secrets() {
+        let l = LbSettings::load(
+            None,
+            &env([
+                (
+                    "FN_DB_URL",
+                    "postgres://fn:hunter2@db.internal:5432/fnreg?sslmode=disable",
+                ),
+                ("FERROFN_DB_MAX_CONNECTIONS", "4"),
+                ("FERROFN_DB_TIMEOUT_MSECS", "2500"),
+            ]),
+            &Flags::default(),
+        )
+        .unwrap();
+        let o = l.settings.pg_options();
+        assert_eq!((o.max_connections, o.timeout), (4, Duration::from_millis(2500)));
+        let mut shown = l.clone();
+        shown.settings = l.settings.redacted();
+        let text = shown.render();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("\"t\""), "the API token is a secret too: {text}");
+        assert!(
+            text.contains(
+                "db_url = \"postgres://fn:<redacted>@db.internal:5432/fnreg?sslmode=disable\"  # environment variable FN_DB_URL"
+            ),
+            "{text}"
+        );
+        // The same error text for a bad URL whatever the password.
+        let e = load_env([("FN_DB_URL", "postgres://fn:hunter2@db/fnreg?sslmode=require")])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

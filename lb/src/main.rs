@@ -66,13 +66,10 @@ fn run() -> anyhow::Result<()> {
             for d in loaded.deprecations() {
                 eprintln!("ferrofn-lb: warning: {d}");
             }
-            // Tokens are secrets: print-config says whether one is set, never what it is.
+            // Tokens and the database password are secrets: print-config says whether a token is
+            // set and shows the database URL without its password.
             let mut shown = loaded.clone();
-            for t in [&mut shown.settings.api_token, &mut shown.settings.invoke_token] {
-                if !t.is_empty() {
-                    *t = "<set>".into();
-                }
-            }
+            shown.settings = loaded.settings.redacted();
             print!("{}", shown.render());
             return Ok(());
         }

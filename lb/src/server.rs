@@ -16,7 +16,7 @@ use crate::http::auth::Tokens;
 use crate::http::{LbState, MetricsOn, metrics_router, router};
 use crate::placer;
 use crate::pool::{RunnerPool, health};
-use crate::registry::{CachedRegistry, Registry, SqliteRegistry, cache, sqlite::db_path};
+use crate::registry::{CachedRegistry, DbUrl, PostgresRegistry, Registry, SqliteRegistry, cache, postgres};
 
 /// Limits on client connections (hostile or broken clients must not exhaust the LB).
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +98,14 @@ pub enum StartError {
     /// The registry database.
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    /// `FN_DB_URL` (checked with the settings; here for a caller that skipped the check).
+    #[error("invalid database URL {url}: {message}")]
+    DbUrl {
+        /// The URL, password redacted.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
     /// `FN_PLACER`.
     #[error(transparent)]
     Placer(#[from] placer::UnknownPlacer),
@@ -146,12 +154,42 @@ impl LbHandle {
     }
 }
 
+/// Opens the store `FN_DB_URL` names behind the invocation cache; over Postgres, also starts the
+/// change feed that clears the cache when another LB writes.
+async fn open_registry(settings: &LbSettings, shutdown: &Shutdown) -> Result<Arc<dyn Registry>, StartError> {
+    let shown = crate::registry::redact_db_url(&settings.db_url);
+    let url = DbUrl::parse(&settings.db_url).map_err(|message| StartError::DbUrl {
+        url: shown.clone(),
+        message,
+    })?;
+    Ok(match url {
+        DbUrl::Sqlite(path) => {
+            let store = SqliteRegistry::open(&path)?;
+            tracing::info!(db = %path.display(), "registry: SQLite");
+            Arc::new(CachedRegistry::new(Arc::new(store), cache::DEFAULT_TTL))
+        }
+        DbUrl::Postgres(config) => {
+            let options = settings.pg_options();
+            let store = PostgresRegistry::connect(*config, options, shown).await?;
+            let cached = CachedRegistry::new(Arc::new(store.clone()), cache::FEED_TTL);
+            let feed = postgres::changes::Feed {
+                config: store.config().clone(),
+                poll: Duration::from_millis(settings.db_version_poll_ms),
+                timeout: options.timeout,
+                writer: store.writer(),
+                cache: cached.clone(),
+            };
+            postgres::changes::spawn(feed, shutdown.token());
+            Arc::new(cached)
+        }
+    })
+}
+
 /// Starts an LB with `settings`, stopping on `shutdown`.
 pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle, StartError> {
     ferrofn_common::tls::install_crypto_provider();
     ferrofn_common::telemetry::install_prometheus();
-    let sqlite: Arc<dyn Registry> = Arc::new(SqliteRegistry::open(db_path(&settings.db_url))?);
-    let registry: Arc<dyn Registry> = Arc::new(CachedRegistry::new(sqlite, cache::DEFAULT_TTL));
+    let registry = open_registry(settings, &shutdown).await?;
     let placer = placer::from_name(&settings.placer, settings.placer_load_factor)?;
     let tls = if settings.plaintext {
         tracing::warn!("runner connections are plaintext (--plaintext)");

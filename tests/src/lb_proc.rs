@@ -1,9 +1,11 @@
-//! Harness for the LB: start `ferrofn-lb` in-process on 127.0.0.1:0 with a SQLite file in a temp
-//! dir (or a given one, to test restarts), and a small HTTP/1.1 client for the tests.
+//! Harness for the LB: start `ferrofn-lb` in-process on 127.0.0.1:0 with a registry of either
+//! [`Backend`] (a SQLite file in a temp dir, or a fresh database on the test process's throwaway
+//! Postgres), or on a given database URL (to test restarts), and a small HTTP/1.1 client for the
+//! tests.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -16,6 +18,49 @@ use tempfile::TempDir;
 use ferrofn_common::shutdown::Shutdown;
 use ferrofn_lb::{LbHandle, LbSettings};
 
+use crate::pg_server::PgServer;
+
+/// Where a test LB keeps its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temp dir.
+    Sqlite,
+    /// A fresh database on the test process's throwaway Postgres ([`PgServer::shared`]).
+    Postgres,
+}
+
+/// A registry database for test LBs: its `FN_DB_URL`, kept until dropped (a SQLite temp dir; a
+/// Postgres database lives as long as the shared server).
+#[derive(Debug)]
+pub struct TestDb {
+    /// `sqlite3:///...` or `postgres://...`.
+    pub url: String,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    /// A new empty database of `backend`.
+    pub async fn new(backend: Backend) -> Result<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().context("temp dir for the LB database")?;
+                Ok(Self {
+                    url: format!("sqlite3://{}", dir.path().join("fn.db").display()),
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let pg = PgServer::shared().await?;
+                let db = pg.create_database().await?;
+                Ok(Self {
+                    url: pg.url(&db),
+                    _dir: None,
+                })
+            }
+        }
+    }
+}
+
 /// A running in-process LB.
 #[derive(Debug)]
 pub struct LbProc {
@@ -23,36 +68,41 @@ pub struct LbProc {
     pub handle: LbHandle,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
-    /// The SQLite file.
-    pub db: PathBuf,
-    _dir: Option<TempDir>,
+    /// Its `FN_DB_URL`.
+    pub db_url: String,
+    db: Option<TestDb>,
 }
 
-/// Settings for a test LB: loopback, free port, plaintext, no runners, fast probes, the given db.
-pub fn test_settings(db: &Path) -> LbSettings {
+/// Settings for a test LB: loopback, free port, plaintext, no runners, fast probes, the given
+/// database URL.
+pub fn test_settings(db_url: &str) -> LbSettings {
     LbSettings {
         listen_address: "127.0.0.1".into(),
         port: 0,
         plaintext: true,
-        db_url: format!("sqlite3://{}", db.display()),
+        db_url: db_url.to_owned(),
         health_interval_ms: 200,
         ..LbSettings::default()
     }
 }
 
 impl LbProc {
-    /// Starts an LB with a fresh temp database; `tune` adjusts the settings first.
+    /// Starts an LB with a fresh SQLite database; `tune` adjusts the settings first.
     pub async fn start(tune: impl FnOnce(&mut LbSettings)) -> Result<Self> {
-        let dir = tempfile::tempdir().context("temp dir for the LB database")?;
-        let db = dir.path().join("fn.db");
-        let mut me = Self::start_with_db(&db, tune).await?;
-        me._dir = Some(dir);
+        Self::start_on(Backend::Sqlite, tune).await
+    }
+
+    /// Starts an LB with a fresh database of `backend`.
+    pub async fn start_on(backend: Backend, tune: impl FnOnce(&mut LbSettings)) -> Result<Self> {
+        let db = TestDb::new(backend).await?;
+        let mut me = Self::start_with_url(&db.url, tune).await?;
+        me.db = Some(db);
         Ok(me)
     }
 
-    /// Starts an LB on an existing (or new) database file.
-    pub async fn start_with_db(db: &Path, tune: impl FnOnce(&mut LbSettings)) -> Result<Self> {
-        let mut settings = test_settings(db);
+    /// Starts an LB on an existing (or new) database.
+    pub async fn start_with_url(db_url: &str, tune: impl FnOnce(&mut LbSettings)) -> Result<Self> {
+        let mut settings = test_settings(db_url);
         tune(&mut settings);
         let handle = ferrofn_lb::start(&settings, Shutdown::new())
             .await
@@ -61,8 +111,8 @@ impl LbProc {
         Ok(Self {
             handle,
             base,
-            db: db.to_owned(),
-            _dir: None,
+            db_url: db_url.to_owned(),
+            db: None,
         })
     }
 
@@ -76,10 +126,10 @@ impl LbProc {
         format!("{}{}", self.base, path)
     }
 
-    /// Stops it (graceful), keeping the temp dir alive if it owns one.
-    pub async fn stop(self) -> Option<TempDir> {
+    /// Stops it (graceful), handing back its database if it owns one (to start another LB on it).
+    pub async fn stop(self) -> Option<TestDb> {
         self.handle.stop().await;
-        self._dir
+        self.db
     }
 }
 

@@ -1,13 +1,15 @@
 //! Fn's v2 management API on the LB (fn-v2-api.md): create/get/list/update/delete of apps, fns and
 //! triggers with the CLI's exact codes, pagination, name lookups, merge updates, validation errors,
 //! 409s, the endpoint annotations, cascading deletes and persistence across a restart. The LB runs
-//! in-process on 127.0.0.1:0 with a temp SQLite file.
+//! in-process on 127.0.0.1:0. One suite, run against both registries: every scenario is an
+//! `async fn(Backend)`, and [`backends!`] makes a `sqlite::<name>` and a `postgres::<name>` test of
+//! it (a temp SQLite file; a fresh database on a throwaway Postgres server).
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use ferrofn_tests::lb_proc::{LbProc, json as call, request};
+use ferrofn_tests::lb_proc::{Backend, LbProc, json as call, request};
 
 fn is_rfc3339_ms(v: &Value) -> bool {
     let s = v.as_str().unwrap_or_default();
@@ -35,9 +37,8 @@ async fn create_fn(lb: &LbProc, app_id: &str, name: &str) -> Value {
     r.json()
 }
 
-#[tokio::test]
-async fn root_version_metrics_and_unknown_paths() {
-    let lb = LbProc::start(|_| {}).await.unwrap();
+async fn root_version_metrics_and_unknown_paths(backend: Backend) {
+    let lb = LbProc::start_on(backend, |_| {}).await.unwrap();
     let r = call("GET", &lb.url("/"), None).await.unwrap();
     assert_eq!(
         (r.status, r.text()),
@@ -67,9 +68,8 @@ async fn root_version_metrics_and_unknown_paths() {
     lb.stop().await;
 }
 
-#[tokio::test]
-async fn apps_crud_merge_conflicts_and_errors() {
-    let lb = LbProc::start(|_| {}).await.unwrap();
+async fn apps_crud_merge_conflicts_and_errors(backend: Backend) {
+    let lb = LbProc::start_on(backend, |_| {}).await.unwrap();
     // Create: 200, server id and times; the CLI's zero times are ignored.
     let r = call(
         "POST",
@@ -188,9 +188,8 @@ async fn apps_crud_merge_conflicts_and_errors() {
     lb.stop().await;
 }
 
-#[tokio::test]
-async fn fns_defaults_annotation_partial_put_and_conflicts() {
-    let lb = LbProc::start(|_| {}).await.unwrap();
+async fn fns_defaults_annotation_partial_put_and_conflicts(backend: Backend) {
+    let lb = LbProc::start_on(backend, |_| {}).await.unwrap();
     let app = create_app(&lb, "fapp").await;
     let app_id = app["id"].as_str().unwrap();
     let other = create_app(&lb, "otherapp").await;
@@ -335,7 +334,7 @@ async fn fns_defaults_annotation_partial_put_and_conflicts() {
 
     // Public URL setting overrides the Host.
     lb.stop().await;
-    let lb = LbProc::start(|s| s.public_lb_url = "https://fn.example.com/".into())
+    let lb = LbProc::start_on(backend, |s| s.public_lb_url = "https://fn.example.com/".into())
         .await
         .unwrap();
     let app = create_app(&lb, "pub").await;
@@ -369,9 +368,8 @@ async fn fns_defaults_annotation_partial_put_and_conflicts() {
     lb.stop().await;
 }
 
-#[tokio::test]
-async fn triggers_crud_annotation_conflicts_and_cascade() {
-    let lb = LbProc::start(|_| {}).await.unwrap();
+async fn triggers_crud_annotation_conflicts_and_cascade(backend: Backend) {
+    let lb = LbProc::start_on(backend, |_| {}).await.unwrap();
     let app = create_app(&lb, "tapp").await;
     let app_id = app["id"].as_str().unwrap().to_owned();
     let f = create_fn(&lb, &app_id, "hello").await;
@@ -495,9 +493,8 @@ async fn triggers_crud_annotation_conflicts_and_cascade() {
     lb.stop().await;
 }
 
-#[tokio::test]
-async fn pagination_walks_every_item_once() {
-    let lb = LbProc::start(|_| {}).await.unwrap();
+async fn pagination_walks_every_item_once(backend: Backend) {
+    let lb = LbProc::start_on(backend, |_| {}).await.unwrap();
     for i in 0..35 {
         create_app(&lb, &format!("pg{i:02}")).await;
     }
@@ -547,14 +544,12 @@ async fn pagination_walks_every_item_once() {
     lb.stop().await;
 }
 
-#[tokio::test]
-async fn data_survives_a_restart() {
-    let lb = LbProc::start(|_| {}).await.unwrap();
+async fn data_survives_a_restart(backend: Backend) {
+    let lb = LbProc::start_on(backend, |_| {}).await.unwrap();
     let app = create_app(&lb, "persist").await;
     let f = create_fn(&lb, app["id"].as_str().unwrap(), "f").await;
-    let db = lb.db.clone();
-    let dir = lb.stop().await;
-    let lb = LbProc::start_with_db(&db, |_| {}).await.unwrap();
+    let db = lb.stop().await.unwrap();
+    let lb = LbProc::start_with_url(&db.url, |_| {}).await.unwrap();
     let r = call("GET", &lb.url("/v2/apps?name=persist"), None).await.unwrap();
     assert_eq!(r.json()["items"][0]["id"], app["id"]);
     let r = call(
@@ -566,12 +561,13 @@ async fn data_survives_a_restart() {
     .unwrap();
     assert_eq!((r.status, r.json()["image"].clone()), (200, json!("local/x:1")));
     lb.stop().await;
-    drop(dir);
+    drop(db);
 }
 
-#[tokio::test]
-async fn call_routes_without_runners() {
-    let lb = LbProc::start(|s| s.max_request_size = 300).await.unwrap();
+async fn call_routes_without_runners(backend: Backend) {
+    let lb = LbProc::start_on(backend, |s| s.max_request_size = 300)
+        .await
+        .unwrap();
     let app = create_app(&lb, "capp").await;
     let app_id = app["id"].as_str().unwrap().to_owned();
     let f = create_fn(&lb, &app_id, "f").await;
@@ -646,3 +642,53 @@ async fn call_routes_without_runners() {
     assert_eq!(r.status, 503);
     lb.stop().await;
 }
+
+/// Twenty clients create the same app at once: one wins, the others get Fn's 409, and one app exists.
+async fn concurrent_creates_of_one_name_make_one_app(backend: Backend) {
+    let lb = LbProc::start_on(backend, |_| {}).await.unwrap();
+    let url = lb.url("/v2/apps");
+    let tries = (0..20).map(|_| call("POST", &url, Some(json!({"name": "race"}))));
+    let statuses: Vec<u16> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status)
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 19, "{statuses:?}");
+    let r = call("GET", &lb.url("/v2/apps?name=race"), None).await.unwrap();
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 1);
+    lb.stop().await;
+}
+
+/// Each scenario once per registry backend.
+macro_rules! backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+backends!(
+    root_version_metrics_and_unknown_paths,
+    apps_crud_merge_conflicts_and_errors,
+    fns_defaults_annotation_partial_put_and_conflicts,
+    triggers_crud_annotation_conflicts_and_cascade,
+    pagination_walks_every_item_once,
+    data_survives_a_restart,
+    call_routes_without_runners,
+    concurrent_creates_of_one_name_make_one_app,
+);

@@ -49,6 +49,9 @@ pub fn error_response(err: &FnError) -> Response {
     r
 }
 
+/// The 503 of a registry call while the database is down or too slow (the cause is in the log).
+pub const REGISTRY_UNAVAILABLE: &str = "The registry database is unavailable: try again later";
+
 /// An error a handler returns.
 #[derive(Debug)]
 pub struct ApiError(pub FnError);
@@ -61,7 +64,7 @@ impl From<FnError> for ApiError {
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
-        ApiError(match e {
+        ApiError(match &e {
             RegistryError::NotFound(Kind::App) | RegistryError::MissingParent(Kind::App) => {
                 FnError::app_not_found()
             }
@@ -71,7 +74,11 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(Kind::Trigger) | RegistryError::MissingParent(Kind::Trigger) => {
                 FnError::trigger_not_found()
             }
-            RegistryError::Conflict { message } => FnError::new(409, message, false),
+            RegistryError::Conflict { message } => FnError::new(409, *message, false),
+            RegistryError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "registry unavailable");
+                FnError::new(503, REGISTRY_UNAVAILABLE, false)
+            }
             other => {
                 tracing::error!(error = %other, "registry failure");
                 FnError::internal()

@@ -1,10 +1,15 @@
 //! The function registry: apps, fns and triggers ([`models`]: Fn's JSON shapes and validation)
-//! behind a [`Registry`] trait (the seam for a shared database later), an embedded SQLite
-//! implementation, and a read-through cache for the invoke path.
+//! behind a [`Registry`] trait, with two stores chosen by `FN_DB_URL` ([`DbUrl`]): an embedded
+//! SQLite file (one LB) and a shared Postgres database (several LBs, [`postgres`]), and a
+//! read-through cache for the invoke path that the Postgres change feed invalidates.
 
 pub mod cache;
 pub mod models;
+pub mod postgres;
+pub mod rules;
 pub mod sqlite;
+
+use std::path::PathBuf;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -13,6 +18,7 @@ use serde::de::DeserializeOwned;
 use models::{App, Function, Trigger};
 
 pub use cache::CachedRegistry;
+pub use postgres::PostgresRegistry;
 pub use sqlite::SqliteRegistry;
 
 /// Fn's default page size for list calls.
@@ -32,7 +38,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The SQLite table.
+    /// The table (the same name in both stores).
     pub fn table(self) -> &'static str {
         match self {
             Kind::App => "apps",
@@ -90,6 +96,116 @@ pub enum RegistryError {
     /// The blocking database task died.
     #[error("registry database task failed: {0}")]
     Task(String),
+    /// The database cannot be reached or did not answer in time (Postgres down, restarting, a
+    /// connection lost, the pool exhausted). Transient: the API answers 503.
+    #[error("the registry database is unavailable during {op}: {cause}")]
+    Unavailable {
+        /// What was being done.
+        op: &'static str,
+        /// Why (one line, no secrets).
+        cause: String,
+    },
+    /// A Postgres statement failed for a reason a retry would not fix.
+    #[error("registry database error during {op}: {source}")]
+    Postgres {
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Connecting to or migrating the Postgres database at start failed.
+    #[error("cannot open the registry database {url}: {cause}")]
+    PostgresOpen {
+        /// The database URL, password redacted.
+        url: String,
+        /// Why.
+        cause: String,
+    },
+}
+
+impl RegistryError {
+    /// A failure of the store itself that a later attempt may not meet (503 rather than 500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RegistryError::Unavailable { .. })
+    }
+}
+
+/// Where the registry lives, parsed from Fn's `FN_DB_URL`.
+#[derive(Debug, Clone)]
+pub enum DbUrl {
+    /// `sqlite3:///path`, `sqlite:///path` or a plain path: an embedded file.
+    Sqlite(PathBuf),
+    /// `postgres://user:password@host:port/db?sslmode=disable` (or `postgresql://`): a shared
+    /// database.
+    Postgres(Box<tokio_postgres::Config>),
+}
+
+impl DbUrl {
+    /// Parses the setting; the error says what is wrong without repeating the value (it may hold a
+    /// password).
+    pub fn parse(setting: &str) -> Result<Self, String> {
+        let s = setting.trim();
+        if s.is_empty() {
+            return Err(
+                "empty: give sqlite3:///path/to/fn.db, a path, or postgres://user:password@host:port/db"
+                    .into(),
+            );
+        }
+        match s.split_once("://") {
+            Some(("sqlite3" | "sqlite", "")) => {
+                Err("no path after sqlite3://: give sqlite3:///path/to/fn.db".into())
+            }
+            Some(("sqlite3" | "sqlite", _)) => Ok(DbUrl::Sqlite(sqlite::db_path(s))),
+            Some(("postgres" | "postgresql", _)) => {
+                postgres::parse_url(s).map(|c| DbUrl::Postgres(Box::new(c)))
+            }
+            Some((scheme, _)) => Err(format!(
+                "{scheme}:// databases are not supported: use sqlite3:///path/to/fn.db or \
+                 postgres://user:password@host:port/db"
+            )),
+            None => Ok(DbUrl::Sqlite(PathBuf::from(s))),
+        }
+    }
+}
+
+/// `FN_DB_URL` for logs and `print-config`: the password (in the user part or a `password=`
+/// parameter) replaced by `<redacted>`.
+pub fn redact_db_url(setting: &str) -> String {
+    const HIDDEN: &str = "<redacted>";
+    let Some((scheme, rest)) = setting.split_once("://") else {
+        return setting.to_owned();
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    // The user info ends at the last '@' of the authority (a raw '@' in a password is common).
+    let authority_end = before_query
+        .rfind('@')
+        .map(|at| at + before_query[at..].find('/').unwrap_or(before_query.len() - at))
+        .unwrap_or_else(|| before_query.find('/').unwrap_or(before_query.len()));
+    let (authority, path) = before_query.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{HIDDEN}@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}={HIDDEN}"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 /// Filters and paging of a list call (Fn's query parameters).
@@ -191,4 +307,77 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
         kind: String,
         source: String,
     ) -> BoxFuture<'_, RegResult<Trigger>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_urls_pick_the_store() {
+        assert!(
+            matches!(DbUrl::parse("sqlite3:///data/fn.db"), Ok(DbUrl::Sqlite(p)) if p == std::path::Path::new("/data/fn.db"))
+        );
+        assert!(matches!(DbUrl::parse("./data/fn.db"), Ok(DbUrl::Sqlite(_))));
+        match DbUrl::parse("postgres://fn:secret@db.internal:5433/fnreg?sslmode=disable") {
+            Ok(DbUrl::Postgres(c)) => {
+                assert_eq!(c.get_user(), Some("fn"));
+                assert_eq!(c.get_dbname(), Some("fnreg"));
+                assert_eq!(c.get_ports(), [5433]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            DbUrl::parse("postgresql://fn@db/fnreg"),
+            Ok(DbUrl::Postgres(_))
+        ));
+        for (bad, why) in [
+            ("", "empty"),
+            ("mysql://u:p@h/db", "mysql:// databases are not supported"),
+            ("sqlite3://", "no path"),
+        ] {
+            let e = DbUrl::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_postgres_urls_say_why_without_the_password() {
+        for (url, why) in [
+            (
+                "postgres://fn:hunter2@db/fnreg?sslmode=require",
+                "sslmode=require",
+            ),
+            ("postgres://fn:hunter2@db/fnreg?sslmode=bogus", "sslmode"),
+            ("postgres://:hunter2@db/fnreg", "user"),
+            ("postgres://fn:hunter2@/fnreg", "host"),
+            (
+                "postgres://fn:hunter2@db:notaport/fnreg",
+                "not a valid Postgres URL",
+            ),
+        ] {
+            let e = DbUrl::parse(url).unwrap_err();
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(!e.contains("hunter2"), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_db_url("postgres://fn:s3cr@t@db:5432/fnreg?sslmode=disable"),
+            "postgres://fn:<redacted>@db:5432/fnreg?sslmode=disable"
+        );
+        assert_eq!(
+            redact_db_url("postgres://fn@db/fnreg?password=x&sslmode=prefer"),
+            "postgres://fn@db/fnreg?password=<redacted>&sslmode=prefer"
+        );
+        assert_eq!(redact_db_url("postgres://db/fnreg"), "postgres://db/fnreg");
+        assert_eq!(
+            redact_db_url("postgresql://fn:pw@%2Frun%2Fpg:5432/db"),
+            "postgresql://fn:<redacted>@%2Frun%2Fpg:5432/db"
+        );
+        assert_eq!(redact_db_url("sqlite3:///data/fn.db"), "sqlite3:///data/fn.db");
+        assert_eq!(redact_db_url("./data/fn.db"), "./data/fn.db");
+    }
 }

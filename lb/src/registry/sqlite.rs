@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::Value;
 
 use ferrofn_common::lock::LockExt;
 
 use super::models::{App, Function, Trigger};
+use super::rules::{self, Expect, Keys, from_json, keys_of, to_json};
 use super::{Kind, ListQuery, Page, RegResult, Registry, RegistryError, Stored};
 
 const SCHEMA: &str = "
@@ -43,59 +43,11 @@ CREATE INDEX IF NOT EXISTS fns_by_name ON fns (name, id);
 CREATE INDEX IF NOT EXISTS triggers_by_name ON triggers (name, id);
 ";
 
-/// Fn's 409 texts.
-pub const APP_EXISTS: &str = "App already exists";
-/// A fn of that name exists in the app.
-pub const FN_EXISTS: &str = "Fn with specified name already exists";
-/// A trigger of that name exists on the fn.
-pub const TRIGGER_EXISTS: &str = "Trigger with specified name already exists";
-/// A trigger with that type and source exists in the app.
-pub const TRIGGER_SOURCE_EXISTS: &str = "Trigger with specified type and source already exists";
-
 /// The SQLite registry. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SqliteRegistry {
     conn: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
-}
-
-/// The indexed keys of an object, read from its Fn JSON.
-#[derive(Debug, Default)]
-struct Keys {
-    id: String,
-    name: String,
-    app_id: String,
-    fn_id: String,
-    kind: String,
-    source: String,
-}
-
-fn keys_of(v: &Value) -> Keys {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-    Keys {
-        id: s("id"),
-        name: s("name"),
-        app_id: s("app_id"),
-        fn_id: s("fn_id"),
-        kind: s("type"),
-        source: s("source"),
-    }
-}
-
-/// Checks `FN_DB_URL`: `sqlite3://` / `sqlite://` URLs and plain paths are served by this registry;
-/// any other `scheme://` is refused rather than taken as a file name.
-pub fn check_db_url(setting: &str) -> Result<(), String> {
-    let s = setting.trim();
-    if s.is_empty() {
-        return Err("empty: give sqlite3:///path/to/fn.db or a path".into());
-    }
-    match s.split_once("://") {
-        Some(("sqlite3" | "sqlite", rest)) if !rest.is_empty() => Ok(()),
-        Some((scheme, _)) => Err(format!(
-            "{scheme}:// databases are not supported by this build: use sqlite3:///path/to/fn.db"
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Parses a `sqlite3:///path`, `sqlite:///path` or plain path setting into a file path.
@@ -111,16 +63,6 @@ pub fn db_path(setting: &str) -> PathBuf {
 
 fn db(op: &'static str) -> impl FnOnce(rusqlite::Error) -> RegistryError {
     move |source| RegistryError::Db { op, source }
-}
-
-fn encode_cursor(name: &str, id: &str) -> String {
-    hex::encode(format!("{name}\u{0}{id}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<(String, String)> {
-    let raw = String::from_utf8(hex::decode(cursor).ok()?).ok()?;
-    let (name, id) = raw.split_once('\u{0}')?;
-    Some((name.to_owned(), id.to_owned()))
 }
 
 impl SqliteRegistry {
@@ -173,24 +115,6 @@ impl SqliteRegistry {
     }
 }
 
-fn to_json<T: Stored>(obj: &T) -> RegResult<(Value, String)> {
-    let v = serde_json::to_value(obj).map_err(|source| RegistryError::Json {
-        kind: T::KIND,
-        id: String::new(),
-        source,
-    })?;
-    let text = v.to_string();
-    Ok((v, text))
-}
-
-fn from_json<T: Stored>(id: &str, body: &str) -> RegResult<T> {
-    serde_json::from_str(body).map_err(|source| RegistryError::Json {
-        kind: T::KIND,
-        id: id.to_owned(),
-        source,
-    })
-}
-
 fn exists(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> RegResult<bool> {
     conn.query_row(sql, args, |_| Ok(()))
         .optional()
@@ -210,60 +134,16 @@ fn get_one<T: Stored>(conn: &Connection, id: &str) -> RegResult<T> {
     }
 }
 
-/// Checks the uniqueness and parent rules for `k` (an object of `kind`), ignoring the row `k.id`
-/// itself (so an update can keep its own keys).
+/// Checks the rules for `k` (an object of `kind`) in Fn's order.
 fn check_rules(conn: &Connection, kind: Kind, k: &Keys) -> RegResult<()> {
-    match kind {
-        Kind::App => {
-            if exists(
-                conn,
-                "SELECT 1 FROM apps WHERE name = ?1 AND id <> ?2",
-                params![k.name, k.id],
-            )? {
-                return Err(RegistryError::Conflict { message: APP_EXISTS });
-            }
-        }
-        Kind::Fn => {
-            if !exists(conn, "SELECT 1 FROM apps WHERE id = ?1", params![k.app_id])? {
-                return Err(RegistryError::MissingParent(Kind::App));
-            }
-            if exists(
-                conn,
-                "SELECT 1 FROM fns WHERE app_id = ?1 AND name = ?2 AND id <> ?3",
-                params![k.app_id, k.name, k.id],
-            )? {
-                return Err(RegistryError::Conflict { message: FN_EXISTS });
-            }
-        }
-        Kind::Trigger => {
-            if !exists(conn, "SELECT 1 FROM apps WHERE id = ?1", params![k.app_id])? {
-                return Err(RegistryError::MissingParent(Kind::App));
-            }
-            if !exists(
-                conn,
-                "SELECT 1 FROM fns WHERE id = ?1 AND app_id = ?2",
-                params![k.fn_id, k.app_id],
-            )? {
-                return Err(RegistryError::MissingParent(Kind::Fn));
-            }
-            if exists(
-                conn,
-                "SELECT 1 FROM triggers WHERE app_id = ?1 AND fn_id = ?2 AND name = ?3 AND id <> ?4",
-                params![k.app_id, k.fn_id, k.name, k.id],
-            )? {
-                return Err(RegistryError::Conflict {
-                    message: TRIGGER_EXISTS,
-                });
-            }
-            if exists(
-                conn,
-                "SELECT 1 FROM triggers WHERE app_id = ?1 AND type = ?2 AND source = ?3 AND id <> ?4",
-                params![k.app_id, k.kind, k.source, k.id],
-            )? {
-                return Err(RegistryError::Conflict {
-                    message: TRIGGER_SOURCE_EXISTS,
-                });
-            }
+    for rule in rules::rules(kind, k) {
+        let found = exists(
+            conn,
+            &rules::numbered(rule.sql, '?'),
+            rusqlite::params_from_iter(rule.args.iter()),
+        )?;
+        if found != (rule.expect == Expect::Present) {
+            return Err((rule.broken)());
         }
     }
     Ok(())
@@ -305,13 +185,7 @@ fn write<T: Stored>(conn: &mut Connection, obj: T, insert: bool) -> RegResult<T>
         Ok(_) => {}
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
             // Only a duplicate id can get here (the rules above cover the other keys).
-            return Err(RegistryError::Conflict {
-                message: match T::KIND {
-                    Kind::App => APP_EXISTS,
-                    Kind::Fn => FN_EXISTS,
-                    Kind::Trigger => TRIGGER_EXISTS,
-                },
-            });
+            return Err(rules::duplicate(T::KIND));
         }
         Err(e) => return Err(db("write")(e)),
     }
@@ -347,32 +221,10 @@ fn delete(conn: &mut Connection, kind: Kind, id: &str) -> RegResult<()> {
 }
 
 fn list<T: Stored>(conn: &Connection, q: &ListQuery) -> RegResult<Page<T>> {
-    let per_page = q.page_size();
-    let after = q.cursor.as_deref().and_then(decode_cursor);
-    let mut sql = format!("SELECT id, name, body FROM {} WHERE 1=1", T::KIND.table());
-    let mut args: Vec<String> = Vec::new();
-    let mut push = |sql: &mut String, clause: &str, v: &str| {
-        args.push(v.to_owned());
-        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
-    };
-    if let Some(n) = q.name.as_deref() {
-        push(&mut sql, " AND name = ?", n);
-    }
-    if let Some(a) = q.app_id.as_deref().filter(|_| T::KIND != Kind::App) {
-        push(&mut sql, " AND app_id = ?", a);
-    }
-    if let Some(f) = q.fn_id.as_deref().filter(|_| T::KIND == Kind::Trigger) {
-        push(&mut sql, " AND fn_id = ?", f);
-    }
-    if let Some((name, id)) = &after {
-        push(&mut sql, " AND (name > ?", name);
-        push(&mut sql, " OR (name = ?", name);
-        push(&mut sql, " AND id > ?))", id);
-    }
-    sql.push_str(&format!(" ORDER BY name, id LIMIT {}", per_page + 1));
-    let mut stmt = conn.prepare(&sql).map_err(db("list"))?;
+    let l = rules::list_sql(T::KIND, q);
+    let mut stmt = conn.prepare(&rules::numbered(&l.sql, '?')).map_err(db("list"))?;
     let rows = stmt
-        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+        .query_map(rusqlite::params_from_iter(l.args.iter()), |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -384,17 +236,7 @@ fn list<T: Stored>(conn: &Connection, q: &ListQuery) -> RegResult<Page<T>> {
     for row in rows {
         raw.push(row.map_err(db("list row"))?);
     }
-    let next_cursor = if raw.len() > per_page {
-        raw.truncate(per_page);
-        raw.last().map(|(id, name, _)| encode_cursor(name, id))
-    } else {
-        None
-    };
-    let items = raw
-        .iter()
-        .map(|(id, _, body)| from_json(id, body))
-        .collect::<RegResult<Vec<T>>>()?;
-    Ok(Page { items, next_cursor })
+    rules::page_of(raw, l.per_page)
 }
 
 impl Registry for SqliteRegistry {
@@ -488,25 +330,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn db_url_checks() {
-        assert!(check_db_url("sqlite3:///data/fn.db").is_ok());
-        assert!(check_db_url("./data/fn.db").is_ok());
-        assert!(check_db_url("postgres://u:p@h:5432/db").is_err());
-        assert!(check_db_url("sqlite3://").is_err());
-        assert!(check_db_url("").is_err());
-    }
-
-    #[test]
     fn db_url_forms() {
         assert_eq!(db_path("sqlite3:///data/fn.db"), PathBuf::from("/data/fn.db"));
         assert_eq!(db_path("sqlite:///tmp/x.db?mode=rwc"), PathBuf::from("/tmp/x.db"));
         assert_eq!(db_path("data/fn.db"), PathBuf::from("data/fn.db"));
-    }
-
-    #[test]
-    fn cursor_round_trip() {
-        let c = encode_cursor("app name", "01ID");
-        assert_eq!(decode_cursor(&c), Some(("app name".into(), "01ID".into())));
-        assert_eq!(decode_cursor("zz"), None);
     }
 }
