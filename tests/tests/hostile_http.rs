@@ -1,7 +1,11 @@
 //! What a hostile HTTP client gets from the LB, over raw sockets: ambiguous framings are refused
-//! (two Content-Lengths: 400) or read one way and the connection closed (Content-Length with chunked), a header over the limit gets 431, a client that never finishes its headers is
-//! disconnected after the header timeout, connections over the limit are closed at accept; and a
-//! well-behaved client on another connection is served all along.
+//! (two Content-Lengths: 400) or read one way and the connection closed (Content-Length with
+//! chunked), a header over the limit gets 431, a client that never finishes its headers is
+//! disconnected after the header timeout and one that stalls its body gets 408 and is disconnected
+//! after the body idle timeout, dot segments and invalid UTF-8 in paths get 404/400 in Fn's shape
+//! (never another route), connections over the limit are closed at accept; and a well-behaved
+//! client on another connection is served all along. (Chunked bodies over `FN_MAX_REQUEST_SIZE`:
+//! `lb_request_size.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -226,6 +230,62 @@ async fn slowloris_bodies_get_408_and_their_connection_closed() {
         );
         lb.stop().await;
     }
+}
+
+#[tokio::test]
+async fn dot_segments_and_invalid_utf8_in_paths_get_clean_answers() {
+    let (lb, _runner, invoke) = lb_with_fn(true).await;
+    let fns = call("GET", &lb.url("/v2/fns"), None).await.unwrap().json();
+    let (app_id, fn_id) = (fns["items"][0]["app_id"].clone(), fns["items"][0]["id"].clone());
+    let t = call(
+        "POST",
+        &lb.url("/v2/triggers"),
+        Some(json!({"app_id": app_id, "fn_id": fn_id, "name": "t", "type": "http", "source": "/hello"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.status, 200, "{}", t.text());
+    // The control: the trigger itself answers.
+    let (status, text, _) = exchange(
+        lb.addr(),
+        b"GET /t/slow/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    // Dot segments are not resolved into another route (no way around /v2's token); invalid
+    // UTF-8, percent-encoded or raw, is a 400 in Fn's shape or a refused request line, never a
+    // crash; a NUL is just an unknown source.
+    let cases: [(&[u8], &[u16]); 8] = [
+        (b"/t/slow/../v2/apps", &[404]),
+        (b"/t/slow/%2e%2e/%2e%2e/v2/apps", &[404]),
+        (b"/t/slow/hello/../../v2/apps", &[404]),
+        (b"/t/slow/%ff%fe", &[400]),
+        (b"/t/%ff/hello", &[400]),
+        (b"/t/slow/hello%00", &[404]),
+        (b"/t/slow/\xff\xfe", &[400]),
+        (b"/invoke/%c3%28", &[400]),
+    ];
+    for (path, want) in cases {
+        let mut raw = b"GET ".to_vec();
+        raw.extend_from_slice(path);
+        raw.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, text, closed) = exchange(lb.addr(), &raw, Duration::from_secs(5)).await;
+        let shown = String::from_utf8_lossy(path);
+        assert!(want.contains(&status), "{shown}: {status} {text}");
+        assert!(closed.is_some(), "{shown}: connection not closed");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        if !body.is_empty() {
+            let v: serde_json::Value =
+                serde_json::from_str(body).unwrap_or_else(|e| panic!("{shown}: {e}: {body}"));
+            assert!(v["message"].is_string(), "{shown}: Fn's error shape: {body}");
+        }
+    }
+    let r = call("POST", &lb.url(&invoke), Some(json!({"after": 1})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "the LB serves on: {}", r.text());
+    lb.stop().await;
 }
 
 #[tokio::test]
