@@ -8,6 +8,7 @@ pub mod images;
 pub mod lb_fixture;
 pub mod lb_proc;
 pub mod load;
+pub mod nginx;
 pub mod pg_server;
 pub mod runner_proc;
 pub mod testfn;
