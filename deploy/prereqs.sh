@@ -24,6 +24,8 @@ need "Docker Compose (docker compose or docker-compose)" "apt-get install -y doc
 need "nginx (for the ingress test)" "apt-get install -y nginx-light" has nginx
 need "Postgres server binaries (initdb, for the registry tests)" "apt-get install -y postgresql" \
   bash -c 'has() { command -v "$1" || [[ -x "/usr/sbin/$1" ]]; }; has initdb || ls /usr/lib/postgresql/*/bin/initdb'
+need "python3 with kubernetes-validate (the Kubernetes manifest test)" \
+  "python3 -m pip install kubernetes-validate==1.37.0" python3 -c 'import kubernetes_validate, yaml'
 
 if [[ "$missing" != 0 ]]; then
   echo "make test needs the tools above (.ci/run installs them on a CI machine)" >&2
