@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -651,6 +653,47 @@ pub mod fake_runner {
             self.stop.notify_one();
         }
     }
+}
+
+/// `method url` with a JSON body that must answer 200: its JSON.
+pub async fn ok(method: &str, url: String, body: Option<serde_json::Value>) -> serde_json::Value {
+    let r = json(method, &url, body).await.unwrap();
+    assert_eq!(r.status, 200, "{method} {url}: {}", r.text());
+    r.json()
+}
+
+/// `POST /invoke/<fn_id>` with `{"n": 1}` on the LB at `base` (`http://host:port`).
+pub async fn invoke_fn(base: &str, fn_id: &str) -> Resp {
+    json(
+        "POST",
+        &format!("{base}/invoke/{fn_id}"),
+        Some(serde_json::json!({"n": 1})),
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits (bounded) until the LB's probes have found the accept-ack capability of every runner.
+pub async fn wait_accept_ack(runners: &[Arc<ferrofn_lb::pool::Runner>]) -> Result<()> {
+    for _ in 0..250 {
+        if runners.iter().all(|r| r.supports_accept_ack()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("the LB's probes did not find the accept-ack capability of every runner")
+}
+
+/// A `ferrofn-lb` process (plaintext to runners) on the registry `db_url` over `runner`, probing
+/// every 200 ms; `env` adds settings.
+pub async fn lb_on_registry(db_url: &str, runner: &str, env: &[(&str, &str)]) -> LbBinary {
+    let mut all = vec![
+        ("FN_DB_URL", db_url),
+        ("FN_RUNNER_ADDRESSES", runner),
+        ("FERROFN_HEALTH_INTERVAL_MSECS", "200"),
+    ];
+    all.extend_from_slice(env);
+    LbBinary::start(&["--plaintext"], &all).await.unwrap()
 }
 
 /// The `ferrofn-lb` binary as a child process (for CLI, signal and reload tests).

@@ -71,46 +71,41 @@ async fn each_node_holds_only_its_own_key_and_no_node_the_ca_key() -> Result<()>
     // (server) certificate is refused as a client by another runner.
     let r1 = cluster.container(RUNNERS[0]).await?;
     let other = format!("{}:9190", RUNNERS[1]);
-    let as_lb = docker(&[
-        "exec",
-        &r1,
-        "/ferrofn-runner",
-        "probe",
-        "--addr",
-        &other,
-        "--ca",
-        "/certs/ca.pem",
-        "--cert",
-        "/certs/lb.pem",
-        "--key",
-        "/certs/lb-key.pem",
-        "--timeout-ms",
-        "3000",
-    ])
-    .await
-    .expect_err("a runner must not hold the LB's certificate");
+    // `ferrofn-runner probe` of the other runner's gRPC health, from inside runner-1, presenting
+    // these client files.
+    let probe_as = |cert: String, key: String| {
+        let (r1, other) = (r1.clone(), other.clone());
+        async move {
+            docker(&[
+                "exec",
+                &r1,
+                "/ferrofn-runner",
+                "probe",
+                "--addr",
+                &other,
+                "--ca",
+                "/certs/ca.pem",
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--timeout-ms",
+                "3000",
+            ])
+            .await
+        }
+    };
+    let as_lb = probe_as("/certs/lb.pem".into(), "/certs/lb-key.pem".into())
+        .await
+        .expect_err("a runner must not hold the LB's certificate");
     ensure!(
         format!("{as_lb:#}").contains("lb.pem"),
         "the probe should fail on the missing LB files: {as_lb:#}"
     );
-    let own_cert = format!("/certs/runner-{}.pem", RUNNERS[0]);
-    let own_key = format!("/certs/runner-{}-key.pem", RUNNERS[0]);
-    docker(&[
-        "exec",
-        &r1,
-        "/ferrofn-runner",
-        "probe",
-        "--addr",
-        &other,
-        "--ca",
-        "/certs/ca.pem",
-        "--cert",
-        &own_cert,
-        "--key",
-        &own_key,
-        "--timeout-ms",
-        "3000",
-    ])
+    probe_as(
+        format!("/certs/runner-{}.pem", RUNNERS[0]),
+        format!("/certs/runner-{}-key.pem", RUNNERS[0]),
+    )
     .await
     .expect_err("a runner's server certificate must not pass as a client certificate");
 

@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 
 use serde_json::json;
 
+use ferrofn_tests::lb_fixture::{invoke_path, setup_addrs};
 use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
-use ferrofn_tests::lb_proc::{LbProc, json as call};
+use ferrofn_tests::lb_proc::{LbProc, json as call, wait_accept_ack};
 
 /// Sends `raw` on a new connection and reads until the server closes it or `limit` passes; returns
 /// the status code of the first response (0 if none) and the time the server took to close.
@@ -156,30 +157,13 @@ async fn lb_with_fn(accept_ack: bool) -> (LbProc, FakeRunner, String) {
     })
     .await
     .unwrap();
-    let lb = LbProc::start(|s| {
-        s.runner_addresses = vec![runner.address()];
-        s.request_body_idle_timeout_ms = 1_000;
+    let (lb, f) = setup_addrs(vec![runner.address()], 30, |s| {
+        s.request_body_idle_timeout_ms = 1_000
     })
-    .await
-    .unwrap();
-    let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "slow"})))
-        .await
-        .unwrap()
-        .json();
-    let f = call(
-        "POST",
-        &lb.url("/v2/fns"),
-        Some(json!({"app_id": app["id"], "name": "slowfn", "image": "local/slow:1", "timeout": 30})),
-    )
-    .await
-    .unwrap()
-    .json();
-    let path = format!("/invoke/{}", f["id"].as_str().unwrap());
-    for _ in 0..250 {
-        if lb.handle.pool.runners()[0].supports_accept_ack() == accept_ack {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    .await;
+    let path = invoke_path(&f);
+    if accept_ack {
+        wait_accept_ack(&lb.handle.pool.runners()).await.unwrap();
     }
     (lb, runner, path)
 }
@@ -248,7 +232,7 @@ async fn dot_segments_and_invalid_utf8_in_paths_get_clean_answers() {
     // The control: the trigger itself answers.
     let (status, text, _) = exchange(
         lb.addr(),
-        b"GET /t/slow/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /t/fapp/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     )
     .await;
@@ -257,13 +241,13 @@ async fn dot_segments_and_invalid_utf8_in_paths_get_clean_answers() {
     // UTF-8, percent-encoded or raw, is a 400 in Fn's shape or a refused request line, never a
     // crash; a NUL is just an unknown source.
     let cases: [(&[u8], &[u16]); 8] = [
-        (b"/t/slow/../v2/apps", &[404]),
-        (b"/t/slow/%2e%2e/%2e%2e/v2/apps", &[404]),
-        (b"/t/slow/hello/../../v2/apps", &[404]),
-        (b"/t/slow/%ff%fe", &[400]),
+        (b"/t/fapp/../v2/apps", &[404]),
+        (b"/t/fapp/%2e%2e/%2e%2e/v2/apps", &[404]),
+        (b"/t/fapp/hello/../../v2/apps", &[404]),
+        (b"/t/fapp/%ff%fe", &[400]),
         (b"/t/%ff/hello", &[400]),
-        (b"/t/slow/hello%00", &[404]),
-        (b"/t/slow/\xff\xfe", &[400]),
+        (b"/t/fapp/hello%00", &[404]),
+        (b"/t/fapp/\xff\xfe", &[400]),
         (b"/invoke/%c3%28", &[400]),
     ];
     for (path, want) in cases {

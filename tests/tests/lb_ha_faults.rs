@@ -9,10 +9,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
-use ferrofn_tests::lb_proc::{LbBinary, json as call};
+use ferrofn_tests::lb_proc::{LbBinary, json as call, lb_on_registry, ok};
 use ferrofn_tests::load::{CallRecord, LoadConfig, LoadReport, LoadRun};
 use ferrofn_tests::nginx::Nginx;
 use ferrofn_tests::pg_server::PgServer;
@@ -32,23 +32,7 @@ struct Tier {
 }
 
 async fn start_lb(db_url: &str, runner: &FakeRunner) -> LbBinary {
-    LbBinary::start(
-        &["--plaintext"],
-        &[
-            ("FN_DB_URL", db_url),
-            ("FN_RUNNER_ADDRESSES", &runner.address()),
-            ("FERROFN_HEALTH_INTERVAL_MSECS", "200"),
-            ("FERROFN_DB_TIMEOUT_MSECS", "1000"),
-        ],
-    )
-    .await
-    .unwrap()
-}
-
-async fn ok(method: &str, url: String, body: Option<Value>) -> Value {
-    let r = call(method, &url, body).await.unwrap();
-    assert_eq!(r.status, 200, "{method} {url}: {}", r.text());
-    r.json()
+    lb_on_registry(db_url, &runner.address(), &[("FERROFN_DB_TIMEOUT_MSECS", "1000")]).await
 }
 
 /// Postgres, a fake runner, two LBs and nginx; a fn registered through A and served once by each

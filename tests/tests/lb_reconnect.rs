@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -155,16 +154,9 @@ async fn unaccepted_call_is_placed_again_on_the_same_runner(cut: Cut) -> Result<
     .json();
     let pool = lb.handle.pool.clone();
     let runner = pool.runners()[0].clone();
-    for _ in 0..250 {
-        if runner.supports_accept_ack() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::ensure!(
-        runner.supports_accept_ack(),
-        "the start-up probe never reached the front"
-    );
+    ferrofn_tests::lb_proc::wait_accept_ack(std::slice::from_ref(&runner))
+        .await
+        .context("the start-up probe never reached the front")?;
 
     let path = format!("/invoke/{}", f["id"].as_str().context("fn id")?);
     let resp = call("POST", &lb.url(&path), Some(json!({"n": 1}))).await?;

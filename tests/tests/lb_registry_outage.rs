@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
-use ferrofn_tests::lb_proc::{LbBinary, Resp, json as call};
+use ferrofn_tests::lb_proc::{LbBinary, Resp, invoke_fn, json as call, lb_on_registry, ok};
 use ferrofn_tests::pg_server::PgServer;
 
 /// The LBs' registry timeout in this test (FERROFN_DB_TIMEOUT_MSECS).
@@ -20,33 +20,11 @@ const DB_TIMEOUT: Duration = Duration::from_millis(1000);
 const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
 
 async fn start_lb(db_url: &str, runner: &FakeRunner) -> LbBinary {
-    LbBinary::start(
-        &["--plaintext"],
-        &[
-            ("FN_DB_URL", db_url),
-            ("FN_RUNNER_ADDRESSES", &runner.address()),
-            ("FERROFN_HEALTH_INTERVAL_MSECS", "200"),
-            ("FERROFN_DB_TIMEOUT_MSECS", "1000"),
-        ],
-    )
-    .await
-    .unwrap()
-}
-
-async fn ok(method: &str, url: String, body: Option<Value>) -> Value {
-    let r = call(method, &url, body).await.unwrap();
-    assert_eq!(r.status, 200, "{method} {url}: {}", r.text());
-    r.json()
+    lb_on_registry(db_url, &runner.address(), &[("FERROFN_DB_TIMEOUT_MSECS", "1000")]).await
 }
 
 async fn invoke(lb: &LbBinary, fn_id: &str) -> Resp {
-    call(
-        "POST",
-        &lb.url(&format!("/invoke/{fn_id}")),
-        Some(json!({"n": 1})),
-    )
-    .await
-    .unwrap()
+    invoke_fn(&lb.url(""), fn_id).await
 }
 
 fn last_image(runner: &FakeRunner) -> Value {

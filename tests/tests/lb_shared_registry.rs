@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use ferrofn_lb::registry::postgres::{PgOptions, PostgresRegistry, migrate};
 use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
-use ferrofn_tests::lb_proc::{LbBinary, Resp, json as call, lb_binary};
+use ferrofn_tests::lb_proc::{LbBinary, Resp, invoke_fn, json as call, lb_binary, lb_on_registry, ok};
 use ferrofn_tests::pg_server::{PASSWORD, PgServer};
 
 /// The promise: a change on one LB is served by the others within this.
@@ -38,17 +38,12 @@ where
 
 /// An LB on `db_url` over `runner`, once its change feed follows the database.
 async fn start_lb(db_url: &str, runner: &FakeRunner, poll_ms: &str) -> LbBinary {
-    let lb = LbBinary::start(
-        &["--plaintext"],
-        &[
-            ("FN_DB_URL", db_url),
-            ("FN_RUNNER_ADDRESSES", &runner.address()),
-            ("FERROFN_HEALTH_INTERVAL_MSECS", "200"),
-            ("FERROFN_DB_VERSION_POLL_MSECS", poll_ms),
-        ],
+    let lb = lb_on_registry(
+        db_url,
+        &runner.address(),
+        &[("FERROFN_DB_VERSION_POLL_MSECS", poll_ms)],
     )
-    .await
-    .unwrap();
+    .await;
     let shared = &lb;
     let feed = within(Duration::from_secs(10), || async move {
         counter(shared, "lb_registry_feed_connected").await == 1.0
@@ -58,20 +53,8 @@ async fn start_lb(db_url: &str, runner: &FakeRunner, poll_ms: &str) -> LbBinary 
     lb
 }
 
-async fn ok(method: &str, url: String, body: Option<Value>) -> Value {
-    let r = call(method, &url, body).await.unwrap();
-    assert_eq!(r.status, 200, "{method} {url}: {}", r.text());
-    r.json()
-}
-
 async fn invoke(lb: &LbBinary, fn_id: &str) -> Resp {
-    call(
-        "POST",
-        &lb.url(&format!("/invoke/{fn_id}")),
-        Some(json!({"n": 1})),
-    )
-    .await
-    .unwrap()
+    invoke_fn(&lb.url(""), fn_id).await
 }
 
 /// The value of a counter on the LB's `/metrics` (`name{labels}` exactly as exported; 0 if absent).

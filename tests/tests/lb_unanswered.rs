@@ -6,15 +6,14 @@
 //! waiting for the HTTP/2 keepalive verdict. Here a fake runner answers Status and health but
 //! never an Engage stream.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use ferrofn_lb::pool::{Runner, RunnerState};
+use ferrofn_lb::pool::RunnerState;
 use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
-use ferrofn_tests::lb_proc::{LbProc, json as call};
+use ferrofn_tests::lb_proc::{LbProc, json as call, wait_accept_ack};
 
 fn ack_runner(silent: bool) -> Behaviour {
     Behaviour {
@@ -39,17 +38,6 @@ async fn invoke_path(lb: &LbProc) -> Result<String> {
     Ok(format!("/invoke/{}", f["id"].as_str().context("fn id")?))
 }
 
-/// Waits (bounded) for the start-up probe to find every runner's accept-ack capability.
-async fn probed(runners: &[Arc<Runner>]) -> Result<()> {
-    for _ in 0..250 {
-        if runners.iter().all(|r| r.supports_accept_ack()) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("the start-up probe did not reach every runner")
-}
-
 #[tokio::test]
 async fn a_silent_runner_is_left_for_another_and_avoided_until_it_answers() -> Result<()> {
     let silent = FakeRunner::start(ack_runner(true)).await?;
@@ -63,7 +51,7 @@ async fn a_silent_runner_is_left_for_another_and_avoided_until_it_answers() -> R
     .await?;
     let path = invoke_path(&lb).await?;
     let runners = lb.handle.pool.runners();
-    probed(&runners).await?;
+    wait_accept_ack(&runners).await?;
 
     for n in 0..8 {
         let resp = call("POST", &lb.url(&path), Some(json!({ "n": n }))).await?;
@@ -123,7 +111,7 @@ async fn with_no_other_runner_the_call_waits_on_the_silent_one() -> Result<()> {
     .await?
     .json();
     let runners = lb.handle.pool.runners();
-    probed(&runners).await?;
+    wait_accept_ack(&runners).await?;
 
     let path = format!("/invoke/{}", f["id"].as_str().context("fn id")?);
     let resp = call("POST", &lb.url(&path), Some(json!({}))).await?;
@@ -154,7 +142,7 @@ async fn a_runner_that_answers_is_never_timed_out_by_a_slow_call() -> Result<()>
     .await?;
     let path = invoke_path(&lb).await?;
     let runners = lb.handle.pool.runners();
-    probed(&runners).await?;
+    wait_accept_ack(&runners).await?;
     let resp = call("POST", &lb.url(&path), Some(json!({"slow": true}))).await?;
     assert_eq!((resp.status, resp.json()), (200, json!({"slow": true})));
     assert_eq!(slow.engaged(), 1, "placed once");
