@@ -25,4 +25,5 @@ pub mod probe;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_db;
 pub mod tls_files;

@@ -95,6 +95,14 @@ pub enum TlsError {
     Protocol(#[source] rustls::Error),
     #[error("{name:?} is not a valid TLS server name (DNS name or IP address)")]
     ServerName { name: String },
+    #[error("cannot build the server-certificate verifier from CA {path}: {source}")]
+    ServerVerifier {
+        path: PathBuf,
+        #[source]
+        source: rustls::client::VerifierBuilderError,
+    },
+    #[error("sslmode=verify-ca and verify-full need sslrootcert=<PEM file of the trusted CAs>")]
+    NoDbRoots,
 }
 
 /// Installs rustls' ring provider as the process default. tonic's own TLS paths call
@@ -115,7 +123,7 @@ pub fn install_crypto_provider() {
 
 /// The ring provider, passed explicitly to every config ferrofn builds so that the result does not
 /// depend on what the process default is.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -158,7 +166,7 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(what, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()

@@ -536,8 +536,8 @@ mod tests {
             ("FN_DB_URL", "mysql://u@h/db", "db_url"),
             (
                 "FN_DB_URL",
-                "postgres://u:pw@h/db?sslmode=require",
-                "sslmode=require is not supported",
+                "postgres://u:pw@h/db?sslmode=verify-ca",
+                "need sslrootcert",
             ),
             ("FERROFN_DB_TIMEOUT_MSECS", "0", "db_timeout_ms"),
             ("FN_PUBLIC_LB_URL", "lb.example.com", "public_lb_url"),
@@ -585,7 +585,7 @@ mod tests {
             "{text}"
         );
         // The same error text for a bad URL whatever the password.
-        let e = load_env([("FN_DB_URL", "postgres://fn:hunter2@db/fnreg?sslmode=require")])
+        let e = load_env([("FN_DB_URL", "postgres://fn:hunter2@db/fnreg?sslmode=verify-full")])
             .unwrap_err()
             .to_string();
         assert!(!e.contains("hunter2"), "{e}");

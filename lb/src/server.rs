@@ -174,6 +174,7 @@ async fn open_registry(settings: &LbSettings, shutdown: &Shutdown) -> Result<Arc
             let cached = CachedRegistry::new(Arc::new(store.clone()), cache::FEED_TTL);
             let feed = postgres::changes::Feed {
                 config: store.config().clone(),
+                tls: store.tls(),
                 poll: Duration::from_millis(settings.db_version_poll_ms),
                 timeout: options.timeout,
                 writer: store.writer(),

@@ -105,6 +105,8 @@ pub struct PgServer {
     supervisor: Option<(Child, ChildStdin)>,
     pid: Option<u32>,
     remove_on_exit: bool,
+    /// `ssl=on` with `server.crt` / `server.key` in the data dir.
+    ssl: bool,
 }
 
 impl PgServer {
@@ -113,6 +115,26 @@ impl PgServer {
         let mut me = tokio::task::spawn_blocking(|| Self::init(false))
             .await
             .context("the initdb task")??;
+        me.launch().await?;
+        Ok(me)
+    }
+
+    /// Like [`PgServer::start`], serving TLS (`ssl=on`) with this certificate and key (PEM).
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let mut me = tokio::task::spawn_blocking(|| Self::init(false))
+            .await
+            .context("the initdb task")??;
+        let data = me.root.join("data");
+        for (name, pem, mode) in [("server.crt", cert_pem, 0o644), ("server.key", key_pem, 0o600)] {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data.join(name);
+            std::fs::write(&path, pem)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            if let Some((uid, gid)) = me.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        me.ssl = true;
         me.launch().await?;
         Ok(me)
     }
@@ -184,6 +206,7 @@ impl PgServer {
             supervisor: None,
             pid: None,
             remove_on_exit: shared,
+            ssl: false,
         };
         if shared {
             // Nothing will drop a static: the supervisor removes the dir when the process exits.
@@ -220,6 +243,7 @@ impl PgServer {
                 "full_page_writes=off",
             ])
             .args(["-c", "max_connections=200", "-c", "shared_buffers=16MB"])
+            .args(if self.ssl { &["-c", "ssl=on"][..] } else { &[] })
             .current_dir(&self.root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

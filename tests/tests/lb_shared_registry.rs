@@ -314,19 +314,19 @@ async fn print_config_shows_the_database_url_without_its_password() {
         "{text}"
     );
     assert!(!text.contains("hunter2"), "{text}");
-    // sslmode=require is refused, as the start would, without echoing the password.
+    // verify-full without the trusted CAs is refused, as the start would, without echoing the password.
     let out = tokio::process::Command::new(&bin)
         .args(["--listen-address", "127.0.0.1", "print-config"])
         .env(
             "FN_DB_URL",
-            "postgres://fn:hunter2@db.internal/fnreg?sslmode=require",
+            "postgres://fn:hunter2@db.internal/fnreg?sslmode=verify-full",
         )
         .output()
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sslmode=require is not supported"), "{err}");
+    assert!(err.contains("need sslrootcert"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
 
@@ -356,4 +356,90 @@ async fn a_wrong_password_fails_the_start_at_once_with_the_reason() {
     assert!(text.contains("password authentication failed"), "{text}");
     assert!(text.contains("ferrofn:<redacted>@127.0.0.1"), "{text}");
     assert!(!text.contains("not-the-password"), "{text}");
+}
+
+/// The TLS levels of `FN_DB_URL` against a real server with `ssl=on` whose certificate names
+/// `db.test` and 127.0.0.1 is dialled: verify-ca and require connect (and the session really is
+/// TLS), verify-full refuses the name, another CA is refused, and the registry works over TLS.
+#[tokio::test]
+async fn postgres_tls_levels_check_what_they_say() {
+    use ferrofn_common::certs::{CertAuthority, LeafKind};
+    use ferrofn_lb::registry::Registry;
+    use ferrofn_lb::registry::postgres::parse_url;
+
+    let ca = CertAuthority::generate("pg test CA", 1).unwrap();
+    let other_ca = CertAuthority::generate("another CA", 1).unwrap();
+    let server = ca
+        .issue("db.test", &["db.test".to_owned()], LeafKind::Server, 1)
+        .unwrap();
+    let mut pg = PgServer::start_tls(&server.cert_pem, &server.key_pem)
+        .await
+        .unwrap();
+    let db = pg.create_database().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, other_file) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    std::fs::write(&other_file, other_ca.cert_pem()).unwrap();
+    let base = pg.url(&db).replace("?sslmode=disable", "");
+    let url = |query: String| format!("{base}?{query}");
+    let options = PgOptions {
+        timeout: Duration::from_secs(3),
+        ..PgOptions::default()
+    };
+
+    // The session is TLS (pg_stat_ssl), with the connector the registry uses.
+    for query in [
+        "sslmode=require".to_owned(),
+        format!("sslmode=verify-ca&sslrootcert={}", ca_file.display()),
+        format!("sslmode=require&sslrootcert={}", ca_file.display()),
+    ] {
+        let target = parse_url(&url(query.clone())).unwrap();
+        let (client, conn) = target
+            .config
+            .connect(target.tls.connector().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
+        tokio::spawn(conn);
+        let ssl: bool = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ssl, "{query}: the session is not TLS");
+    }
+
+    // The registry over verify-ca works end to end.
+    let target = parse_url(&url(format!(
+        "sslmode=verify-ca&sslrootcert={}",
+        ca_file.display()
+    )))
+    .unwrap();
+    let reg = PostgresRegistry::connect(target, options, "tls".into())
+        .await
+        .unwrap();
+    reg.ping().await.unwrap();
+
+    // What must be refused at start: the name (verify-full dials 127.0.0.1, the certificate says
+    // db.test), and a certificate from a CA not in the root file.
+    for (query, why) in [
+        (
+            format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+            "name",
+        ),
+        (
+            format!("sslmode=verify-ca&sslrootcert={}", other_file.display()),
+            "issuer",
+        ),
+    ] {
+        let target = parse_url(&url(query.clone())).unwrap();
+        let e = PostgresRegistry::connect(target, options, "tls".into())
+            .await
+            .expect_err(&query)
+            .to_string();
+        assert!(
+            e.to_lowercase().contains("certificate"),
+            "{query}: should fail on the certificate's {why}: {e}"
+        );
+    }
+    pg.stop().unwrap();
 }

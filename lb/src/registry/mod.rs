@@ -138,7 +138,7 @@ pub enum DbUrl {
     Sqlite(PathBuf),
     /// `postgres://user:password@host:port/db?sslmode=disable` (or `postgresql://`): a shared
     /// database.
-    Postgres(Box<tokio_postgres::Config>),
+    Postgres(Box<postgres::PgTarget>),
 }
 
 impl DbUrl {
@@ -321,9 +321,9 @@ mod tests {
         assert!(matches!(DbUrl::parse("./data/fn.db"), Ok(DbUrl::Sqlite(_))));
         match DbUrl::parse("postgres://fn:secret@db.internal:5433/fnreg?sslmode=disable") {
             Ok(DbUrl::Postgres(c)) => {
-                assert_eq!(c.get_user(), Some("fn"));
-                assert_eq!(c.get_dbname(), Some("fnreg"));
-                assert_eq!(c.get_ports(), [5433]);
+                assert_eq!(c.config.get_user(), Some("fn"));
+                assert_eq!(c.config.get_dbname(), Some("fnreg"));
+                assert_eq!(c.config.get_ports(), [5433]);
             }
             other => panic!("{other:?}"),
         }
@@ -345,8 +345,8 @@ mod tests {
     fn bad_postgres_urls_say_why_without_the_password() {
         for (url, why) in [
             (
-                "postgres://fn:hunter2@db/fnreg?sslmode=require",
-                "sslmode=require",
+                "postgres://fn:hunter2@db/fnreg?sslmode=verify-full",
+                "sslrootcert",
             ),
             ("postgres://fn:hunter2@db/fnreg?sslmode=bogus", "sslmode"),
             ("postgres://:hunter2@db/fnreg", "user"),

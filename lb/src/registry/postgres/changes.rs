@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::CachedRegistry;
@@ -57,10 +57,12 @@ enum FeedError {
 }
 
 /// What the feed follows and whom it tells.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Feed {
     /// The database (with the LB's session settings).
     pub config: tokio_postgres::Config,
+    /// The registry's TLS connector.
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// Version poll period.
     pub poll: Duration,
     /// Bound of one poll.
@@ -69,6 +71,16 @@ pub struct Feed {
     pub writer: Arc<str>,
     /// The cache to clear.
     pub cache: CachedRegistry,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("poll", &self.poll)
+            .field("timeout", &self.timeout)
+            .field("writer", &self.writer)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Starts the feed: clears the cache when another writer commits; stops with `stop`.
@@ -103,7 +115,7 @@ pub fn spawn(feed: Feed, stop: CancellationToken) -> tokio::task::JoinHandle<()>
 /// polls until the connection fails.
 async fn follow(feed: &Feed, seen: &mut Option<i64>, connected: &mut bool) -> FeedError {
     let (poll, timeout, cache) = (feed.poll, feed.timeout, &feed.cache);
-    let (client, mut connection) = match feed.config.connect(NoTls).await {
+    let (client, mut connection) = match feed.config.connect(feed.tls.clone()).await {
         Ok(pair) => pair,
         Err(e) => return e.into(),
     };

@@ -10,6 +10,7 @@
 
 pub mod changes;
 pub mod migrate;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +18,11 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tokio_postgres::GenericClient;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::models::{App, Function, Trigger};
 use super::rules::{self, Expect, Keys, from_json, keys_of, to_json};
@@ -52,33 +54,36 @@ impl Default for PgOptions {
     }
 }
 
-/// Parses and checks a `postgres://` URL. TLS is not built in: `sslmode=disable` and `prefer` (which
-/// then connects in plaintext, as libpq does when the server offers no TLS) are accepted,
-/// `require` is refused with the reason. The message never repeats the URL (it may hold a password).
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
+/// A parsed `postgres://` URL: the driver's settings and the TLS it asks for.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// tokio-postgres' settings (`sslmode` among them: disable, prefer or require).
+    pub config: tokio_postgres::Config,
+    /// The certificate check when TLS is used ([`tls`]).
+    pub tls: tls::PgTls,
+}
+
+/// Parses and checks a `postgres://` URL, with libpq's `sslmode` (`disable`, `prefer`, `require`,
+/// `verify-ca`, `verify-full`) and `sslrootcert`. The message never repeats the URL (it may hold a
+/// password).
+pub fn parse_url(url: &str) -> Result<PgTarget, String> {
     const FORM: &str = "the form is postgres://user:password@host:port/database?sslmode=disable \
-                        (a unix socket: the directory percent-encoded as the host, e.g. %2Frun%2Fpostgresql)";
+                        (a unix socket: the directory percent-encoded as the host, e.g. %2Frun%2Fpostgresql; \
+                        TLS: sslmode=verify-full&sslrootcert=/path/ca.pem)";
+    let (url, tls) = tls::split_url(url)?;
     let config: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| format!("not a valid Postgres URL ({e}); {FORM}"))?;
-    match config.get_ssl_mode() {
-        SslMode::Disable | SslMode::Prefer => {}
-        _ => {
-            return Err(
-                "sslmode=require is not supported: the LB connects to Postgres without TLS \
-                        (use sslmode=disable over a unix socket or a private network, or a TLS proxy such \
-                        as a sidecar next to the LB)"
-                    .into(),
-            );
-        }
-    }
     if config.get_user().is_none_or(str::is_empty) {
         return Err(format!("no user in the Postgres URL; {FORM}"));
     }
     if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         return Err(format!("no host in the Postgres URL; {FORM}"));
     }
-    Ok(config)
+    if config.get_ssl_mode() == SslMode::Disable && tls.root.is_some() {
+        return Err("sslrootcert is given but sslmode=disable turns TLS off".into());
+    }
+    Ok(PgTarget { config, tls })
 }
 
 /// The connection settings the LB adds to the URL's: its application name, the connect timeout,
@@ -184,6 +189,7 @@ pub struct PostgresRegistry {
     /// change feed skips them.
     writer: Arc<str>,
     config: Arc<tokio_postgres::Config>,
+    tls: MakeRustlsConnect,
     options: PgOptions,
     url: Arc<String>,
 }
@@ -202,15 +208,16 @@ type Tx<'a> = tokio_postgres::Transaction<'a>;
 impl PostgresRegistry {
     /// Connects, applies the migrations (waiting up to [`START_WAIT`] for the database to answer),
     /// and returns the registry. `url` is the redacted URL for messages.
-    pub async fn connect(config: tokio_postgres::Config, options: PgOptions, url: String) -> RegResult<Self> {
-        let config = session_config(config, options.timeout);
+    pub async fn connect(target: PgTarget, options: PgOptions, url: String) -> RegResult<Self> {
+        let config = session_config(target.config, options.timeout);
         let open_err = |cause: String| RegistryError::PostgresOpen {
             url: url.clone(),
             cause,
         };
+        let tls = target.tls.connector().map_err(&open_err)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -227,6 +234,7 @@ impl PostgresRegistry {
             pool,
             writer: format!("{:016x}", rand::random::<u64>()).into(),
             config: Arc::new(config),
+            tls,
             options,
             url: Arc::new(url.clone()),
         };
@@ -279,6 +287,11 @@ impl PostgresRegistry {
     /// connection.
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The TLS connector (for the change feed's own connection).
+    pub fn tls(&self) -> MakeRustlsConnect {
+        self.tls.clone()
     }
 
     /// The operation timeout.
@@ -643,7 +656,8 @@ mod tests {
     fn session_settings_keep_the_users_and_add_the_limits() {
         let c = session_config(
             parse_url("postgres://fn:pw@db/fnreg?options=-c%20search_path%3Dfn&application_name=mine")
-                .unwrap(),
+                .unwrap()
+                .config,
             Duration::from_millis(1500),
         );
         assert_eq!(c.get_application_name(), Some("mine"));
@@ -653,7 +667,7 @@ mod tests {
         );
         assert_eq!(c.get_connect_timeout(), Some(&Duration::from_millis(1500)));
         let c = session_config(
-            parse_url("postgres://fn@db/fnreg").unwrap(),
+            parse_url("postgres://fn@db/fnreg").unwrap().config,
             Duration::from_secs(5),
         );
         assert_eq!(c.get_application_name(), Some("ferrofn-lb"));
@@ -665,7 +679,7 @@ mod tests {
 
     #[test]
     fn unix_socket_urls_parse() {
-        let c = parse_url("postgres://fn@%2Ftmp%2Fpg:5433/fnreg").unwrap();
+        let c = parse_url("postgres://fn@%2Ftmp%2Fpg:5433/fnreg").unwrap().config;
         assert!(matches!(
             c.get_hosts(),
             [tokio_postgres::config::Host::Unix(p)] if p == std::path::Path::new("/tmp/pg")

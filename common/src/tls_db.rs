@@ -1,0 +1,151 @@
+//! TLS towards a database server (the LB's Postgres registry), with libpq's `sslmode` levels:
+//! `require` encrypts without checking the server's certificate (libpq does the same unless it is
+//! given a root certificate), `verify-ca` checks that a trusted CA signed it, `verify-full` also
+//! that it names the host dialled. The trusted CAs come from a PEM file (`sslrootcert`): the
+//! images are FROM scratch and carry no system store.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::DigitallySignedStruct;
+use rustls::client::ClientConfig;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::{CertificateError, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::tls::{TlsError, provider, read_certs};
+
+/// How much of the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbVerify {
+    /// Encrypt only (`sslmode=require` without a root certificate).
+    Nothing,
+    /// Signed by a CA of the root file, whatever host it names (`verify-ca`).
+    Ca,
+    /// Signed by a CA of the root file and naming the host dialled (`verify-full`).
+    Full,
+}
+
+/// The client config for a database connection; `roots` is the PEM file of trusted CAs (needed
+/// for [`DbVerify::Ca`] and [`DbVerify::Full`]).
+pub fn database_client_config(verify: DbVerify, roots: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match (verify, roots) {
+        (DbVerify::Nothing, _) => Arc::new(NoCheck(provider.clone())),
+        (v, Some(path)) => {
+            let mut store = RootCertStore::empty();
+            for ca in read_certs("database root", path)? {
+                store.add(ca).map_err(|source| TlsError::BadCa {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            }
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+                .build()
+                .map_err(|e| TlsError::ServerVerifier {
+                    path: path.to_owned(),
+                    source: e,
+                })?;
+            if v == DbVerify::Ca {
+                Arc::new(AnyName(webpki))
+            } else {
+                webpki
+            }
+        }
+        (_, None) => return Err(TlsError::NoDbRoots),
+    };
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Protocol)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// Accepts any certificate (signatures of the handshake are still checked).
+#[derive(Debug)]
+struct NoCheck(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The web-PKI check without the name check (`verify-ca`).
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
