@@ -318,6 +318,7 @@ impl LbView {
             .map(|i| Candidate {
                 eligible: true,
                 load: self.load(i),
+                key: None,
             })
             .collect()
     }
@@ -424,6 +425,7 @@ fn simulate_observed(
                 .map(|x| Candidate {
                     eligible: true,
                     load: x.load(),
+                    key: None,
                 })
                 .collect::<Vec<_>>(),
         );
