@@ -195,4 +195,18 @@ mod tests {
         let m = Member::from_lookup("[v6]", "x", &[a("[fd00::2]:9190"), a("[fd00::3]:9190")]);
         assert_eq!(m[1].dial, "[fd00::3]:9190");
     }
+
+    #[tokio::test]
+    async fn the_system_resolver_finds_localhost() {
+        let found = SystemResolver.lookup("localhost", 9190).await.unwrap();
+        assert!(!found.is_empty());
+        assert!(
+            found.iter().all(|a| a.ip().is_loopback() && a.port() == 9190),
+            "{found:?}"
+        );
+        assert_eq!(
+            Member::from_lookup("localhost:9190", "localhost", &found),
+            vec![Member::configured("localhost:9190")]
+        );
+    }
 }
