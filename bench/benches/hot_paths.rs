@@ -54,7 +54,8 @@ fn placers(c: &mut Criterion) {
     let even = vec![
         Candidate {
             eligible: true,
-            load: 3
+            load: 3,
+            key: None
         };
         RUNNERS
     ];

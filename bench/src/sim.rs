@@ -15,7 +15,7 @@
 
 use std::{cmp::Reverse, collections::BinaryHeap, fmt::Write as _};
 
-use ferrofn_lb::placer::{Candidate, bounded, ch, naive};
+use ferrofn_lb::placer::{Candidate, bounded, ch, hash, naive};
 use serde::{Deserialize, Serialize};
 
 /// The placers the simulator runs (the LB's `FN_PLACER` names).
@@ -139,6 +139,86 @@ pub struct SimReport {
     pub lbs: Vec<usize>,
     /// Placer by placer, each with its LB counts in `lbs` order.
     pub results: Vec<SimResult>,
+    /// How many fns change home runner under `ch` when one runner leaves or joins.
+    #[serde(default)]
+    pub churn: Vec<Churn>,
+}
+
+/// The fns whose `ch` home runner changes when one of the runners leaves or one joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Churn {
+    /// `positions`: Fn's jump hash over list positions (configured runners); `addresses`:
+    /// rendezvous hashing on the runners' addresses (runners found through DNS).
+    pub ranking: String,
+    /// Runners before the change.
+    pub runners: usize,
+    /// Mean fraction of fns that move when one runner leaves, over each runner leaving in turn.
+    pub leave: f64,
+    /// Mean fraction of fns that move when one runner joins, over each place in the address order
+    /// it can take.
+    pub join: f64,
+}
+
+/// The home (an index into the list) of a fn among runners listed by address.
+type HomeFn = fn(&str, &[String]) -> usize;
+
+/// [`Churn`] of both rankings for `functions` fns over `runners` runners, listed in address order
+/// as the LB lists the members of a name.
+pub fn churn(functions: usize, runners: usize) -> Vec<Churn> {
+    let ids = fn_ids(functions);
+    let addr = |i: usize| format!("10.{}.{}.1:9190", i / 256, i % 256);
+    // Sorts just before addr(p): a joiner at place p.
+    let joiner = |p: usize| format!("10.{}.{}.0:9190", p / 256, p % 256);
+    let all: Vec<String> = (0..runners).map(addr).collect();
+    let rankings: [(&str, HomeFn); 2] = [
+        ("positions", |f, list| ch::home(f, list.len())),
+        ("addresses", |f, list| {
+            let keys: Vec<u64> = list.iter().map(|a| hash::member_key(a)).collect();
+            ch::rendezvous_order(f, &keys)[0]
+        }),
+    ];
+    rankings
+        .iter()
+        .map(|(name, home)| {
+            let homes = |list: &[String]| -> Vec<String> {
+                ids.iter().map(|f| list[home(f, list)].clone()).collect()
+            };
+            let moved = |a: &[String], b: &[String]| {
+                a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / functions.max(1) as f64
+            };
+            let before = homes(&all);
+            let leave = (0..runners)
+                .map(|gone| {
+                    let rest: Vec<String> = all
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, _)| i != gone)
+                        .map(|(_, a)| a.clone())
+                        .collect();
+                    if rest.is_empty() {
+                        1.0
+                    } else {
+                        moved(&before, &homes(&rest))
+                    }
+                })
+                .sum::<f64>()
+                / runners.max(1) as f64;
+            let join = (0..=runners)
+                .map(|p| {
+                    let mut more = all.clone();
+                    more.insert(p, joiner(p));
+                    moved(&before, &homes(&more))
+                })
+                .sum::<f64>()
+                / (runners + 1) as f64;
+            Churn {
+                ranking: (*name).to_owned(),
+                runners,
+                leave,
+                join,
+            }
+        })
+        .collect()
 }
 
 /// xorshift64* (deterministic for a seed, on every platform).
@@ -318,6 +398,7 @@ impl LbView {
             .map(|i| Candidate {
                 eligible: true,
                 load: self.load(i),
+                key: None,
             })
             .collect()
     }
@@ -424,6 +505,7 @@ fn simulate_observed(
                 .map(|x| Candidate {
                     eligible: true,
                     load: x.load(),
+                    key: None,
                 })
                 .collect::<Vec<_>>(),
         );
@@ -506,6 +588,7 @@ pub fn run(opts: &SimOptions, placers: &[&str], lbs: &[usize]) -> Result<SimRepo
         options: opts.clone(),
         lbs: lbs.to_vec(),
         results,
+        churn: churn(opts.functions, opts.runners),
     })
 }
 
@@ -594,6 +677,22 @@ impl SimReport {
         out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect()));
         for row in rows {
             out.push_str(&line(row));
+        }
+        for c in &self.churn {
+            let what = match c.ranking.as_str() {
+                "positions" => "Fn's jump over list positions (configured runners)",
+                _ => "rendezvous on addresses (runners found through DNS)",
+            };
+            let _ = writeln!(
+                out,
+                "ch, {what}: fns moving home when one of {} runners leaves {:.1}% (ideal {:.1}%), \
+                 when one joins {:.1}% (ideal {:.1}%)",
+                c.runners,
+                c.leave * 100.0,
+                100.0 / c.runners.max(1) as f64,
+                c.join * 100.0,
+                100.0 / (c.runners + 1) as f64
+            );
         }
         out
     }
@@ -733,6 +832,19 @@ mod tests {
     }
 
     #[test]
+    fn rendezvous_on_addresses_moves_about_one_nth_of_the_fns() {
+        let c = churn(2000, 8);
+        let (pos, addr) = (&c[0], &c[1]);
+        assert_eq!(
+            (pos.ranking.as_str(), addr.ranking.as_str()),
+            ("positions", "addresses")
+        );
+        assert!(addr.leave > 0.5 / 8.0 && addr.leave < 1.5 / 8.0, "{addr:?}");
+        assert!(addr.join > 0.5 / 9.0 && addr.join < 1.5 / 9.0, "{addr:?}");
+        assert!(pos.leave > 2.0 * addr.leave, "positions move more: {pos:?}");
+    }
+
+    #[test]
     fn renders_a_row_per_placer_and_lb_count() {
         let opts = SimOptions {
             calls: 500,
@@ -752,6 +864,10 @@ mod tests {
             }
         }
         assert!(text.contains("max/mean load") && text.contains("several LBs"));
+        assert!(
+            text.contains("rendezvous on addresses (runners found through DNS): fns moving home"),
+            "{text}"
+        );
         let single = run(&opts, &PLACERS, &[1]).unwrap().render();
         assert!(!single.contains("several LBs"), "{single}");
     }

@@ -21,6 +21,10 @@ pub const ENV_NAMES: EnvNames = EnvNames {
         ("FN_PORT", "port"),
         ("FERROFN_LISTEN_ADDRESS", "listen_address"),
         ("FN_RUNNER_ADDRESSES", "runner_addresses"),
+        (
+            "FERROFN_RUNNER_RESOLVE_INTERVAL_MSECS",
+            "runner_resolve_interval_ms",
+        ),
         ("FN_PLACER", "placer"),
         ("FERROFN_PLACER_LOAD_FACTOR", "placer_load_factor"),
         ("FERROFN_PLACER_TIMEOUT_MSECS", "placer_timeout_ms"),
@@ -133,6 +137,11 @@ pub struct LbSettings {
     pub port: u16,
     /// Runner `host:port` list, in placement order (`FN_RUNNER_ADDRESSES`).
     pub runner_addresses: Vec<String>,
+    /// How often the host names of `runner_addresses` are looked up, ms: a name with several
+    /// addresses (compose `--scale`, a Kubernetes headless Service) gives one runner per address;
+    /// runners that appear join, those gone are drained out. 0 = never (names are resolved only by
+    /// each connect, and each is one runner).
+    pub runner_resolve_interval_ms: u64,
     /// `naive`, `ch` or `ch-bounded` (`FN_PLACER`).
     pub placer: String,
     /// `ch-bounded` load factor `c`.
@@ -226,6 +235,7 @@ impl Default for LbSettings {
             listen_address: "0.0.0.0".into(),
             port: 8080,
             runner_addresses: Vec::new(),
+            runner_resolve_interval_ms: crate::pool::resolve::DEFAULT_INTERVAL.as_millis() as u64,
             placer: "naive".into(),
             placer_load_factor: crate::placer::bounded::DEFAULT_LOAD_FACTOR,
             placer_timeout_ms: p.timeout.as_millis() as u64,
@@ -383,6 +393,11 @@ impl LbSettings {
         }
     }
 
+    /// The period of the runner name lookups (`None`: off).
+    pub fn resolve_interval(&self) -> Option<Duration> {
+        (self.runner_resolve_interval_ms > 0).then(|| Duration::from_millis(self.runner_resolve_interval_ms))
+    }
+
     /// The placer timing.
     pub fn placer_config(&self) -> PlacerConfig {
         PlacerConfig {
@@ -484,6 +499,11 @@ mod tests {
         assert_eq!(d.sync_deadline_margin_ms, 30_000);
         assert_eq!(d.channel_options().keepalive_interval, Duration::from_secs(5));
         assert_eq!(d.channel_options().keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(d.resolve_interval(), Some(Duration::from_secs(5)));
+        let r = load_env([("FERROFN_RUNNER_RESOLVE_INTERVAL_MSECS", "750")]).unwrap();
+        assert_eq!(r.resolve_interval(), Some(Duration::from_millis(750)));
+        let off = load_env([("FERROFN_RUNNER_RESOLVE_INTERVAL_MSECS", "0")]).unwrap();
+        assert_eq!(off.resolve_interval(), None, "0 = never look names up");
     }
 
     #[test]

@@ -15,4 +15,4 @@ pub mod registry;
 pub mod server;
 
 pub use config::LbSettings;
-pub use server::{LbHandle, start};
+pub use server::{LbHandle, start, start_with_resolver};

@@ -15,7 +15,7 @@ use crate::config::LbSettings;
 use crate::http::auth::Tokens;
 use crate::http::{LbState, MetricsOn, metrics_router, router};
 use crate::placer;
-use crate::pool::{RunnerPool, health};
+use crate::pool::{Resolve, RunnerPool, SystemResolver, health, resolve};
 use crate::registry::{CachedRegistry, DbUrl, PostgresRegistry, Registry, SqliteRegistry, cache, postgres};
 
 /// Limits on client connections (hostile or broken clients must not exhaust the LB).
@@ -188,6 +188,16 @@ async fn open_registry(settings: &LbSettings, shutdown: &Shutdown) -> Result<Arc
 
 /// Starts an LB with `settings`, stopping on `shutdown`.
 pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle, StartError> {
+    start_with_resolver(settings, shutdown, Arc::new(SystemResolver)).await
+}
+
+/// [`start`], looking runner names up with `resolver` rather than the system's resolver (tests:
+/// a name with several addresses needs `/etc/hosts` or a DNS server otherwise).
+pub async fn start_with_resolver(
+    settings: &LbSettings,
+    shutdown: Shutdown,
+    resolver: Arc<dyn Resolve>,
+) -> Result<LbHandle, StartError> {
     ferrofn_common::tls::install_crypto_provider();
     ferrofn_common::telemetry::install_prometheus();
     let registry = open_registry(settings, &shutdown).await?;
@@ -240,8 +250,15 @@ pub async fn start(settings: &LbSettings, shutdown: Shutdown) -> Result<LbHandle
     let local_addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    // Names with several addresses become one runner per address before the first call.
+    let resolve_interval = settings.resolve_interval();
+    if resolve_interval.is_some() {
+        pool.resolve(&*resolver, resolve::LOOKUP_TIMEOUT).await;
+    }
     // First probe before serving, so capabilities and dead runners are known from the start.
-    health::probe_all(&pool, health::DEFAULT_PROBE_TIMEOUT.min(Duration::from_secs(1))).await;
+    let first_probe = health::DEFAULT_PROBE_TIMEOUT.min(Duration::from_secs(1));
+    health::probe_all(&pool, first_probe).await;
+    pool.spawn_membership_loop(resolver, resolve_interval, first_probe, shutdown.token());
     health::spawn_health_loop(
         pool.clone(),
         Duration::from_millis(settings.health_interval_ms.max(50)),

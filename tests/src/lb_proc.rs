@@ -104,11 +104,33 @@ impl LbProc {
 
     /// Starts an LB on an existing (or new) database.
     pub async fn start_with_url(db_url: &str, tune: impl FnOnce(&mut LbSettings)) -> Result<Self> {
+        Self::start_full(db_url, None, tune).await
+    }
+
+    /// Starts an LB with a fresh SQLite database that looks runner names up with `resolver`
+    /// (a test's own "DNS": a name with several addresses needs no `/etc/hosts` entry).
+    pub async fn start_resolving(
+        resolver: std::sync::Arc<dyn ferrofn_lb::pool::Resolve>,
+        tune: impl FnOnce(&mut LbSettings),
+    ) -> Result<Self> {
+        let db = TestDb::new(Backend::Sqlite).await?;
+        let mut me = Self::start_full(&db.url, Some(resolver), tune).await?;
+        me.db = Some(db);
+        Ok(me)
+    }
+
+    async fn start_full(
+        db_url: &str,
+        resolver: Option<std::sync::Arc<dyn ferrofn_lb::pool::Resolve>>,
+        tune: impl FnOnce(&mut LbSettings),
+    ) -> Result<Self> {
         let mut settings = test_settings(db_url);
         tune(&mut settings);
-        let handle = ferrofn_lb::start(&settings, Shutdown::new())
-            .await
-            .context("starting the LB")?;
+        let handle = match resolver {
+            Some(r) => ferrofn_lb::start_with_resolver(&settings, Shutdown::new(), r).await,
+            None => ferrofn_lb::start(&settings, Shutdown::new()).await,
+        }
+        .context("starting the LB")?;
         let base = format!("http://{}", handle.local_addr);
         Ok(Self {
             handle,
@@ -595,13 +617,17 @@ pub mod fake_runner {
 
         /// Starts a fake runner, with mTLS when `tls` is given.
         pub async fn start_tls(b: Behaviour, tls: Option<ReloadingServerTls>) -> Result<Self> {
+            Self::start_at("127.0.0.1:0".parse()?, b, tls).await
+        }
+
+        /// Starts a fake runner listening on `at` (e.g. another loopback address, on a port
+        /// several runners share as the replicas of one service do).
+        pub async fn start_at(at: SocketAddr, b: Behaviour, tls: Option<ReloadingServerTls>) -> Result<Self> {
             let shared = Arc::new(Shared {
                 behaviour: Mutex::new(b),
                 ..Shared::default()
             });
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .context("bind fake runner")?;
+            let listener = TcpListener::bind(at).await.context("bind fake runner")?;
             let addr = listener.local_addr()?;
             let stop = Arc::new(tokio::sync::Notify::new());
             let router = tonic::transport::Server::builder()

@@ -1,9 +1,10 @@
 //! Bounded-load consistent hashing (`FN_PLACER=ch-bounded`): a function stays on its `ch` home runner
 //! while that runner's in-flight load stays within `c x mean` (counting the new call); otherwise the
-//! call spills to the next runner on the ring that is within the bound. This keeps containers warm
+//! call spills to the next runner on the ring (the `ch` order: Fn's ring walk, or the rendezvous
+//! order of members found through DNS) that is within the bound. This keeps containers warm
 //! without letting one popular function pile onto a single runner.
 
-use super::ch::ch_order;
+use super::ch::ring;
 use super::{Candidate, Placer};
 
 /// Default load factor `c`.
@@ -59,7 +60,7 @@ pub fn capacity(c: f64, runners: &[Candidate]) -> u64 {
 /// pass still tries everyone if the lighter runners refuse.
 pub fn bounded_order(c: f64, fn_id: &str, runners: &[Candidate]) -> Vec<usize> {
     let cap = capacity(c, runners);
-    let ring: Vec<usize> = ch_order(fn_id, runners.len())
+    let ring: Vec<usize> = ring(fn_id, runners)
         .into_iter()
         .filter(|&i| runners[i].eligible)
         .collect();
@@ -84,7 +85,14 @@ mod tests {
     use super::*;
 
     fn even(n: usize, load: u64) -> Vec<Candidate> {
-        vec![Candidate { eligible: true, load }; n]
+        vec![
+            Candidate {
+                eligible: true,
+                load,
+                key: None
+            };
+            n
+        ]
     }
 
     #[test]
@@ -136,7 +144,8 @@ mod tests {
         let mut loads = vec![
             Candidate {
                 eligible: true,
-                load: 0
+                load: 0,
+                key: None
             };
             runners
         ];

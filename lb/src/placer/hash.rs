@@ -23,6 +23,23 @@ pub fn sip24(k0: u64, k1: u64, bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The stable identity of a pool member found through DNS: SipHash-2-4 of its address
+/// (`ip:port`) under keys of its own, so that every LB gives a member the same identity.
+pub fn member_key(addr: &str) -> u64 {
+    sip24(MEMBER_K0, MEMBER_K1, addr.as_bytes())
+}
+
+/// Keys of [`member_key`] (any fixed values; not Fn's: Fn has no such hash).
+const MEMBER_K0: u64 = 0x6665_7272_6f66_6e00;
+const MEMBER_K1: u64 = 0x6d65_6d62_6572_7321;
+
+/// The rendezvous (highest random weight) score of the member `member` for a function whose
+/// [`fn_key_hash`] is `fn_hash`: a keyed hash of the pair, so that each function ranks the members
+/// in its own pseudo-random order, and a member's rank depends on no other member.
+pub fn rendezvous_score(fn_hash: u64, member: u64) -> u64 {
+    sip24(fn_hash, member, &[])
+}
+
 /// Go's integer jump consistent hash as Fn uses it: the bucket in `0..buckets` for `key`.
 ///
 /// Go divides by `key >> 33` and panics when it is zero (about 2^-31 per step); here that quotient is

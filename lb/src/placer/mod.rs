@@ -35,6 +35,23 @@ pub struct Candidate {
     pub eligible: bool,
     /// Calls in flight from this LB.
     pub load: u64,
+    /// The member's stable identity ([`hash::member_key`] of its address) when the pool holds
+    /// members found through DNS, whose list position is not stable; `None` when every runner is
+    /// configured, and its position in the list is its identity (Fn's placement). `ch` and
+    /// `ch-bounded` rank keyed runners by rendezvous hashing on it, so that a runner joining or
+    /// leaving moves only the functions it gains or loses.
+    pub key: Option<u64>,
+}
+
+impl Candidate {
+    /// An unkeyed candidate (a configured runner).
+    pub fn new(eligible: bool, load: u64) -> Self {
+        Self {
+            eligible,
+            load,
+            key: None,
+        }
+    }
 }
 
 /// Orders the runners for one pass. `runners` is the configured list, in configuration order; the
@@ -197,6 +214,7 @@ mod tests {
                     Candidate {
                         eligible: true,
                         load: 0,
+                        key: None,
                     },
                     i,
                 )
@@ -229,6 +247,7 @@ mod tests {
                         Candidate {
                             eligible: back && i == 2,
                             load: 0,
+                            key: None,
                         },
                         i,
                     )
@@ -252,7 +271,8 @@ mod tests {
                 (
                     Candidate {
                         eligible: false,
-                        load: 0
+                        load: 0,
+                        key: None
                     },
                     0_usize
                 );

@@ -60,7 +60,11 @@ mod tests {
 
     #[test]
     fn skips_ineligible_runners() {
-        let c = |eligible| Candidate { eligible, load: 0 };
+        let c = |eligible| Candidate {
+            eligible,
+            load: 0,
+            key: None,
+        };
         let runners = [c(true), c(false), c(true), c(true)];
         let mut order = NaivePlacer.pass_order("f", &runners);
         order.sort_unstable();

@@ -75,6 +75,19 @@ pub fn runner_channel(
     tls: Option<ClientTls>,
     opts: ChannelOptions,
 ) -> Result<Channel, AddressError> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    dial_channel(addr, host, tls, opts)
+}
+
+/// The lazily connected channel that dials `addr` (`host:port`, e.g. one address of a name) and
+/// verifies the runner's certificate against `verify` (e.g. that name), unless the TLS settings
+/// name a server name of their own (`FERROFN_TLS_SERVER_NAME`).
+pub fn dial_channel(
+    addr: &str,
+    verify: &str,
+    tls: Option<ClientTls>,
+    opts: ChannelOptions,
+) -> Result<Channel, AddressError> {
     let endpoint = runner_endpoint(addr)
         .map_err(|source| AddressError {
             addr: addr.to_owned(),
@@ -89,8 +102,7 @@ pub fn runner_channel(
         .tcp_nodelay(true)
         .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
         .http2_max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    Ok(connect_channel_lazy(endpoint, tls, host))
+    Ok(connect_channel_lazy(endpoint, tls, verify))
 }
 
 #[cfg(test)]

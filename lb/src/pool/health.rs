@@ -115,6 +115,7 @@ pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
         tracing::debug!(runner = %r.addr(), code = ?e.code(), "runner status probe failed");
     }
     r.set_state(state, &probe_reason(&status, health.as_ref()));
+    r.set_probed();
     state
 }
 
@@ -122,6 +123,12 @@ pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
 pub async fn probe_all(pool: &RunnerPool, timeout: Duration) {
     let runners = pool.runners();
     futures::future::join_all(runners.iter().map(|r| probe(r, timeout))).await;
+}
+
+/// Probes the runners never probed yet (members that just joined), concurrently.
+pub async fn probe_new(pool: &RunnerPool, timeout: Duration) {
+    let runners = pool.runners();
+    futures::future::join_all(runners.iter().filter(|r| !r.probed()).map(|r| probe(r, timeout))).await;
 }
 
 /// Runs the probe loop until `stop` is cancelled.

@@ -1,12 +1,21 @@
 //! The runner pool: the configured runners (`FN_RUNNER_ADDRESSES`, in order), each with its channel,
 //! health state (up / down / draining), in-flight count and learnt capabilities. The placer sees a
 //! snapshot; the health loop and failed Engage opens move runners between states.
+//!
+//! Membership: each configured entry gives one member, except a host name with several addresses
+//! (looked up by [`resolve`] every interval), which gives one member per address. A member that
+//! leaves (SIGHUP, or its address gone from DNS) is taken out of placement at once; its in-flight
+//! calls keep it alive until they finish, then it is dropped ([`RunnerPool::reap`]).
 
 pub mod channel;
 pub mod health;
+pub mod resolve;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ferrofn_common::lock::LockExt;
 
 use tonic::transport::Channel;
 
@@ -15,8 +24,10 @@ use ferrofn_common::tls::ClientTls;
 use ferrofn_proto::runner_protocol_client::RunnerProtocolClient;
 
 pub use channel::{AddressError, ChannelOptions};
+pub use resolve::{Member, Resolve, SystemResolver};
 
 use crate::placer::Candidate;
+use crate::placer::hash::member_key;
 
 /// Health of one runner as the LB sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +70,14 @@ fn since_epoch_ms() -> u64 {
 #[derive(Debug)]
 pub struct Runner {
     addr: String,
+    /// The name its certificate is verified against (the entry's host).
+    verify: String,
+    /// The entry of `FN_RUNNER_ADDRESSES` it comes from.
+    entry: String,
+    /// [`member_key`] of `addr`.
+    ident: u64,
+    /// Probed at least once (a member that joins is down until its first probe).
+    probed: AtomicBool,
     channel: Channel,
     state: AtomicU8,
     in_flight: AtomicU64,
@@ -88,15 +107,21 @@ impl Drop for InFlight {
 
 impl Runner {
     fn new(
-        addr: String,
+        member: &Member,
+        entry: &str,
         channel: Channel,
+        initial: RunnerState,
         opts: &ChannelOptions,
         call_ended: Arc<tokio::sync::Notify>,
     ) -> Self {
         Self {
-            addr,
+            addr: member.key.clone(),
+            verify: member.verify.clone(),
+            entry: entry.to_owned(),
+            ident: member_key(&member.key),
+            probed: AtomicBool::new(false),
             channel,
-            state: AtomicU8::new(RunnerState::Up as u8),
+            state: AtomicU8::new(initial as u8),
             in_flight: AtomicU64::new(0),
             accept_ack: AtomicBool::new(false),
             unanswered: AtomicBool::new(false),
@@ -106,9 +131,24 @@ impl Runner {
         }
     }
 
-    /// `host:port` as configured.
+    /// `host:port` as configured, or `ip:port` for a member found through a name with several
+    /// addresses.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The entry of `FN_RUNNER_ADDRESSES` this member comes from.
+    pub fn entry(&self) -> &str {
+        &self.entry
+    }
+
+    /// True once a health probe ran on it.
+    pub fn probed(&self) -> bool {
+        self.probed.load(Ordering::Acquire)
+    }
+
+    fn set_probed(&self) {
+        self.probed.store(true, Ordering::Release);
     }
 
     /// A gRPC client on the runner's channel (cheap).
@@ -198,13 +238,56 @@ impl Runner {
     }
 }
 
+/// One entry of `FN_RUNNER_ADDRESSES` and the members it gives.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// As configured.
+    addr: String,
+    kind: resolve::EntryKind,
+    /// The members last known (the entry itself until a lookup found several addresses).
+    members: Vec<Member>,
+    /// The last lookup failed (logged once per failing streak).
+    failing: bool,
+}
+
+impl Entry {
+    fn new(addr: &str) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            kind: resolve::classify(addr),
+            members: vec![Member::configured(addr)],
+            failing: false,
+        }
+    }
+}
+
+/// The members in placement order and how the placer identifies them.
+#[derive(Debug, Default)]
+struct Members {
+    list: Arc<Vec<Arc<Runner>>>,
+    /// Some member was found through DNS: the placers see each member's stable identity
+    /// ([`Candidate::key`]) rather than its position.
+    keyed: bool,
+}
+
+/// Membership bookkeeping (changed by SIGHUP, lookups and the reaper; never held across an await).
+#[derive(Debug, Default)]
+struct Book {
+    entries: Vec<Entry>,
+    /// Members taken out of placement whose in-flight calls have not all finished.
+    leaving: Vec<Arc<Runner>>,
+}
+
 /// The pool.
 #[derive(Debug)]
 pub struct RunnerPool {
-    runners: RwLock<Arc<Vec<Arc<Runner>>>>,
+    members: RwLock<Members>,
+    book: Mutex<Book>,
     tls: Option<ClientTls>,
     opts: ChannelOptions,
     call_ended: Arc<tokio::sync::Notify>,
+    /// Wakes the membership loop (a SIGHUP changed the entries).
+    changed: tokio::sync::Notify,
 }
 
 /// Splits `FN_RUNNER_ADDRESSES` on commas (entries trimmed; empty entries dropped).
@@ -217,54 +300,268 @@ pub fn parse_addresses(list: &str) -> Vec<String> {
 }
 
 impl RunnerPool {
-    /// A pool over `addrs`; `tls: None` = plaintext.
+    /// A pool over `addrs`; `tls: None` = plaintext. Every entry is one member until a lookup
+    /// ([`RunnerPool::resolve`]) finds a name with several addresses.
     pub fn new(
         addrs: &[String],
         tls: Option<ClientTls>,
         opts: ChannelOptions,
     ) -> Result<Arc<Self>, AddressError> {
         let pool = Arc::new(Self {
-            runners: RwLock::new(Arc::new(Vec::new())),
+            members: RwLock::new(Members::default()),
+            book: Mutex::new(Book::default()),
             tls,
             opts,
             call_ended: Arc::new(tokio::sync::Notify::new()),
+            changed: tokio::sync::Notify::new(),
         });
         pool.set_addresses(addrs)?;
         Ok(pool)
     }
 
-    /// Replaces the runner list (SIGHUP). Runners that stay keep their channel, state and counters.
+    /// Replaces the runner list (SIGHUP). Runners that stay keep their channel, state and counters;
+    /// an entry that stays keeps the members its last lookup found; runners that go are drained out.
     pub fn set_addresses(&self, addrs: &[String]) -> Result<(), AddressError> {
-        let current = self.runners();
-        let mut next = Vec::with_capacity(addrs.len());
-        for addr in addrs {
-            match current.iter().find(|r| &r.addr == addr) {
-                Some(r) => next.push(r.clone()),
-                None => {
-                    let ch = channel::runner_channel(addr, self.tls.clone(), self.opts)?;
-                    next.push(Arc::new(Runner::new(
-                        addr.clone(),
-                        ch,
-                        &self.opts,
-                        self.call_ended.clone(),
-                    )));
-                }
-            }
-        }
+        let mut book = self.book.lock_unpoisoned();
+        let entries: Vec<Entry> = addrs
+            .iter()
+            .map(|a| {
+                book.entries
+                    .iter()
+                    .find(|e| &e.addr == a)
+                    .cloned()
+                    .unwrap_or_else(|| Entry::new(a))
+            })
+            .collect();
+        self.publish(&mut book, entries)?;
         tracing::info!(runners = ?addrs, "runner pool set");
-        *self.runners.write_unpoisoned() = Arc::new(next);
+        drop(book);
+        self.changed.notify_one();
         Ok(())
     }
 
-    /// The runners in configuration order.
+    /// Makes `entries` the pool: the members they give, deduplicated by identity, in entry order.
+    /// Members that stay keep their runner; new ones join (down until probed, except in the first
+    /// list, which starts optimistic); members that go leave placement and wait in `leaving` for
+    /// their in-flight calls. Nothing changes on error.
+    fn publish(&self, book: &mut Book, entries: Vec<Entry>) -> Result<(), AddressError> {
+        let current = self.runners();
+        let first = current.is_empty() && book.leaving.is_empty() && book.entries.is_empty();
+        let mut next: Vec<Arc<Runner>> = Vec::new();
+        let mut joined: Vec<Arc<Runner>> = Vec::new();
+        let mut rejoined: Vec<Arc<Runner>> = Vec::new();
+        let mut keyed = false;
+        for entry in &entries {
+            for m in &entry.members {
+                if next.iter().any(|r| r.addr == m.key) {
+                    continue;
+                }
+                keyed |= m.expanded;
+                let same = |r: &&Arc<Runner>| r.addr == m.key && r.verify == m.verify;
+                if let Some(r) = current.iter().find(same) {
+                    next.push(r.clone());
+                } else if let Some(r) = book.leaving.iter().find(same) {
+                    rejoined.push(r.clone());
+                    next.push(r.clone());
+                } else {
+                    let ch = channel::dial_channel(&m.dial, &m.verify, self.tls.clone(), self.opts)?;
+                    let initial = if first { RunnerState::Up } else { RunnerState::Down };
+                    let r = Arc::new(Runner::new(
+                        m,
+                        &entry.addr,
+                        ch,
+                        initial,
+                        &self.opts,
+                        self.call_ended.clone(),
+                    ));
+                    joined.push(r.clone());
+                    next.push(r);
+                }
+            }
+        }
+        book.leaving
+            .retain(|r| !rejoined.iter().any(|j| Arc::ptr_eq(r, j)));
+        for r in current.iter().filter(|r| !next.iter().any(|n| Arc::ptr_eq(n, r))) {
+            let in_flight = r.in_flight();
+            tracing::info!(
+                runner = %r.addr, entry = %r.entry, in_flight,
+                "runner left the pool: no new calls; its in-flight calls finish"
+            );
+            metrics::counter!("lb_runner_leaves_total").increment(1);
+            book.leaving.push(r.clone());
+        }
+        for r in &joined {
+            if !first {
+                tracing::info!(runner = %r.addr, entry = %r.entry, verify = %r.verify, "runner joined the pool");
+                metrics::counter!("lb_runner_joins_total").increment(1);
+            }
+        }
+        for r in &rejoined {
+            tracing::info!(runner = %r.addr, entry = %r.entry, "runner joined the pool again before its calls finished");
+            metrics::counter!("lb_runner_joins_total").increment(1);
+        }
+        book.entries = entries;
+        metrics::gauge!("lb_runner_members").set(next.len() as f64);
+        *self.members.write_unpoisoned() = Members {
+            list: Arc::new(next),
+            keyed,
+        };
+        self.reap_locked(book);
+        Ok(())
+    }
+
+    /// Looks every name entry up once (concurrently, each bounded by `timeout`) and applies what
+    /// changed. A failed or empty lookup keeps the entry's members as they were.
+    pub async fn resolve(&self, resolver: &dyn Resolve, timeout: Duration) {
+        let names: Vec<(String, String, u16)> = {
+            let book = self.book.lock_unpoisoned();
+            book.entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    resolve::EntryKind::Name { host, port } => Some((e.addr.clone(), host.clone(), *port)),
+                    resolve::EntryKind::Literal => None,
+                })
+                .collect()
+        };
+        if names.is_empty() {
+            return;
+        }
+        let results = futures::future::join_all(names.iter().map(|(addr, host, port)| async move {
+            let found = match tokio::time::timeout(timeout, resolver.lookup(host, *port)).await {
+                Ok(Ok(list)) if !list.is_empty() => Ok(list),
+                Ok(Ok(_)) => Err("the name has no address".to_owned()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            };
+            (addr, host, found)
+        }))
+        .await;
+        let mut book = self.book.lock_unpoisoned();
+        let mut entries = book.entries.clone();
+        let mut changed = false;
+        for (addr, host, found) in results {
+            // A SIGHUP may have removed the entry meanwhile.
+            let Some(entry) = entries.iter_mut().find(|e| &e.addr == addr) else {
+                continue;
+            };
+            match found {
+                Ok(list) => {
+                    if entry.failing {
+                        tracing::info!(entry = %addr, "runner name resolves again");
+                        entry.failing = false;
+                    }
+                    let members = Member::from_lookup(addr, host, &list);
+                    if members != entry.members {
+                        tracing::info!(
+                            entry = %addr,
+                            members = ?members.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+                            "runner name resolved to new members"
+                        );
+                        entry.members = members;
+                        changed = true;
+                    }
+                }
+                Err(why) => {
+                    metrics::counter!("lb_runner_resolve_failures_total").increment(1);
+                    if entry.failing {
+                        tracing::debug!(entry = %addr, error = %why, "runner name lookup failed again");
+                    } else {
+                        tracing::warn!(
+                            entry = %addr, error = %why,
+                            members = entry.members.len(),
+                            "runner name lookup failed: keeping its last known members"
+                        );
+                        entry.failing = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = self.publish(&mut book, entries) {
+                tracing::error!(error = %e, "cannot apply the runners found: keeping the pool as it was");
+            }
+        } else {
+            // Only the failing flags changed.
+            book.entries = entries;
+        }
+    }
+
+    /// Drops the members that left and have no call in flight any more.
+    pub fn reap(&self) {
+        self.reap_locked(&mut self.book.lock_unpoisoned());
+    }
+
+    fn reap_locked(&self, book: &mut Book) {
+        book.leaving.retain(|r| {
+            if r.in_flight() > 0 {
+                return true;
+            }
+            tracing::info!(runner = %r.addr, entry = %r.entry, "runner removed: its calls finished");
+            for st in [RunnerState::Up, RunnerState::Down, RunnerState::Draining] {
+                metrics::gauge!("lb_runner_up", "runner" => r.addr.clone(), "state" => st.as_str()).set(0.0);
+            }
+            false
+        });
+        metrics::gauge!("lb_runner_leaving").set(book.leaving.len() as f64);
+    }
+
+    /// Members out of placement whose calls are still running.
+    pub fn leaving(&self) -> Vec<Arc<Runner>> {
+        self.book.lock_unpoisoned().leaving.clone()
+    }
+
+    /// The membership loop: every `interval` (`None`: never; names are then only resolved by each
+    /// connect) the name entries are looked up; members that joined are probed at once; members
+    /// that left are dropped when their last call ends. Runs until `stop`.
+    pub fn spawn_membership_loop(
+        self: &Arc<Self>,
+        resolver: Arc<dyn Resolve>,
+        interval: Option<Duration>,
+        probe_timeout: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.reset();
+            loop {
+                let ended = pool.call_ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                let draining = !pool.book.lock_unpoisoned().leaving.is_empty();
+                let lookup = tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => interval.is_some(),
+                    () = pool.changed.notified() => {
+                        // New entries: probe them now, look their names up now.
+                        health::probe_new(&pool, probe_timeout).await;
+                        interval.is_some()
+                    }
+                    () = ended, if draining => false,
+                };
+                if lookup {
+                    pool.resolve(&*resolver, resolve::LOOKUP_TIMEOUT).await;
+                    health::probe_new(&pool, probe_timeout).await;
+                }
+                pool.reap();
+            }
+        })
+    }
+
+    /// The runners in placement order (configuration order; the members of a name in address
+    /// order at its place).
     pub fn runners(&self) -> Arc<Vec<Arc<Runner>>> {
-        self.runners.read_unpoisoned().clone()
+        self.members.read_unpoisoned().list.clone()
     }
 
     /// What the placer sees: every runner with its eligibility and load. Up runners are eligible,
     /// except one that left a stream unanswered while another up runner answers.
     pub fn snapshot(&self) -> Vec<(Candidate, Arc<Runner>)> {
-        let runners = self.runners();
+        let (runners, keyed) = {
+            let m = self.members.read_unpoisoned();
+            (m.list.clone(), m.keyed)
+        };
         let up = |r: &Runner| r.state() == RunnerState::Up;
         let some_answer = runners.iter().any(|r| up(r) && !r.is_unanswered());
         runners
@@ -274,6 +571,7 @@ impl RunnerPool {
                     Candidate {
                         eligible: up(r) && !(some_answer && r.is_unanswered()),
                         load: r.in_flight(),
+                        key: keyed.then_some(r.ident),
                     },
                     r.clone(),
                 )
@@ -289,9 +587,10 @@ impl RunnerPool {
             .any(|r| !std::ptr::eq(&**r, not) && r.state() == RunnerState::Up && !r.is_unanswered())
     }
 
-    /// Calls in flight on all runners.
+    /// Calls in flight on all runners, those leaving the pool included.
     pub fn in_flight(&self) -> u64 {
-        self.runners().iter().map(|r| r.in_flight()).sum()
+        let leaving: u64 = self.leaving().iter().map(|r| r.in_flight()).sum();
+        self.runners().iter().map(|r| r.in_flight()).sum::<u64>() + leaving
     }
 
     /// Waits until no call is in flight (including detached calls still running after their 202),
@@ -335,14 +634,16 @@ mod tests {
             snap[0].0,
             Candidate {
                 eligible: true,
-                load: 1
+                load: 1,
+                key: None
             }
         );
         assert_eq!(
             snap[1].0,
             Candidate {
                 eligible: false,
-                load: 0
+                load: 0,
+                key: None
             }
         );
         drop(guard);
@@ -376,5 +677,263 @@ mod tests {
             1,
             "gives up at the limit"
         );
+    }
+
+    /// A resolver whose answers the test sets; counts its lookups.
+    #[derive(Debug, Default)]
+    struct FakeDns {
+        answers: Mutex<std::collections::HashMap<String, Option<Vec<std::net::SocketAddr>>>>,
+        lookups: AtomicU64,
+    }
+
+    impl FakeDns {
+        /// `host` answers `ips` (with the port asked); `None` = the lookup fails.
+        fn set(&self, host: &str, ips: Option<&[&str]>) {
+            let v = ips.map(|ips| {
+                ips.iter()
+                    .map(|ip| std::net::SocketAddr::new(ip.parse().unwrap(), 0))
+                    .collect()
+            });
+            self.answers.lock().unwrap().insert(host.into(), v);
+        }
+    }
+
+    impl Resolve for FakeDns {
+        fn lookup<'a>(
+            &'a self,
+            host: &'a str,
+            port: u16,
+        ) -> futures::future::BoxFuture<'a, std::io::Result<Vec<std::net::SocketAddr>>> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answers.lock().unwrap().get(host).cloned();
+            Box::pin(async move {
+                match answer {
+                    Some(Some(list)) => Ok(list
+                        .into_iter()
+                        .map(|mut a| {
+                            a.set_port(port);
+                            a
+                        })
+                        .collect()),
+                    Some(None) => Err(std::io::Error::other("SERVFAIL")),
+                    None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "NXDOMAIN")),
+                }
+            })
+        }
+    }
+
+    const T: Duration = Duration::from_secs(1);
+
+    fn addrs(pool: &RunnerPool) -> Vec<String> {
+        pool.runners().iter().map(|r| r.addr().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_name_with_several_addresses_gives_one_runner_per_address() {
+        let dns = FakeDns::default();
+        let pool = RunnerPool::new(
+            &["10.9.9.9:9190".into(), "runners:9190".into()],
+            None,
+            ChannelOptions::default(),
+        )
+        .unwrap();
+        // Before any lookup: the name is one runner, dialled by name; positions identify runners.
+        assert_eq!(addrs(&pool), vec!["10.9.9.9:9190", "runners:9190"]);
+        assert!(pool.snapshot().iter().all(|(c, _)| c.key.is_none()));
+
+        dns.set("runners", Some(&["10.0.0.3", "10.0.0.2"]));
+        pool.resolve(&dns, T).await;
+        assert_eq!(
+            dns.lookups.load(Ordering::SeqCst),
+            1,
+            "the literal IP is never looked up"
+        );
+        assert_eq!(
+            addrs(&pool),
+            vec!["10.9.9.9:9190", "10.0.0.2:9190", "10.0.0.3:9190"]
+        );
+        let rs = pool.runners();
+        assert_eq!(
+            rs[1].verify, "runners",
+            "dialled by IP, verified against the name"
+        );
+        assert_eq!(rs[1].entry(), "runners:9190");
+        assert_eq!(rs[0].verify, "10.9.9.9");
+        // Joiners wait for their first probe; the placer sees stable identities now.
+        assert_eq!(rs[1].state(), RunnerState::Down);
+        assert!(!rs[1].probed());
+        let snap = pool.snapshot();
+        assert!(snap.iter().all(|(c, _)| c.key.is_some()));
+        assert_eq!(snap[1].0.key, Some(member_key("10.0.0.2:9190")));
+        // The name runner left (nothing in flight: removed at once).
+        assert!(pool.leaving().is_empty());
+
+        // A third address joins; the others stay the same runners.
+        dns.set("runners", Some(&["10.0.0.2", "10.0.0.3", "10.0.0.4"]));
+        pool.resolve(&dns, T).await;
+        let after = pool.runners();
+        assert_eq!(after.len(), 4);
+        assert!(Arc::ptr_eq(&after[1], &rs[1]) && Arc::ptr_eq(&after[2], &rs[2]));
+        assert!(Arc::ptr_eq(&after[0], &rs[0]));
+        assert_eq!(after[3].addr(), "10.0.0.4:9190");
+    }
+
+    #[tokio::test]
+    async fn a_vanished_runner_takes_no_new_calls_and_goes_when_its_calls_end() {
+        let dns = FakeDns::default();
+        dns.set("runners", Some(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
+        let pool = RunnerPool::new(&["runners:9190".into()], None, ChannelOptions::default()).unwrap();
+        pool.resolve(&dns, T).await;
+        let gone = pool.runners()[1].clone();
+        assert_eq!(gone.addr(), "10.0.0.2:9190");
+        let call = gone.begin_call();
+        dns.set("runners", Some(&["10.0.0.1", "10.0.0.3"]));
+        pool.resolve(&dns, T).await;
+        assert_eq!(addrs(&pool), vec!["10.0.0.1:9190", "10.0.0.3:9190"]);
+        assert!(
+            pool.snapshot().iter().all(|(_, r)| !Arc::ptr_eq(r, &gone)),
+            "out of placement"
+        );
+        assert_eq!(pool.leaving().len(), 1, "kept while its call runs");
+        assert_eq!(pool.in_flight(), 1, "its call still counts (shutdown drain)");
+        let waiter = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.drain(Duration::from_secs(10)).await })
+        };
+        pool.reap();
+        assert_eq!(pool.leaving().len(), 1);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "the drain waits for the leaving runner's call"
+        );
+        drop(call);
+        assert_eq!(waiter.await.unwrap(), 0);
+        pool.reap();
+        assert!(pool.leaving().is_empty(), "dropped once its call ended");
+        assert_eq!(Arc::strong_count(&gone), 1, "nothing else holds it");
+
+        // Back before its calls end: the same runner (state, channel) joins again.
+        let back = pool.runners()[1].clone();
+        let call = back.begin_call();
+        dns.set("runners", Some(&["10.0.0.1", "10.0.0.2"]));
+        pool.resolve(&dns, T).await;
+        assert_eq!(pool.leaving().len(), 1);
+        dns.set("runners", Some(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
+        pool.resolve(&dns, T).await;
+        assert!(pool.leaving().is_empty());
+        assert!(Arc::ptr_eq(&pool.runners()[2], &back));
+        drop(call);
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_keeps_the_last_known_runners() {
+        #[derive(Debug)]
+        struct Never;
+        impl Resolve for Never {
+            fn lookup<'a>(
+                &'a self,
+                _: &'a str,
+                _: u16,
+            ) -> futures::future::BoxFuture<'a, std::io::Result<Vec<std::net::SocketAddr>>> {
+                Box::pin(std::future::pending())
+            }
+        }
+        let dns = FakeDns::default();
+        dns.set("runners", Some(&["10.0.0.1", "10.0.0.2"]));
+        let pool = RunnerPool::new(&["runners:9190".into()], None, ChannelOptions::default()).unwrap();
+        pool.resolve(&dns, T).await;
+        let before = pool.runners();
+        assert_eq!(before.len(), 2);
+        for answer in [None, Some(&[][..])] {
+            dns.set("runners", answer);
+            pool.resolve(&dns, T).await;
+            let now = pool.runners();
+            assert_eq!(now.len(), 2, "{answer:?}");
+            assert!(now.iter().zip(before.iter()).all(|(a, b)| Arc::ptr_eq(a, b)));
+        }
+        dns.answers.lock().unwrap().clear(); // NXDOMAIN
+        pool.resolve(&dns, T).await;
+        assert_eq!(pool.runners().len(), 2);
+        pool.resolve(&Never, Duration::from_millis(20)).await;
+        assert_eq!(pool.runners().len(), 2, "a resolver that does not answer");
+        assert!(pool.book.lock_unpoisoned().entries[0].failing);
+        // It resolves again.
+        dns.set("runners", Some(&["10.0.0.2", "10.0.0.1"]));
+        pool.resolve(&dns, T).await;
+        assert!(!pool.book.lock_unpoisoned().entries[0].failing);
+        assert!(Arc::ptr_eq(&pool.runners()[0], &before[0]));
+    }
+
+    #[tokio::test]
+    async fn one_address_is_dialled_by_name_and_sighup_keeps_what_lookups_found() {
+        let dns = FakeDns::default();
+        // Dual stack: one runner, not two; dialled by name as before (a restart with a new IP is
+        // found by the next connect).
+        dns.set("runner", Some(&["::1", "127.0.0.1"]));
+        dns.set("runners", Some(&["10.0.0.1", "10.0.0.2"]));
+        let pool = RunnerPool::new(
+            &["runner:9190".into(), "runners:9190".into()],
+            None,
+            ChannelOptions::default(),
+        )
+        .unwrap();
+        let named = pool.runners()[0].clone();
+        pool.resolve(&dns, T).await;
+        assert_eq!(
+            addrs(&pool),
+            vec!["runner:9190", "10.0.0.1:9190", "10.0.0.2:9190"]
+        );
+        assert!(Arc::ptr_eq(&pool.runners()[0], &named), "unchanged");
+        // Both in one pool: everyone is identified by address for the placer.
+        assert!(pool.snapshot().iter().all(|(c, _)| c.key.is_some()));
+        // SIGHUP adding an entry keeps the members the lookup found.
+        let kept = pool.runners();
+        pool.set_addresses(&["runners:9190".into(), "10.5.5.5:1".into()])
+            .unwrap();
+        assert_eq!(addrs(&pool), vec!["10.0.0.1:9190", "10.0.0.2:9190", "10.5.5.5:1"]);
+        assert!(Arc::ptr_eq(&pool.runners()[0], &kept[1]));
+        // Down to one address: the name again, dialled by name.
+        dns.set("runners", Some(&["10.0.0.2"]));
+        pool.resolve(&dns, T).await;
+        assert_eq!(addrs(&pool), vec!["runners:9190", "10.5.5.5:1"]);
+        assert!(
+            pool.snapshot().iter().all(|(c, _)| c.key.is_none()),
+            "positions again"
+        );
+    }
+
+    /// Polls `cond` every 5 ms; fails after 10 s.
+    async fn until(cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_membership_loop_follows_dns_and_reaps_when_calls_end() {
+        let dns = Arc::new(FakeDns::default());
+        dns.set("runners", Some(&["10.0.0.1", "10.0.0.2"]));
+        let pool = RunnerPool::new(&["runners:9190".into()], None, ChannelOptions::default()).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = pool.spawn_membership_loop(
+            dns.clone(),
+            Some(Duration::from_millis(20)),
+            Duration::from_millis(50),
+            stop.clone(),
+        );
+        until(|| pool.runners().len() == 2).await;
+        // Joiners get probed at once (nobody listens on 10.0.0.x:9190 here: down, but probed).
+        until(|| pool.runners().iter().all(|r| r.probed())).await;
+        let call = pool.runners()[0].begin_call();
+        dns.set("runners", Some(&["10.0.0.2", "10.0.0.3"]));
+        until(|| addrs(&pool) == ["10.0.0.2:9190", "10.0.0.3:9190"]).await;
+        assert_eq!(pool.leaving().len(), 1);
+        drop(call);
+        until(|| pool.leaving().is_empty()).await;
+        stop.cancel();
+        task.await.unwrap();
     }
 }
