@@ -11,8 +11,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APP=hello
 FN=hello
-# The demo runs the images `make images` tags `latest` (the tests use a tag per checkout).
-export FERROFN_IMAGE_TAG=latest
+# The demo runs the images `make images` tags `latest` (the tests use a tag per checkout);
+# FERROFN_IMAGE_TAG picks another tag (built, or expected with FERROFN_SKIP_BUILD=1, under it).
+export FERROFN_IMAGE_TAG="${FERROFN_IMAGE_TAG:-latest}"
 # The management API's bearer token: FERROFN_API_TOKEN if set, else one made on the first run and
 # kept (mode 0600) so that later runs and `fn` contexts keep working.
 TOKEN_FILE="${FERROFN_TOKEN_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ferrofn/$FERROFN_CLUSTER-api-token}"
@@ -35,7 +36,7 @@ if [[ $HA == 1 && -z "${FERROFN_DB_PASSWORD:-}" ]]; then
   FERROFN_DB_PASSWORD="$(cat "$PW_FILE")"
   export FERROFN_DB_PASSWORD
 fi
-FN_IMAGE=ferrofn/hello:latest
+FN_IMAGE="ferrofn/hello:$FERROFN_IMAGE_TAG"
 BASE="http://$FERROFN_BIND:$FERROFN_PORT"
 started=$SECONDS
 
@@ -49,11 +50,11 @@ if [[ "${FERROFN_SKIP_BUILD:-0}" != 1 ]]; then
   say "building binaries (cargo build; the first build takes several minutes)"
   (cd "$ROOT_DIR" && "${CARGO:-cargo}" build -p ferrofn-lb -p ferrofn-runner -p ferrofn-fn-hello)
   say "building images"
-  FERROFN_IMAGE_TAG=latest FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
+  FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
   if [[ $HA == 1 ]]; then
-    FERROFN_IMAGE_TAG=latest bash "$DEPLOY_DIR/images-ha.sh"
+    bash "$DEPLOY_DIR/images-ha.sh"
   fi
-  (cd "$ROOT_DIR" && FERROFN_IMAGE_TAG=latest "${CARGO:-cargo}" run -q -p ferrofn-tests --bin ferrofn-images -- --only hello)
+  (cd "$ROOT_DIR" && "${CARGO:-cargo}" run -q -p ferrofn-tests --bin ferrofn-images -- --only hello)
 fi
 docker image inspect "$FN_IMAGE" >/dev/null 2>&1 || die "image $FN_IMAGE is missing (run without FERROFN_SKIP_BUILD)"
 bash "$DEPLOY_DIR/up.sh"

@@ -208,12 +208,7 @@ async fn ha_cluster_serves_through_nginx_on_both_lbs_and_down_removes_everything
     let r = cluster.invoke_on("lb-2", &echo, Bytes::from_static(b"{}")).await?;
     ensure!(r.status == 200, "lb-2 calls its own fn: {} {}", r.status, r.text());
     let r = cluster.api_on("lb-1", "DELETE", &format!("/v2/fns/{echo}"), None).await?;
-    ensure!(
-        r.status == 200 || r.status == 204,
-        "DELETE on lb-1: {} {}",
-        r.status,
-        r.text()
-    );
+    ensure!(r.status == 204, "DELETE on lb-1: {} {}", r.status, r.text());
     let deleted = Instant::now();
     loop {
         let r = cluster.invoke_on("lb-2", &echo, Bytes::from_static(b"{}")).await?;
