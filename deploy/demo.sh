@@ -105,6 +105,6 @@ fi
 printf "  curl -X POST -d '{\"name\":\"you\"}' %s/invoke/%s\n" "$BASE" "$fn_id"
 say "the management API (/v2) needs the token in $TOKEN_FILE:"
 printf '  curl -H "Authorization: Bearer $(cat %s)" %s/v2/apps\n' "$TOKEN_FILE" "$BASE"
-printf '  fn create context ferrofn --api-url %s --registry local && fn use context ferrofn\n' "$BASE"
+printf '  fn create context %s --api-url %s --registry local && fn use context %s\n' "$FERROFN_CLUSTER" "$BASE" "$FERROFN_CLUSTER"
 printf '  fn update context token "$(cat %s)"   # the fn CLI sends it as Authorization: Bearer\n' "$TOKEN_FILE"
 printf '  (stop and remove everything: make down)\n'

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the two extra images of the HA cluster (deploy/docker-compose.ha.yml) FROM scratch, out of
 # the Debian packages installed on this host: no registry, no base image.
-#   ferrofn/postgres  Debian's postgresql-15 server (postgres, initdb, pg_isready), the shared
+#   ferrofn/postgres  Debian's Postgres server (postgresql-15 on Debian 12) (postgres, initdb, pg_isready), the shared
 #                     libraries they link (ldd), its lib/ and share/ dirs, the timezone data, dash as
 #                     /bin/sh (initdb runs postgres through the shell) and the start script
 #                     deploy/docker/postgres-start.sh. User postgres, uid 70.
@@ -10,20 +10,22 @@
 #                     deploy/nginx/ferrofn.conf (listen 8080; upstream lb-1:8080 and lb-2:8080). User
 #                     nginx, uid 101.
 #   FERROFN_IMAGE_TAG=T   tag them T (default latest; the tests use a tag per checkout)
-# Needs the packages postgresql (15) and nginx (or nginx-light); .ci/run installs both.
+# Needs the packages postgresql and nginx (or nginx-light); .ci/run installs both.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v docker >/dev/null || die "docker is not installed"
 command -v ldd >/dev/null || die "ldd is missing (Debian package libc-bin)"
 
-PG_VERSION=15
+# Debian's server package of the release: 15 on Debian 12 (the newest installed one is used).
+PG_VERSION="$(ls /usr/lib/postgresql 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -n1 || true)"
+[[ -n "$PG_VERSION" ]] || die "no Postgres server is installed: apt-get install postgresql"
 PG_BIN=/usr/lib/postgresql/$PG_VERSION/bin
 PG_LIB=/usr/lib/postgresql/$PG_VERSION/lib
 PG_SHARE=/usr/share/postgresql/$PG_VERSION
 NGINX_BIN=/usr/sbin/nginx
 [[ -x $PG_BIN/postgres && -x $PG_BIN/initdb && -x $PG_BIN/pg_isready && -d $PG_SHARE ]] ||
-  die "Postgres $PG_VERSION server binaries are missing: apt-get install postgresql (Debian 12's is 15)"
+  die "Postgres $PG_VERSION server binaries are incomplete: apt-get install postgresql"
 [[ -x $NGINX_BIN && -f /etc/nginx/mime.types ]] ||
   die "nginx is missing: apt-get install nginx-light (or nginx)"
 [[ -x /bin/dash ]] || die "/bin/dash is missing (Debian package dash)"
@@ -48,13 +50,14 @@ copy_tree() { # <rootfs> <dir>
   (cd / && cp -a --parents "${2#/}" "$1/")
 }
 
-build() { # <ctx> <tag>
-  local out
-  if ! out="$(docker build --quiet --label ferrofn.built-by=ferrofn-deploy -t "$2" "$1" 2>&1)"; then
+build() { # <ctx> <tag> [docker build args...]
+  local out ctx="$1" tag="$2"
+  shift 2
+  if ! out="$(docker build --quiet --label ferrofn.built-by=ferrofn-deploy "$@" -t "$tag" "$ctx" 2>&1)"; then
     printf '%s\n' "$out" >&2
-    die "docker build of $2 failed"
+    die "docker build of $tag failed"
   fi
-  say "built $2 ($(docker image inspect --format '{{.Size}}' "$2" | awk '{printf "%.1f MB", $1/1e6}'))"
+  say "built $tag ($(docker image inspect --format '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}'))"
 }
 
 TAG="${FERROFN_IMAGE_TAG:-latest}"
@@ -81,7 +84,7 @@ printf 'root:x:0:\npostgres:x:70:\n' >"$pg/rootfs/etc/group"
 mkdir -p "$pg/rootfs/usr/local/bin"
 install -m 0755 "$DEPLOY_DIR/docker/postgres-start.sh" "$pg/rootfs/usr/local/bin/postgres-start"
 cp "$DEPLOY_DIR/docker/postgres.Dockerfile" "$pg/Dockerfile"
-build "$pg" "ferrofn/postgres:$TAG"
+build "$pg" "ferrofn/postgres:$TAG" --build-arg "PG_VERSION=$PG_VERSION"
 
 # ---- nginx
 ng="$ctx/nginx"

@@ -339,7 +339,13 @@ impl Cluster {
             ("authorization", auth.as_str()),
         ]);
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        request(method, &format!("http://{ip}:{NODE_HTTP_PORT}{path}"), &headers, body).await
+        request(
+            method,
+            &format!("http://{ip}:{NODE_HTTP_PORT}{path}"),
+            &headers,
+            body,
+        )
+        .await
     }
 
     /// `POST /invoke/<fn_id>` on one LB service directly, bypassing nginx.

@@ -62,7 +62,10 @@ async fn lb_calls(cluster: &Cluster) -> Result<BTreeMap<&'static str, f64>> {
     let mut out = BTreeMap::new();
     for lb in HA_LBS {
         let id = cluster.container(lb).await?;
-        out.insert(lb, metric_sum(&cluster.metrics_of(&id).await?, "lb_calls_total", &[]));
+        out.insert(
+            lb,
+            metric_sum(&cluster.metrics_of(&id).await?, "lb_calls_total", &[]),
+        );
     }
     Ok(out)
 }
@@ -102,7 +105,10 @@ async fn ha_cluster_serves_through_nginx_on_both_lbs_and_down_removes_everything
                 "nginx publishes {published:?}"
             );
         } else {
-            ensure!(published.trim().is_empty(), "container {id} publishes {published:?}");
+            ensure!(
+                published.trim().is_empty(),
+                "container {id} publishes {published:?}"
+            );
         }
     }
 
@@ -120,13 +126,23 @@ async fn ha_cluster_serves_through_nginx_on_both_lbs_and_down_removes_everything
         );
         names.insert(name);
     }
-    ensure!(names.len() == HA_RUNNERS, "runner names are not distinct: {names:?}");
+    ensure!(
+        names.len() == HA_RUNNERS,
+        "runner names are not distinct: {names:?}"
+    );
 
     // Registered through nginx (whichever LB it picked); both LBs, asked directly, have it.
     let hello = cluster.register("ha", "hello", HELLO_IMAGE.as_str(), 30).await?;
     for lb in HA_LBS {
-        let r = cluster.api_on(lb, "GET", &format!("/v2/fns/{hello}"), None).await?;
-        ensure!(r.status == 200, "{lb}: GET /v2/fns/{hello}: {} {}", r.status, r.text());
+        let r = cluster
+            .api_on(lb, "GET", &format!("/v2/fns/{hello}"), None)
+            .await?;
+        ensure!(
+            r.status == 200,
+            "{lb}: GET /v2/fns/{hello}: {} {}",
+            r.status,
+            r.text()
+        );
         ensure!(
             r.json()["image"] == HELLO_IMAGE.as_str(),
             "{lb} sees {}",
@@ -139,12 +155,14 @@ async fn ha_cluster_serves_through_nginx_on_both_lbs_and_down_removes_everything
     let lbs_before = lb_calls(&cluster).await?;
     let runners_before = runner_calls(&cluster).await?;
     const CALLS: usize = 40;
+    let (cluster_ref, hello_ref) = (&cluster, hello.as_str());
     for batch in 0..CALLS / 4 {
         let calls = (0..4).map(|i| {
             let n = batch * 4 + i;
+            let (cluster, hello) = (cluster_ref, hello_ref);
             async move {
                 let r = cluster
-                    .invoke(&hello, Bytes::from(format!(r#"{{"name":"ha-{n}"}}"#)))
+                    .invoke(hello, Bytes::from(format!(r#"{{"name":"ha-{n}"}}"#)))
                     .await?;
                 ensure!(
                     r.status == 200 && r.text().contains(&format!("Hello ha-{n}")),
@@ -203,15 +221,33 @@ async fn ha_cluster_serves_through_nginx_on_both_lbs_and_down_removes_everything
         .await?;
     ensure!(r.status == 200, "POST /v2/fns on lb-2: {} {}", r.status, r.text());
     let echo = r.json()["id"].as_str().context("fn id")?.to_owned();
-    let r = cluster.invoke_on("lb-1", &echo, Bytes::from_static(b"{}")).await?;
-    ensure!(r.status == 200, "lb-1 calls the fn made on lb-2: {} {}", r.status, r.text());
-    let r = cluster.invoke_on("lb-2", &echo, Bytes::from_static(b"{}")).await?;
-    ensure!(r.status == 200, "lb-2 calls its own fn: {} {}", r.status, r.text());
-    let r = cluster.api_on("lb-1", "DELETE", &format!("/v2/fns/{echo}"), None).await?;
+    let r = cluster
+        .invoke_on("lb-1", &echo, Bytes::from_static(b"{}"))
+        .await?;
+    ensure!(
+        r.status == 200,
+        "lb-1 calls the fn made on lb-2: {} {}",
+        r.status,
+        r.text()
+    );
+    let r = cluster
+        .invoke_on("lb-2", &echo, Bytes::from_static(b"{}"))
+        .await?;
+    ensure!(
+        r.status == 200,
+        "lb-2 calls its own fn: {} {}",
+        r.status,
+        r.text()
+    );
+    let r = cluster
+        .api_on("lb-1", "DELETE", &format!("/v2/fns/{echo}"), None)
+        .await?;
     ensure!(r.status == 204, "DELETE on lb-1: {} {}", r.status, r.text());
     let deleted = Instant::now();
     loop {
-        let r = cluster.invoke_on("lb-2", &echo, Bytes::from_static(b"{}")).await?;
+        let r = cluster
+            .invoke_on("lb-2", &echo, Bytes::from_static(b"{}"))
+            .await?;
         if r.status == 404 {
             break;
         }
@@ -253,7 +289,9 @@ async fn ha_cluster_serves_through_nginx_on_both_lbs_and_down_removes_everything
             `runner:9190` and uses every A record, each LB reaches one replica only"]
 async fn every_runner_replica_serves_calls() -> Result<()> {
     let cluster = Cluster::up_ha().await?;
-    let fn_id = cluster.register("spread", "echo", TESTFN_IMAGE.as_str(), 30).await?;
+    let fn_id = cluster
+        .register("spread", "echo", TESTFN_IMAGE.as_str(), 30)
+        .await?;
     let before = runner_calls(&cluster).await?;
     // Concurrent calls that each hold a container for a while, so that one runner's capacity is
     // not what decides the spread.
@@ -262,7 +300,13 @@ async fn every_runner_replica_serves_calls() -> Result<()> {
         let calls = (0..8).map(|_| cluster.invoke(&fn_id, Bytes::from_static(br#"{"sleepTime":300}"#)));
         for (i, r) in futures::future::join_all(calls).await.into_iter().enumerate() {
             let r = r?;
-            ensure!(r.status == 200, "call {}: {} {}", batch * 8 + i, r.status, r.text());
+            ensure!(
+                r.status == 200,
+                "call {}: {} {}",
+                batch * 8 + i,
+                r.status,
+                r.text()
+            );
         }
     }
     let after = runner_calls(&cluster).await?;
