@@ -213,11 +213,12 @@ impl Cluster {
 
     /// The container id of a compose service.
     pub async fn container(&self, service: &str) -> Result<String> {
-        let id = self.compose(&["ps", "-q", service]).await?.trim().to_owned();
-        if id.is_empty() {
-            bail!("cluster {} has no container for service {service}", self.project);
+        let mut ids = self.containers(service).await?;
+        match ids.len() {
+            0 => bail!("cluster {} has no container for service {service}", self.project),
+            1 => Ok(ids.remove(0)),
+            n => bail!("cluster {}: service {service} has {n} containers", self.project),
         }
-        Ok(id)
     }
 
     /// The cluster network's name.
@@ -303,7 +304,9 @@ impl Cluster {
     /// this test's own bridge network).
     pub async fn ip(&self, service: &str) -> Result<String> {
         let id = self.container(service).await?;
-        container_ip(&id).await.with_context(|| format!("{service}"))
+        container_ip(&id)
+            .await
+            .with_context(|| format!("the address of {service}"))
     }
 
     /// A node's `/metrics` text, fetched from the host on its address on the cluster network

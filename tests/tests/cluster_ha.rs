@@ -3,8 +3,8 @@
 //! front of both and alone published, one `runner` service scaled to three replicas sharing one
 //! server certificate. Driven by the same scripts as `make demo-ha` / `make down`.
 //!
-//! What it checks now: the topology (one published port, nginx's), distinct runner names per
-//! replica, a fn registered through nginx is seen by both LBs, calls through nginx are served by
+//! What it checks now: the topology (one published port, nginx's), which volumes each node mounts
+//! (certificates per service), distinct runner names per replica, a fn registered through nginx is seen by both LBs, calls through nginx are served by
 //! both LBs (their own call counters, read on the cluster network, add up to the calls sent), a
 //! write through one LB is served by the other, and `deploy/down.sh` removes everything, function
 //! containers of a SIGKILLed runner replica included.
@@ -37,6 +37,20 @@ async fn container_logs(id: &str) -> Result<String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     ))
+}
+
+/// The named volumes mounted in a container, sorted.
+async fn named_volumes(id: &str) -> Result<Vec<String>> {
+    let out = docker(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}",
+        id,
+    ])
+    .await?;
+    let mut names: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
+    names.sort();
+    Ok(names)
 }
 
 /// The runner name a runner logged at start (`runner started ... runner=<name>`).
@@ -111,6 +125,30 @@ async fn ha_cluster_serves_through_nginx_on_both_lbs_and_down_removes_everything
             );
         }
     }
+
+    // Least privilege: each node mounts its own volumes alone. The CA's key only in the one-shot
+    // certs job; both LBs one client identity; the runner replicas one server identity.
+    let project = &cluster.project;
+    let want: [(&str, &[&str]); 5] = [
+        ("postgres", &["pg-data"]),
+        ("lb-1", &["certs-lb"]),
+        ("lb-2", &["certs-lb"]),
+        ("nginx", &[]),
+        ("runner", &["certs-runner"]),
+    ];
+    for (svc, volumes) in want {
+        let want: Vec<String> = volumes.iter().map(|v| format!("{project}_{v}")).collect();
+        for id in cluster.containers(svc).await? {
+            let seen = named_volumes(&id).await?;
+            ensure!(seen == want, "{svc} ({id}) mounts {seen:?}, want {want:?}");
+        }
+    }
+    let certs = cluster.compose(&["ps", "-a", "-q", "certs"]).await?;
+    let seen = named_volumes(certs.trim()).await?;
+    ensure!(
+        seen.contains(&format!("{project}_certs-ca")),
+        "the certs job mounts {seen:?}"
+    );
 
     // Each replica runs under its own runner name, `<hostname>-9190` (its hostname is its
     // container id): the name its function containers are labelled with and swept by.
