@@ -15,8 +15,7 @@ FN=hello
 # FERROFN_IMAGE_TAG picks another tag (built, or expected with FERROFN_SKIP_BUILD=1, under it).
 export FERROFN_IMAGE_TAG="${FERROFN_IMAGE_TAG:-latest}"
 # The management API's bearer token: FERROFN_API_TOKEN if set, else one made on the first run and
-# kept (mode 0600) so that later runs and `fn` contexts keep working.
-TOKEN_FILE="${FERROFN_TOKEN_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ferrofn/$FERROFN_CLUSTER-api-token}"
+# kept (mode 0600) so that later runs and `fn` contexts keep working (lib.sh reads TOKEN_FILE).
 if [[ -z "${FERROFN_API_TOKEN:-}" ]]; then
   if [[ ! -s "$TOKEN_FILE" ]]; then
     mkdir -p "$(dirname "$TOKEN_FILE")"
@@ -27,8 +26,8 @@ if [[ -z "${FERROFN_API_TOKEN:-}" ]]; then
 fi
 export FERROFN_API_TOKEN
 # The HA cluster's Postgres password: kept like the token, since the data volume keeps the password
-# it was initialised with (a later `make demo-ha` on the same volume needs the same one).
-# (lib.sh reads PW_FILE when it exists.)
+# it was initialised with (a later `make demo-ha` on the same volume needs the same one); lib.sh reads
+# PW_FILE when it exists.
 if [[ $HA == 1 && -z "${FERROFN_DB_PASSWORD:-}" ]]; then
   mkdir -p "$(dirname "$PW_FILE")"
   (umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$PW_FILE")

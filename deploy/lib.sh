@@ -27,12 +27,6 @@ if [[ "${FERROFN_HA:-0}" == 1 ]]; then
   # Services with a health check that must pass, besides the runners.
   NODE_SERVICES=(postgres lb-1 lb-2)
   VOLUMES=(certs-ca certs-lb certs-runner pg-data)
-  # Postgres' password: FERROFN_DB_PASSWORD, else the file deploy/demo.sh makes on its first run.
-  PW_FILE="${FERROFN_DB_PASSWORD_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ferrofn/$FERROFN_CLUSTER-db-password}"
-  if [[ -z "${FERROFN_DB_PASSWORD:-}" && -s "$PW_FILE" ]]; then
-    FERROFN_DB_PASSWORD="$(cat "$PW_FILE")"
-    export FERROFN_DB_PASSWORD
-  fi
 else
   HA=0
   COMPOSE_FILE_PATH="$DEPLOY_DIR/docker-compose.yml"
@@ -45,6 +39,18 @@ else
   VOLUMES=(certs-ca certs-lb certs-runner-1 certs-runner-2 certs-runner-3 certs lb-data)
 fi
 export FERROFN_BIND="${FERROFN_BIND:-127.0.0.1}"
+# The LBs' API token and (HA) Postgres' password: the variables, else the files deploy/demo.sh makes on
+# its first run (mode 0600), so that up.sh or compose.sh run by hand never recreate a node without them.
+TOKEN_FILE="${FERROFN_TOKEN_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ferrofn/$FERROFN_CLUSTER-api-token}"
+PW_FILE="${FERROFN_DB_PASSWORD_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ferrofn/$FERROFN_CLUSTER-db-password}"
+if [[ -z "${FERROFN_API_TOKEN:-}" && -s "$TOKEN_FILE" ]]; then
+  FERROFN_API_TOKEN="$(cat "$TOKEN_FILE")"
+  export FERROFN_API_TOKEN
+fi
+if [[ $HA == 1 && -z "${FERROFN_DB_PASSWORD:-}" && -s "$PW_FILE" ]]; then
+  FERROFN_DB_PASSWORD="$(cat "$PW_FILE")"
+  export FERROFN_DB_PASSWORD
+fi
 export FERROFN_IOFS_DIR="${FERROFN_IOFS_DIR:-/tmp/$FERROFN_CLUSTER-iofs}"
 export FERROFN_DOCKER_SOCK="${FERROFN_DOCKER_SOCK:-/var/run/docker.sock}"
 # The runners run as uid 65532 with the socket's group added (see docker-compose.yml).
