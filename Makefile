@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUNCTIONS := -p ferrofn-fn-testfn -p ferrofn-fn-hello -p ferrofn-fn-status
 
-.PHONY: all build images lint prereqs test soak demo down bench deny
+.PHONY: all build images lint prereqs test soak demo demo-ha down bench deny
 
 all: build
 
@@ -11,12 +11,14 @@ all: build
 build:
 	$(CARGO) build --workspace
 
-## Build every image on the local Docker engine, FROM scratch: the functions (testfn, hello, status)
-## and the nodes (ferrofn/lb, ferrofn/runner).
+## Build every image on the local Docker engine, FROM scratch: the functions (testfn, hello, status),
+## the nodes (ferrofn/lb, ferrofn/runner) and the HA cluster's ferrofn/postgres and ferrofn/nginx (from
+## the host's Debian packages).
 images:
 	$(CARGO) build $(FUNCTIONS) -p ferrofn-lb -p ferrofn-runner
 	FERROFN_IMAGE_TAG=latest $(CARGO) run -q -p ferrofn-tests --bin ferrofn-images
 	FERROFN_IMAGE_TAG=latest FERROFN_SKIP_CARGO=1 bash deploy/images.sh
+	FERROFN_IMAGE_TAG=latest bash deploy/images-ha.sh
 
 ## Formatting and lints, as CI enforces them.
 lint:
@@ -49,9 +51,15 @@ soak:
 demo:
 	bash deploy/demo.sh
 
-## Remove everything `make demo` started: containers, function containers, networks, volumes.
+## The HA cluster: Postgres, two LBs sharing it, nginx in front of both, three runner replicas (mTLS).
+demo-ha:
+	FERROFN_HA=1 bash deploy/demo.sh
+
+## Remove everything `make demo` and `make demo-ha` started: containers, function containers,
+## networks, volumes.
 down:
 	bash deploy/down.sh
+	FERROFN_HA=1 bash deploy/down.sh
 
 ## The performance contract of BENCHMARKS.md: release builds, a local cluster (LB + 2 runners as
 ## processes, real Docker), the load tool against it, the placement simulator, criterion benches.

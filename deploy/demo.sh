@@ -2,6 +2,8 @@
 # Quick start (`make demo`): builds the binaries and images, starts the compose cluster (certs, one
 # LB, three runners), waits until it is healthy, registers the `hello` app and fn through the v2 API
 # and calls it. Safe to run again: an up-to-date cluster is kept, the app and fn are reused.
+# FERROFN_HA=1 (`make demo-ha`): the HA cluster instead (Postgres, two LBs behind nginx, three
+# runner replicas; deploy/docker-compose.ha.yml), driven through nginx.
 #   FERROFN_SKIP_BUILD=1  skip cargo and image builds (images must exist)
 #   other knobs: see deploy/lib.sh (FERROFN_PORT, FERROFN_CLUSTER, FERROFN_IOFS_DIR, ...)
 set -euo pipefail
@@ -9,11 +11,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APP=hello
 FN=hello
-# The demo runs the images `make images` tags `latest` (the tests use a tag per checkout).
-export FERROFN_IMAGE_TAG=latest
+# The demo runs the images `make images` tags `latest` (the tests use a tag per checkout);
+# FERROFN_IMAGE_TAG picks another tag (built, or expected with FERROFN_SKIP_BUILD=1, under it).
+export FERROFN_IMAGE_TAG="${FERROFN_IMAGE_TAG:-latest}"
 # The management API's bearer token: FERROFN_API_TOKEN if set, else one made on the first run and
-# kept (mode 0600) so that later runs and `fn` contexts keep working.
-TOKEN_FILE="${FERROFN_TOKEN_FILE:-${XDG_CONFIG_HOME:-$HOME/.config}/ferrofn/$FERROFN_CLUSTER-api-token}"
+# kept (mode 0600) so that later runs and `fn` contexts keep working (lib.sh reads TOKEN_FILE).
 if [[ -z "${FERROFN_API_TOKEN:-}" ]]; then
   if [[ ! -s "$TOKEN_FILE" ]]; then
     mkdir -p "$(dirname "$TOKEN_FILE")"
@@ -23,7 +25,17 @@ if [[ -z "${FERROFN_API_TOKEN:-}" ]]; then
   FERROFN_API_TOKEN="$(cat "$TOKEN_FILE")"
 fi
 export FERROFN_API_TOKEN
-FN_IMAGE=ferrofn/hello:latest
+# The HA cluster's Postgres password: kept like the token, since the data volume keeps the password
+# it was initialised with (a later `make demo-ha` on the same volume needs the same one); lib.sh reads
+# PW_FILE when it exists.
+if [[ $HA == 1 && -z "${FERROFN_DB_PASSWORD:-}" ]]; then
+  mkdir -p "$(dirname "$PW_FILE")"
+  (umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$PW_FILE")
+  say "made a Postgres password in $PW_FILE"
+  FERROFN_DB_PASSWORD="$(cat "$PW_FILE")"
+  export FERROFN_DB_PASSWORD
+fi
+FN_IMAGE="ferrofn/hello:$FERROFN_IMAGE_TAG"
 BASE="http://$FERROFN_BIND:$FERROFN_PORT"
 started=$SECONDS
 
@@ -37,8 +49,11 @@ if [[ "${FERROFN_SKIP_BUILD:-0}" != 1 ]]; then
   say "building binaries (cargo build; the first build takes several minutes)"
   (cd "$ROOT_DIR" && "${CARGO:-cargo}" build -p ferrofn-lb -p ferrofn-runner -p ferrofn-fn-hello)
   say "building images"
-  FERROFN_IMAGE_TAG=latest FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
-  (cd "$ROOT_DIR" && FERROFN_IMAGE_TAG=latest "${CARGO:-cargo}" run -q -p ferrofn-tests --bin ferrofn-images -- --only hello)
+  FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
+  if [[ $HA == 1 ]]; then
+    bash "$DEPLOY_DIR/images-ha.sh"
+  fi
+  (cd "$ROOT_DIR" && "${CARGO:-cargo}" run -q -p ferrofn-tests --bin ferrofn-images -- --only hello)
 fi
 docker image inspect "$FN_IMAGE" >/dev/null 2>&1 || die "image $FN_IMAGE is missing (run without FERROFN_SKIP_BUILD)"
 bash "$DEPLOY_DIR/up.sh"
@@ -76,15 +91,19 @@ fn_id="$(printf '%s' "$API_BODY" | json_id)"
 
 say "invoking $FN ($fn_id)"
 answer="$(curl -sS --max-time 60 -w '\n%{http_code}' -X POST -d '{"name":"ferrofn"}' "$BASE/invoke/$fn_id")" \
-  || die "invoke failed: no answer from the LB"
+  || die "invoke failed: no answer from $BASE"
 code="${answer##*$'\n'}"
 body="${answer%$'\n'*}"
 [[ "$code" == 200 ]] || die "invoke answered $code: $body"
 printf '%s\n' "$body"
-say "cluster up in $((SECONDS - started))s. Call it again with:"
+if [[ $HA == 1 ]]; then
+  say "HA cluster up in $((SECONDS - started))s: nginx on $BASE in front of lb-1 and lb-2 (registry in Postgres), $FERROFN_RUNNERS runners. Call it again with:"
+else
+  say "cluster up in $((SECONDS - started))s. Call it again with:"
+fi
 printf "  curl -X POST -d '{\"name\":\"you\"}' %s/invoke/%s\n" "$BASE" "$fn_id"
 say "the management API (/v2) needs the token in $TOKEN_FILE:"
 printf '  curl -H "Authorization: Bearer $(cat %s)" %s/v2/apps\n' "$TOKEN_FILE" "$BASE"
-printf '  fn create context ferrofn --api-url %s --registry local && fn use context ferrofn\n' "$BASE"
+printf '  fn create context %s --api-url %s --registry local && fn use context %s\n' "$FERROFN_CLUSTER" "$BASE" "$FERROFN_CLUSTER"
 printf '  fn update context token "$(cat %s)"   # the fn CLI sends it as Authorization: Bearer\n' "$TOKEN_FILE"
 printf '  (stop and remove everything: make down)\n'

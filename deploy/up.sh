@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the compose cluster from existing images (deploy/images.sh builds them) and waits until the
 # health checks of the three runners and of the LB pass and the LB answers on its published port,
-# printing progress. Used by deploy/demo.sh and by the integration tests (tests/src/cluster.rs).
+# printing progress. FERROFN_HA=1: the HA cluster (deploy/images-ha.sh builds its two extra images);
+# it waits for Postgres, both LBs, FERROFN_RUNNERS runner replicas and then nginx's published port. Used by deploy/demo.sh and by the integration tests (tests/src/cluster.rs).
 #   FERROFN_WAIT_SECS  how long to wait for health (default 120)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -23,8 +24,12 @@ if [[ "${COMPOSE_CMD[0]}" == docker-compose ]]; then
     die "docker-compose $v is too old: 1.29 or later (or the 'docker compose' plugin) is needed"
   fi
 fi
-for image in "ferrofn/lb:${FERROFN_IMAGE_TAG:-latest}" "ferrofn/runner:${FERROFN_IMAGE_TAG:-latest}"; do
-  docker image inspect "$image" >/dev/null 2>&1 || die "image $image is missing: run bash deploy/images.sh"
+images=(lb runner)
+[[ $HA == 1 ]] && images+=(postgres nginx)
+for image in "${images[@]}"; do
+  image="ferrofn/$image:${FERROFN_IMAGE_TAG:-latest}"
+  docker image inspect "$image" >/dev/null 2>&1 ||
+    die "image $image is missing: run bash deploy/images.sh$([[ $HA == 1 ]] && echo ' and deploy/images-ha.sh')"
 done
 
 # World-writable like /tmp: the runners (uid 65532) create one dir per function container in it,
@@ -32,9 +37,34 @@ done
 mkdir -p "$FERROFN_IOFS_DIR"
 chmod 1777 "$FERROFN_IOFS_DIR"
 
-say "starting cluster '$FERROFN_CLUSTER' (LB on $BASE)"
 # The certs service runs first (depends_on: service_completed_successfully, compose >= 1.29).
-compose up -d --remove-orphans
+if [[ $HA == 1 ]]; then
+  say "starting HA cluster '$FERROFN_CLUSTER' (nginx on $BASE, $FERROFN_RUNNERS runners)"
+  compose up -d --remove-orphans --scale "runner=$FERROFN_RUNNERS"
+else
+  say "starting cluster '$FERROFN_CLUSTER' (LB on $BASE)"
+  compose up -d --remove-orphans
+fi
+
+# Health of a service: `healthy` when it has `want` containers and each passes its health check.
+service_state() { # <service> <want>
+  local ids id n=0 bad="" st
+  ids="$(compose ps -q "$1" 2>/dev/null || true)"
+  for id in $ids; do
+    n=$((n + 1))
+    st="$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)"
+    [[ "$st" == healthy ]] || bad="$st"
+  done
+  if [[ $n -eq 0 ]]; then
+    echo missing
+  elif [[ -n "$bad" ]]; then
+    echo "$bad"
+  elif [[ $n -ne $2 ]]; then
+    echo "$n/$2"
+  else
+    echo healthy
+  fi
+}
 
 say "waiting for the cluster to be healthy (up to ${WAIT_SECS}s)"
 deadline=$((SECONDS + WAIT_SECS))
@@ -44,25 +74,25 @@ last=""
 while :; do
   line=""
   healthy=0
-  for svc in "${RUNNER_SERVICES[@]}"; do
-    id="$(compose ps -q "$svc" 2>/dev/null || true)"
-    state=missing
-    if [[ -n "$id" ]]; then
-      state="$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id" 2>/dev/null || echo missing)"
-    fi
+  wanted=0
+  for svc in "${RUNNER_SERVICES[@]}" "${NODE_SERVICES[@]}"; do
+    want=1
+    [[ $HA == 1 && "$svc" == runner ]] && want=$FERROFN_RUNNERS
+    state="$(service_state "$svc" "$want")"
+    wanted=$((wanted + 1))
     [[ "$state" == healthy ]] && healthy=$((healthy + 1))
     line+="$svc=$state "
   done
-  # The LB's own health check (its `probe` subcommand), then its published port from here.
-  lb_id="$(compose ps -q lb 2>/dev/null || true)"
-  lb=missing
-  if [[ -n "$lb_id" ]]; then
-    lb="$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$lb_id" 2>/dev/null || echo missing)"
+  # Then the published port from here (the LB's, or nginx's in front of the LBs).
+  front=waiting
+  if [[ $healthy -eq $wanted ]]; then
+    if curl -fsS -o /dev/null --max-time 2 "$BASE/version" 2>/dev/null; then
+      front=healthy
+    else
+      front=unpublished
+    fi
   fi
-  if [[ "$lb" == healthy ]]; then
-    curl -fsS -o /dev/null --max-time 2 "$BASE/version" 2>/dev/null || lb=unpublished
-  fi
-  line+="lb=$lb"
+  line+="$([[ $HA == 1 ]] && echo nginx || echo port)=$front"
   # One updating line on a terminal, one line per change in logs.
   if [[ $tty == 1 ]]; then
     printf '\r  %s   ' "$line" >&2
@@ -70,7 +100,7 @@ while :; do
     printf '  %s\n' "$line" >&2
   fi
   last="$line"
-  if [[ $healthy -eq ${#RUNNER_SERVICES[@]} && "$lb" == healthy ]]; then
+  if [[ "$front" == healthy ]]; then
     [[ $tty == 1 ]] && printf '\n' >&2
     break
   fi

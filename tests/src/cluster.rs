@@ -1,8 +1,12 @@
-//! The docker-compose cluster of `deploy/` for integration tests: images built from the current
-//! binaries by `deploy/images.sh`, started by `deploy/up.sh` under a unique compose project on a free
-//! loopback port (so it never meets `make demo`), driven through the v2 API and the docker CLI, and
-//! removed by `deploy/down.sh` (explicitly with [`Cluster::down`], which also checks that nothing
-//! is left, or on drop).
+//! The docker-compose clusters of `deploy/` for integration tests: images built from the current
+//! binaries by `deploy/images.sh` (and `deploy/images-ha.sh`), started by `deploy/up.sh` under a
+//! unique compose project on a free loopback port (so it never meets `make demo`), driven through
+//! the v2 API and the docker CLI, and removed by `deploy/down.sh` (explicitly with
+//! [`Cluster::down`], which also checks that nothing is left, or on drop).
+//!
+//! Two kinds ([`Kind`]): `docker-compose.yml` (one LB published, runner-1..3) and the HA cluster of
+//! `docker-compose.ha.yml` (Postgres, lb-1 and lb-2 behind nginx, which alone is published, and one
+//! `runner` service scaled to three replicas); the same scripts drive both (`FERROFN_HA=1`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +28,9 @@ pub const RUNNERS: [&str; 3] = ["runner-1", "runner-2", "runner-3"];
 pub const RUNNER_GRPC_PORT: u16 = 9190;
 /// The runners' `/metrics` port on the cluster network.
 pub const RUNNER_METRICS_PORT: u16 = 8080;
+/// The HTTP port of every node on the cluster network (LBs: the API and `/metrics`; runners:
+/// `/metrics` and `/health`).
+pub const NODE_HTTP_PORT: u16 = 8080;
 /// Bound on `deploy/up.sh` reaching a healthy cluster.
 pub const UP_WAIT: Duration = Duration::from_secs(120);
 
@@ -31,6 +38,8 @@ pub const UP_WAIT: Duration = Duration::from_secs(120);
 static SLOT: Semaphore = Semaphore::const_new(1);
 /// `deploy/images.sh` once per test process.
 static IMAGES: OnceCell<()> = OnceCell::const_new();
+/// `deploy/images-ha.sh` once per test process.
+static HA_IMAGES: OnceCell<()> = OnceCell::const_new();
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Builds `ferrofn/lb` and `ferrofn/runner` from the current sources (cargo build, then
@@ -49,6 +58,21 @@ pub async fn ensure_cluster_images() -> Result<()> {
                 ensure_image(&docker, which).await?;
             }
             anyhow::Ok(())
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Builds the HA cluster's `ferrofn/postgres` and `ferrofn/nginx` from the host's Debian packages
+/// (`deploy/images-ha.sh`), once per process.
+pub async fn ensure_ha_images() -> Result<()> {
+    HA_IMAGES
+        .get_or_try_init(|| async {
+            let mut cmd = tokio::process::Command::new("bash");
+            cmd.arg(workspace_root().join("deploy/images-ha.sh"))
+                .current_dir(workspace_root())
+                .env("FERROFN_IMAGE_TAG", image_tag());
+            run(cmd, "deploy/images-ha.sh").await.map(|_| ())
         })
         .await
         .map(|_| ())
@@ -76,18 +100,36 @@ pub async fn docker(args: &[&str]) -> Result<String> {
     run(cmd, &format!("docker {}", args.join(" "))).await
 }
 
-/// A compose cluster (one LB, three runners) of this test.
+/// Which compose cluster of `deploy/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `docker-compose.yml`: one LB (published, SQLite), runner-1..3.
+    Single,
+    /// `docker-compose.ha.yml`: Postgres, lb-1 and lb-2 behind nginx (published), `runner` x3.
+    Ha,
+}
+
+/// The LB services of the HA cluster.
+pub const HA_LBS: [&str; 2] = ["lb-1", "lb-2"];
+/// The runner replicas of the HA cluster (`--scale runner=N`).
+pub const HA_RUNNERS: usize = 3;
+
+/// A compose cluster of this test.
 #[derive(Debug)]
 pub struct Cluster {
+    /// Which one.
+    pub kind: Kind,
     /// Compose project name; prefixes its containers, network, volumes and runner labels.
     pub project: String,
-    /// Loopback port of the LB's HTTP API.
+    /// Loopback port of the LB's HTTP API (the HA cluster: nginx's, in front of both LBs).
     pub port: u16,
     /// The runners' iofs dir on the host.
     pub iofs_dir: PathBuf,
     /// Bearer token of the LB's management API (the LB listens on 0.0.0.0 in its container, so
     /// it refuses to start without one).
     pub api_token: String,
+    /// The HA cluster's Postgres password.
+    pub db_password: String,
     removed: bool,
     _slot: SemaphorePermit<'static>,
 }
@@ -96,14 +138,29 @@ impl Cluster {
     /// Builds the images if needed, starts a new cluster and waits until its three runners are
     /// healthy and its LB answers.
     pub async fn up() -> Result<Self> {
+        Self::start(Kind::Single).await
+    }
+
+    /// Builds the images if needed (the HA ones too), starts a new HA cluster and waits until
+    /// Postgres, both LBs and the three runner replicas are healthy and nginx answers.
+    pub async fn up_ha() -> Result<Self> {
+        Self::start(Kind::Ha).await
+    }
+
+    async fn start(kind: Kind) -> Result<Self> {
         let slot = SLOT.acquire().await.context("cluster slot")?;
         ensure_cluster_images().await?;
+        if kind == Kind::Ha {
+            ensure_ha_images().await?;
+        }
         let project = format!(
             "fft{}x{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let cluster = Cluster {
+            kind,
+            db_password: format!("{:032x}", rand::random::<u128>()),
             iofs_dir: std::env::temp_dir().join(format!("{project}-iofs")),
             api_token: format!("{project}-{:016x}", rand::random::<u64>()),
             project,
@@ -118,14 +175,18 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn env(&self) -> [(&'static str, String); 6] {
-        [
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let ha = self.kind == Kind::Ha;
+        vec![
             ("FERROFN_IMAGE_TAG", image_tag().to_owned()),
             ("FERROFN_API_TOKEN", self.api_token.clone()),
             ("FERROFN_CLUSTER", self.project.clone()),
             ("FERROFN_PORT", self.port.to_string()),
             ("FERROFN_BIND", "127.0.0.1".to_owned()),
             ("FERROFN_IOFS_DIR", self.iofs_dir.display().to_string()),
+            ("FERROFN_HA", if ha { "1" } else { "0" }.to_owned()),
+            ("FERROFN_RUNNERS", HA_RUNNERS.to_string()),
+            ("FERROFN_DB_PASSWORD", self.db_password.clone()),
         ]
     }
 
@@ -144,13 +205,20 @@ impl Cluster {
         run(cmd, &format!("compose {} ({})", args.join(" "), self.project)).await
     }
 
+    /// The container ids of a compose service (several for the HA cluster's `runner`).
+    pub async fn containers(&self, service: &str) -> Result<Vec<String>> {
+        let out = self.compose(&["ps", "-q", service]).await?;
+        Ok(out.split_whitespace().map(str::to_owned).collect())
+    }
+
     /// The container id of a compose service.
     pub async fn container(&self, service: &str) -> Result<String> {
-        let id = self.compose(&["ps", "-q", service]).await?.trim().to_owned();
-        if id.is_empty() {
-            bail!("cluster {} has no container for service {service}", self.project);
+        let mut ids = self.containers(service).await?;
+        match ids.len() {
+            0 => bail!("cluster {} has no container for service {service}", self.project),
+            1 => Ok(ids.remove(0)),
+            n => bail!("cluster {}: service {service} has {n} containers", self.project),
         }
-        Ok(id)
     }
 
     /// The cluster network's name.
@@ -236,17 +304,63 @@ impl Cluster {
     /// this test's own bridge network).
     pub async fn ip(&self, service: &str) -> Result<String> {
         let id = self.container(service).await?;
-        let out = docker(&[
-            "inspect",
-            "--format",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-            &id,
-        ])
-        .await?;
-        out.split_whitespace()
-            .next()
-            .map(str::to_owned)
-            .with_context(|| format!("{service} has no address on a network"))
+        container_ip(&id)
+            .await
+            .with_context(|| format!("the address of {service}"))
+    }
+
+    /// A node's `/metrics` text, fetched from the host on its address on the cluster network
+    /// (`port` 8080 for LBs and runners alike; nothing of it is published).
+    pub async fn metrics_of(&self, container: &str) -> Result<String> {
+        let ip = container_ip(container).await?;
+        let url = format!("http://{ip}:{NODE_HTTP_PORT}/metrics");
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            request("GET", &url, &BTreeMap::new(), Bytes::new()),
+        )
+        .await
+        .with_context(|| format!("GET {url} timed out"))??;
+        if r.status != 200 {
+            bail!("GET {url}: {}", r.status);
+        }
+        Ok(r.text())
+    }
+
+    /// A management API request (`/v2/...`, the cluster's token) sent to one LB service directly on
+    /// the cluster network, bypassing nginx (the HA cluster's `lb-1` / `lb-2`).
+    pub async fn api_on(
+        &self,
+        service: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Resp> {
+        let ip = self.ip(service).await?;
+        let auth = format!("Bearer {}", self.api_token);
+        let headers = BTreeMap::from([
+            ("content-type", "application/json"),
+            ("authorization", auth.as_str()),
+        ]);
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        request(
+            method,
+            &format!("http://{ip}:{NODE_HTTP_PORT}{path}"),
+            &headers,
+            body,
+        )
+        .await
+    }
+
+    /// `POST /invoke/<fn_id>` on one LB service directly, bypassing nginx.
+    pub async fn invoke_on(&self, service: &str, fn_id: &str, body: impl Into<Bytes>) -> Result<Resp> {
+        let ip = self.ip(service).await?;
+        request(
+            "POST",
+            &format!("http://{ip}:{NODE_HTTP_PORT}/invoke/{fn_id}"),
+            &BTreeMap::new(),
+            body,
+        )
+        .await
     }
 
     /// Calls a runner has finished since it started (`ferrofn_runner_calls_total`, every outcome),
@@ -356,17 +470,52 @@ impl Cluster {
                 found.push(format!("{kind} {id}"));
             }
         }
-        for service in RUNNERS {
-            let label = format!("label=ferrofn.runner={}", self.runner_label(service));
-            for id in docker(&["ps", "-aq", "--filter", &label])
-                .await?
-                .split_whitespace()
-            {
-                found.push(format!("function container {id} of {service}"));
+        if self.kind == Kind::Single {
+            for service in RUNNERS {
+                let label = format!("label=ferrofn.runner={}", self.runner_label(service));
+                for id in docker(&["ps", "-aq", "--filter", &label])
+                    .await?
+                    .split_whitespace()
+                {
+                    found.push(format!("function container {id} of {service}"));
+                }
+            }
+        }
+        // Any runner's function container bind-mounting a dir of this cluster's iofs dir (the HA
+        // runners' labels name their container ids, which are gone after down).
+        for id in self.function_containers().await? {
+            let line = format!("function container {id} (iofs)");
+            if !found.iter().any(|f| f.contains(id.as_str())) {
+                found.push(line);
             }
         }
         if self.iofs_dir.exists() {
             found.push(format!("iofs dir {}", self.iofs_dir.display()));
+        }
+        Ok(found)
+    }
+
+    /// Function containers (any state) that bind-mount a dir of this cluster's iofs dir: every
+    /// container a runner of this cluster started, whatever the runner's name.
+    pub async fn function_containers(&self) -> Result<Vec<String>> {
+        let prefix = format!("{}/", self.iofs_dir.display());
+        let mut found = Vec::new();
+        let managed = docker(&["ps", "-aq", "--filter", "label=ferrofn.managed=true"]).await?;
+        for id in managed.split_whitespace() {
+            // A container removed meanwhile (a runner cleaning up) is not a leftover.
+            let Ok(mounts) = docker(&[
+                "inspect",
+                "--format",
+                "{{range .Mounts}}{{println .Source}}{{end}}",
+                id,
+            ])
+            .await
+            else {
+                continue;
+            };
+            if mounts.lines().any(|m| m.starts_with(&prefix)) {
+                found.push(id.to_owned());
+            }
         }
         Ok(found)
     }
@@ -436,6 +585,22 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// A container's address on its (first) network; reachable from the host, since the clusters'
+/// networks are bridges of this engine.
+pub async fn container_ip(id: &str) -> Result<String> {
+    let out = docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+        id,
+    ])
+    .await?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .with_context(|| format!("container {id} has no address on a network"))
 }
 
 /// The `state` label of the `lb_runner_up` sample set to 1 for runner `addr`.
