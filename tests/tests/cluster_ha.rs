@@ -9,10 +9,8 @@
 //! write through one LB is served by the other, and `deploy/down.sh` removes everything, function
 //! containers of a SIGKILLed runner replica included.
 //!
-//! What it cannot check on this branch alone: that every runner replica serves. Without the LB's
-//! runner discovery through DNS (issue 12 item 4, built on another branch), `runner:9190` is one
-//! connection to one replica per LB. `every_runner_replica_serves_calls` asserts it and is
-//! `#[ignore]`d until this branch is merged with that work (where it passes).
+//! With the LB's runner discovery through DNS (issue 12 item 4), every replica of `runner:9190`
+//! serves, and the replicas can be scaled under load without a failed call.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
@@ -21,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 
-use ferrofn_tests::cluster::{Cluster, HA_LBS, HA_RUNNERS, docker};
+use ferrofn_tests::cluster::{Cluster, HA_LBS, HA_RUNNERS, Load, describe_failures, docker};
 use ferrofn_tests::images::{HELLO_IMAGE, TESTFN_IMAGE};
 use ferrofn_tests::load::metric_sum;
 
@@ -323,12 +321,12 @@ async fn ha_cluster_serves_through_nginx_on_both_lbs_and_down_removes_everything
     cluster.down().await
 }
 
+/// Issue 12, point 4: the LBs find the runner replicas through Docker's DNS (`runner:9190`, one A
+/// record per replica): every replica serves; scaled 3 -> 5 under load the new ones join without a
+/// reload and serve, scaled 5 -> 2 the removed ones drain (SIGTERM: NOT_SERVING, in-flight calls
+/// finish) and leave placement, and no call fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-// ENABLE AFTER MERGING with the DNS discovery (issue 12 item 4): remove this #[ignore]. Checked on
-// a trial merge of this branch with main's i12-dns work: it passes there, and fails here alone.
-#[ignore = "needs runner discovery through DNS (issue 12 item 4): without it each LB reaches one \
-            replica of `runner:9190` only"]
-async fn every_runner_replica_serves_calls() -> Result<()> {
+async fn runner_replicas_found_through_dns_serve_and_scale_3_5_2_under_load() -> Result<()> {
     let cluster = Cluster::up_ha().await?;
     let fn_id = cluster
         .register("spread", "echo", TESTFN_IMAGE.as_str(), 30)
@@ -365,7 +363,73 @@ async fn every_runner_replica_serves_calls() -> Result<()> {
         per_runner.values().sum::<f64>() == CALLS as f64,
         "runner replicas counted {per_runner:?}, {CALLS} calls were sent"
     );
+
+    // Scale under steady load through nginx.
+    let load = Load::start(
+        cluster.url(&format!("/invoke/{fn_id}")),
+        Bytes::from_static(br#"{"sleepTime":50}"#),
+        6,
+        20_000,
+        Duration::from_secs(60),
+    );
+    load.wait_calls(30, Duration::from_secs(60)).await?;
+    for (n, what) in [(5, "scaled up"), (2, "scaled down")] {
+        let t = Instant::now();
+        cluster
+            .compose(&[
+                "up",
+                "-d",
+                "--no-recreate",
+                "--scale",
+                &format!("runner={n}"),
+                "runner",
+            ])
+            .await?;
+        let members = wait_members(&cluster, n, Duration::from_secs(60)).await?;
+        let ids = cluster.containers("runner").await?;
+        ensure!(ids.len() == n, "{what}: {} runner containers", ids.len());
+        // Every replica that is left serves part of the load.
+        let base = runner_calls(&cluster).await?;
+        let start = load.done();
+        load.wait_calls(start + 60, Duration::from_secs(60)).await?;
+        let now = runner_calls(&cluster).await?;
+        let idle: Vec<&String> = now
+            .iter()
+            .filter(|(id, c)| **c <= base.get(*id).copied().unwrap_or(0.0))
+            .map(|(id, _)| id)
+            .collect();
+        eprintln!(
+            "{what} to {n}: both LBs at {members} members {:?} after the compose command; idle replicas {idle:?}",
+            t.elapsed()
+        );
+        ensure!(idle.is_empty(), "{what} to {n}: replicas {idle:?} got no calls");
+    }
+    let outcomes = load.finish().await?;
+    let failed = outcomes.iter().filter(|o| !o.ok()).count();
+    eprintln!("{} calls through the scaling, {failed} failed", outcomes.len());
+    ensure!(failed == 0, "{}", describe_failures(&outcomes));
     cluster.down().await
+}
+
+/// Waits until both LBs count `n` runner members (`lb_runner_members`); returns it.
+async fn wait_members(cluster: &Cluster, n: usize, limit: Duration) -> Result<usize> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut counts = Vec::new();
+        for lb in ["lb-1", "lb-2"] {
+            let id = cluster.container(lb).await?;
+            let text = cluster.metrics_of(&id).await?;
+            counts.push(metric_sum(&text, "lb_runner_members", &[]) as usize);
+        }
+        if counts.iter().all(|c| *c == n) {
+            return Ok(n);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the LBs count {counts:?} runner members, not {n}, after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[test]
