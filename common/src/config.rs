@@ -253,7 +253,21 @@ fn env_value(defaults: &Value, field: &str, raw: &str) -> Value {
             "0" | "f" | "false" | "no" | "off" | "" => Value::from(false),
             _ => Value::from(raw.to_owned()), // fails with an error naming the variable
         },
-        _ => raw.parse::<Value>().unwrap_or_else(|never| match never {}),
+        // Numbers parsed here, anything else left a string (a wrong type then fails naming the
+        // variable). Not figment's own `Value` parser: it panics on some non-ASCII text before a
+        // backslash in a quoted value (figment 0.10.19, value/escape.rs indexes bytes by chars; found
+        // by fuzz/ `config`).
+        _ => number(raw.trim()).unwrap_or_else(|| Value::from(raw.to_owned())),
+    }
+}
+
+fn number(s: &str) -> Option<Value> {
+    if let Ok(u) = s.parse::<u64>() {
+        Some(Value::from(u))
+    } else if let Ok(i) = s.parse::<i64>() {
+        Some(Value::from(i))
+    } else {
+        s.parse::<f64>().ok().filter(|f| f.is_finite()).map(Value::from)
     }
 }
 
@@ -591,6 +605,19 @@ mod tests {
 
     fn no_env() -> EnvSource {
         EnvSource::from_pairs(Vec::<(String, String)>::new())
+    }
+
+    /// fuzz/ `config` found figment's value parser panicking on this (a quoted value with
+    /// non-ASCII text before a backslash); a number setting now gets a clear error instead.
+    #[test]
+    fn odd_text_in_a_number_setting_is_an_error_not_a_panic() {
+        let raw = String::from_utf8_lossy(b"\"\xfe\xff\xff\xfa\\\"*");
+        let env = EnvSource::from_pairs([("FN_PORT", raw.as_ref())]);
+        let e = load::<Settings>(None, &env, ENV_MAP, Flags::default()).unwrap_err();
+        assert!(e.to_string().contains("FN_PORT"), "{e}");
+        let env = EnvSource::from_pairs([("FN_PORT", " 2500 ")]);
+        let s: Settings = load(None, &env, ENV_MAP, Flags::default()).unwrap();
+        assert_eq!(s.port, 2500);
     }
 
     #[test]
