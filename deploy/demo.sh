@@ -5,8 +5,11 @@
 # FERROFN_HA=1 (`make demo-ha`): the HA cluster instead (Postgres, two LBs behind nginx, three
 # runner replicas; deploy/docker-compose.ha.yml), driven through nginx.
 #   FERROFN_SKIP_BUILD=1  skip cargo and image builds (images must exist)
+#   FERROFN_PROFILE=debug  node images from a debug build (default here: release, the speed users
+#                          should see; `make test` uses debug images under its own tags)
 #   other knobs: see deploy/lib.sh (FERROFN_PORT, FERROFN_CLUSTER, FERROFN_IOFS_DIR, ...)
 set -euo pipefail
+export FERROFN_PROFILE="${FERROFN_PROFILE:-release}"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APP=hello
@@ -46,8 +49,9 @@ command -v curl >/dev/null || die "curl is not installed"
 [[ -S "$FERROFN_DOCKER_SOCK" ]] || die "$FERROFN_DOCKER_SOCK is not a socket: set FERROFN_DOCKER_SOCK"
 
 if [[ "${FERROFN_SKIP_BUILD:-0}" != 1 ]]; then
-  say "building binaries (cargo build; the first build takes several minutes)"
-  (cd "$ROOT_DIR" && "${CARGO:-cargo}" build -p ferrofn-lb -p ferrofn-runner -p ferrofn-fn-hello)
+  say "building binaries (cargo build, $FERROFN_PROFILE; the first build takes several minutes)"
+  (cd "$ROOT_DIR" && "${CARGO:-cargo}" build "${CARGO_PROFILE_ARGS[@]}" -p ferrofn-lb -p ferrofn-runner)
+  (cd "$ROOT_DIR" && "${CARGO:-cargo}" build -p ferrofn-fn-hello)
   say "building images"
   FERROFN_SKIP_CARGO=1 bash "$DEPLOY_DIR/images.sh"
   if [[ $HA == 1 ]]; then

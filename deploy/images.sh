@@ -3,13 +3,14 @@
 # info stripped) plus the few empty dirs they need. No registry is involved.
 #   FERROFN_IMAGE_TAG=T   tag them T (default latest; the tests use a tag per checkout)
 #   FERROFN_SKIP_CARGO=1  use the binaries already in target/ instead of running cargo build first
+#   FERROFN_PROFILE=release  release binaries (default debug: see lib.sh)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v docker >/dev/null || die "docker is not installed"
 if [[ "${FERROFN_SKIP_CARGO:-0}" != 1 ]]; then
   say "building ferrofn-lb and ferrofn-runner (cargo build)"
-  (cd "$ROOT_DIR" && "${CARGO:-cargo}" build -p ferrofn-lb -p ferrofn-runner)
+  (cd "$ROOT_DIR" && "${CARGO:-cargo}" build "${CARGO_PROFILE_ARGS[@]}" -p ferrofn-lb -p ferrofn-runner)
 fi
 
 build_image() { # <binary> <dockerfile> <tag>
