@@ -32,9 +32,9 @@ pub enum DbVerify {
 /// for [`DbVerify::Ca`] and [`DbVerify::Full`]).
 pub fn database_client_config(verify: DbVerify, roots: Option<&Path>) -> Result<ClientConfig, TlsError> {
     let provider = provider();
-    let verifier: Arc<dyn ServerCertVerifier> = match (verify, roots) {
-        (DbVerify::Nothing, _) => Arc::new(NoCheck(provider.clone())),
-        (v, Some(path)) => {
+    let webpki = match (verify, roots) {
+        (DbVerify::Nothing, _) => None,
+        (_, Some(path)) => {
             let mut store = RootCertStore::empty();
             for ca in read_certs("database root", path)? {
                 store.add(ca).map_err(|source| TlsError::BadCa {
@@ -42,20 +42,21 @@ pub fn database_client_config(verify: DbVerify, roots: Option<&Path>) -> Result<
                     source,
                 })?;
             }
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+            let built = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
                 .build()
                 .map_err(|e| TlsError::ServerVerifier {
                     path: path.to_owned(),
                     source: e,
                 })?;
-            if v == DbVerify::Ca {
-                Arc::new(AnyName(webpki))
-            } else {
-                webpki
-            }
+            Some(built)
         }
         (_, None) => return Err(TlsError::NoDbRoots),
     };
+    let verifier = Arc::new(DbVerifier {
+        verify,
+        webpki,
+        provider: provider.clone(),
+    });
     Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Protocol)?
@@ -64,50 +65,16 @@ pub fn database_client_config(verify: DbVerify, roots: Option<&Path>) -> Result<
         .with_no_client_auth())
 }
 
-/// Accepts any certificate (signatures of the handshake are still checked).
+/// The certificate check of one [`DbVerify`] level; the handshake's signatures are always checked.
 #[derive(Debug)]
-struct NoCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct DbVerifier {
+    verify: DbVerify,
+    /// The web-PKI check against the root file (`None` for [`DbVerify::Nothing`]).
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// The web-PKI check without the name check (`verify-ca`).
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for DbVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -116,13 +83,14 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            // verify-ca: a trusted CA signed it, whatever host it names.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if self.verify == DbVerify::Ca => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -133,7 +101,12 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -142,10 +115,17 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
