@@ -1,7 +1,13 @@
-//! Splits a body into Engage data frames of at most [`MAX_DATA_CHUNK`] (10 KiB) bytes, both ways.
-//! Chunks are `Bytes::slice`s of the input: no copying, the frames share the caller's buffer.
+//! Splits a body into Engage data frames of at most [`MAX_DATA_CHUNK`] (10 KiB) bytes (or a size
+//! agreed between ferrofn peers), both ways. Chunks are `Bytes::slice`s of the input: no copying,
+//! the frames share the caller's buffer. [`Coalesce`] joins small pieces that are already there
+//! into frames of up to the agreed size.
 
-use bytes::Bytes;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
 
 pub use ferrofn_proto::MAX_DATA_CHUNK;
 
@@ -18,6 +24,84 @@ pub fn chunks_of(b: Bytes, size: usize) -> impl Iterator<Item = Bytes> {
     (0..len)
         .step_by(size)
         .map(move |start| b.slice(start..(start + size).min(len)))
+}
+
+/// A body stream whose pieces are joined, as long as the next ones are already there, into pieces of
+/// up to `frame` bytes: fewer, larger frames for a body that arrives in small reads, and never a
+/// wait for data that has not come yet. A piece of `frame` bytes or more passes through untouched
+/// (no copy); an error is passed on after the data before it.
+#[derive(Debug)]
+pub struct Coalesce<S, E> {
+    inner: S,
+    frame: usize,
+    /// An item read ahead (it did not fit in the piece being built).
+    ahead: Option<Result<Bytes, E>>,
+    done: bool,
+}
+
+impl<S, E> Coalesce<S, E> {
+    /// Joins the pieces of `inner` up to `frame` bytes.
+    pub fn new(inner: S, frame: usize) -> Self {
+        Self {
+            inner,
+            frame,
+            ahead: None,
+            done: false,
+        }
+    }
+}
+
+impl<S, E> Stream for Coalesce<S, E>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Unpin,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let first = match this.ahead.take() {
+            Some(item) => item,
+            None if this.done => return Poll::Ready(None),
+            None => match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) => item,
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        let first = match first {
+            Ok(b) => b,
+            Err(e) => return Poll::Ready(Some(Err(e))),
+        };
+        let mut joined: Option<BytesMut> = None;
+        while !this.done {
+            let len = joined.as_ref().map_or(first.len(), BytesMut::len);
+            if len >= this.frame {
+                break;
+            }
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(b))) if len + b.len() <= this.frame => {
+                    joined
+                        .get_or_insert_with(|| {
+                            let mut j = BytesMut::with_capacity(this.frame);
+                            j.extend_from_slice(&first);
+                            j
+                        })
+                        .extend_from_slice(&b);
+                }
+                Poll::Ready(Some(item)) => {
+                    this.ahead = Some(item);
+                    break;
+                }
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(Ok(joined.map_or(first, BytesMut::freeze))))
+    }
 }
 
 #[cfg(test)]
@@ -82,5 +166,45 @@ mod tests {
             .map(|b| b.len())
             .collect();
         assert_eq!(sizes, [3, 3, 1]);
+    }
+
+    fn pieces(sizes: &[usize]) -> Vec<Result<Bytes, &'static str>> {
+        sizes.iter().map(|&n| Ok(Bytes::from(vec![b'x'; n]))).collect()
+    }
+
+    fn lens(out: Vec<Result<Bytes, &'static str>>) -> Vec<Result<usize, &'static str>> {
+        out.into_iter().map(|r| r.map(|b| b.len())).collect()
+    }
+
+    #[tokio::test]
+    async fn coalesce_joins_ready_pieces_up_to_the_frame() {
+        let s = futures::stream::iter(pieces(&[4, 4, 4, 10, 3, 20, 1]));
+        let out: Vec<_> = Coalesce::new(s, 10).collect().await;
+        // 4+4 (the next 4 would pass 10), 4 alone (10 would pass), 10 whole, 3 alone (20 would
+        // pass), 20 untouched, 1.
+        assert_eq!(lens(out), [Ok(8), Ok(4), Ok(10), Ok(3), Ok(20), Ok(1)]);
+    }
+
+    #[tokio::test]
+    async fn coalesce_passes_errors_after_the_data_before_them() {
+        let mut items = pieces(&[2, 2]);
+        items.push(Err("broken"));
+        items.extend(pieces(&[5]));
+        let out: Vec<_> = Coalesce::new(futures::stream::iter(items), 100).collect().await;
+        assert_eq!(lens(out), [Ok(4), Err("broken"), Ok(5)]);
+    }
+
+    #[tokio::test]
+    async fn coalesce_never_waits_for_data_not_there() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, &'static str>>();
+        let mut s = Coalesce::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), 100);
+        tx.send(Ok(Bytes::from_static(b"abc"))).unwrap();
+        // Only what is there: the stream does not hold the piece back for more.
+        assert_eq!(s.next().await.unwrap().unwrap(), Bytes::from_static(b"abc"));
+        tx.send(Ok(Bytes::from_static(b"de"))).unwrap();
+        tx.send(Ok(Bytes::from_static(b"f"))).unwrap();
+        drop(tx);
+        assert_eq!(s.next().await.unwrap().unwrap(), Bytes::from_static(b"def"));
+        assert!(s.next().await.is_none());
     }
 }

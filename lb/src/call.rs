@@ -163,6 +163,20 @@ pub fn traceparent(headers: &HeaderMap) -> String {
     )
 }
 
+/// The request body's length from its `Content-Length` (hyper holds the body to it); `None` for a
+/// chunked body or an unreadable value.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Places and runs a built call; the response is the function's, or Fn's error JSON.
 pub async fn run_call(
     st: &SharedState,
@@ -187,7 +201,9 @@ pub async fn run_call(
         sync_deadline: st.sync_deadline_margin.map(|m| fn_timeout + m),
         traceparent: Some(traceparent(request_headers)),
         body: std::sync::Arc::new(Mutex::new(body_state)),
+        declared_len: declared_length(request_headers),
         max_request: st.max_request,
+        frame_bytes: st.frame_bytes,
         head_limit: st.response_head,
         pool: st.pool.clone(),
     };
@@ -251,6 +267,19 @@ mod tests {
         h.append("x-multi", "a".parse().unwrap());
         h.append("x-multi", "b".parse().unwrap());
         h
+    }
+
+    #[test]
+    fn declared_length_only_for_unchunked_bodies() {
+        let mut h = headers();
+        assert_eq!(declared_length(&h), None);
+        h.insert("content-length", "25".parse().unwrap());
+        assert_eq!(declared_length(&h), Some(25));
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        assert_eq!(declared_length(&h), None);
+        h.remove("transfer-encoding");
+        h.insert("content-length", "-1".parse().unwrap());
+        assert_eq!(declared_length(&h), None);
     }
 
     #[test]

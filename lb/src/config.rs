@@ -47,6 +47,7 @@ pub const ENV_NAMES: EnvNames = EnvNames {
         ("FERROFN_TLS_SERVER_NAME", "tls.server_name"),
         ("FERROFN_HEALTH_INTERVAL_MSECS", "health_interval_ms"),
         ("FERROFN_RESPONSE_HEAD_BYTES", "response_head_bytes"),
+        ("FERROFN_ENGAGE_FRAME_BYTES", "engage_frame_bytes"),
         ("FERROFN_SYNC_DEADLINE_MARGIN_MSECS", "sync_deadline_margin_ms"),
         ("FERROFN_RUNNER_KEEPALIVE_MSECS", "runner_keepalive_ms"),
         (
@@ -183,6 +184,10 @@ pub struct LbSettings {
     /// them gets its exact error status; after them a late failure aborts the body. Set it above
     /// the runners' `FN_MAX_RESPONSE_SIZE` to get Fn's 502 for every oversized response.
     pub response_head_bytes: u64,
+    /// Largest Engage data frame towards ferrofn runners that advertise the `frames` capability
+    /// (`FERROFN_ENGAGE_FRAME_BYTES`, 10240..=1048576; 10240 = Fn's frames everywhere). Fn runners
+    /// always get 10 KiB frames.
+    pub engage_frame_bytes: u64,
     /// Added to the fn timeout to bound a committed sync call on the LB, ms: a runner silent past
     /// it gets the call answered 504 (Fn has no bound). 0 = unbounded.
     pub sync_deadline_margin_ms: u64,
@@ -253,6 +258,7 @@ impl Default for LbSettings {
             tls: TlsSettings::default(),
             health_interval_ms: crate::pool::health::DEFAULT_INTERVAL.as_millis() as u64,
             response_head_bytes: crate::engage::HEAD_BUFFER as u64,
+            engage_frame_bytes: crate::engage::DEFAULT_FRAME_BYTES as u64,
             sync_deadline_margin_ms: crate::engage::DEFAULT_SYNC_DEADLINE_MARGIN.as_millis() as u64,
             runner_keepalive_ms: ChannelOptions::default().keepalive_interval.as_millis() as u64,
             runner_keepalive_timeout_ms: ChannelOptions::default().keepalive_timeout.as_millis() as u64,

@@ -222,6 +222,9 @@ pub async fn start_with_resolver(
         placer_config: settings.placer_config(),
         public_url: Some(settings.public_lb_url.trim_end_matches('/').to_owned()).filter(|u| !u.is_empty()),
         max_request: settings.max_request_size,
+        frame_bytes: usize::try_from(settings.engage_frame_bytes)
+            .unwrap_or(usize::MAX)
+            .clamp(ferrofn_proto::MAX_DATA_CHUNK, ferrofn_proto::ext::MAX_FRAME_BYTES),
         execution_headroom: Duration::from_millis(settings.execution_headroom_ms),
         response_head: usize::try_from(settings.response_head_bytes)
             .unwrap_or(usize::MAX)

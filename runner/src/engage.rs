@@ -11,15 +11,15 @@ use ferrofn_common::call::CallModel;
 use ferrofn_common::datetime::DateTime;
 use ferrofn_common::error::FnError;
 use ferrofn_proto::{
-    CallFinished, CallResultStart, ClientMsg, DataFrame, HttpHeader, HttpRespMeta, RunnerMsg, TryCall,
-    call_result_start, client_msg, runner_msg,
+    CallFinished, CallResultStart, ClientMsg, DataFrame, HttpHeader, HttpRespMeta, MAX_DATA_CHUNK, RunnerMsg,
+    TryCall, call_result_start, client_msg, runner_msg,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::agent::{Agent, PreparedCall, Slot};
-use crate::fdk::{FdkError, FdkRequest};
+use crate::fdk::{FdkBody, FdkError, FdkRequest};
 
 /// Body chunks buffered between the gRPC stream and the function (the back-pressure window). 64
 /// was measured (BENCHMARKS.md): no faster in release and a higher RSS, so it stays small.
@@ -119,7 +119,7 @@ pub fn engage(
         ctx.counters.received.fetch_add(1, Ordering::Relaxed);
         let n = ctx.counters.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         crate::metrics::inflight(n);
-        let nacked = run_stream(&ctx, inbound, &tx, &meta).await;
+        let nacked = run_stream(&ctx, inbound, tx, &meta).await;
         if !nacked {
             ctx.counters.handled.fetch_add(1, Ordering::Relaxed);
         }
@@ -129,11 +129,12 @@ pub fn engage(
     rx
 }
 
-/// Returns true when the stream ended in a NACK.
+/// Returns true when the stream ended in a NACK. The response stream ends (`tx` is dropped) as
+/// soon as the last message is queued, so that the trailers go out with it.
 async fn run_stream(
     ctx: &EngageContext,
     mut inbound: tonic::Streaming<ClientMsg>,
-    tx: &Out,
+    tx: Out,
     meta: &StreamMeta,
 ) -> bool {
     let try_call = match inbound.message().await {
@@ -158,7 +159,7 @@ async fn run_stream(
     crate::metrics::try_call();
     let t0 = Instant::now();
     let broken = Arc::new(OnceLock::new());
-    let (finished, outcome) = handle_try(ctx, try_call, inbound, tx, meta, &broken).await;
+    let (finished, outcome) = handle_try(ctx, try_call, inbound, &tx, meta, &broken).await;
     let nack = !finished.success && finished.error_code == 503;
     crate::metrics::call_finished(&outcome, t0.elapsed());
     if tx.send(msg(runner_msg::Body::Finished(finished))).await.is_err() {
@@ -169,6 +170,7 @@ async fn run_stream(
     if let Some(status) = broken.get() {
         let _ = tx.send(Err(status.clone())).await;
     }
+    drop(tx);
     nack
 }
 
@@ -303,7 +305,14 @@ async fn handle_try(
             .extensions
             .get(ferrofn_proto::ext::ACCEPT_ACK)
             .is_some_and(|v| v == ferrofn_proto::ext::ON);
-        let r = run_call(ctx, &call, inbound, tx, want_ack, traceparent, broken, &mut times).await;
+        let asked = Asked {
+            ack: want_ack,
+            inline: inline_len(&try_call).filter(|_| want_ack),
+            frame: frame_len(&try_call)
+                .filter(|_| want_ack)
+                .unwrap_or(MAX_DATA_CHUNK),
+        };
+        let r = run_call(ctx, &call, inbound, tx, asked, traceparent, broken, &mut times).await;
         if let Err(e) = &r {
             info!(code = e.code(), error = e.message(), "call failed");
         } else {
@@ -313,6 +322,81 @@ async fn handle_try(
     }
     .instrument(span)
     .await
+}
+
+/// What the LB asked for in the TryCall's extensions (ferrofn's additions; none from an Fn LB).
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    /// The accept ack, and with it full duplex.
+    ack: bool,
+    /// The length of a body sent inline.
+    inline: Option<u64>,
+    /// The data frame size for this stream (Fn's 10 KiB unless the LB asked for more).
+    frame: usize,
+}
+
+/// The frame size an LB asked for ([`ferrofn_proto::ext::FRAME_BYTES`]), within 10 KiB and
+/// [`ferrofn_proto::ext::MAX_FRAME_BYTES`].
+fn frame_len(t: &TryCall) -> Option<usize> {
+    t.extensions
+        .get(ferrofn_proto::ext::FRAME_BYTES)
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|n| n.clamp(MAX_DATA_CHUNK, ferrofn_proto::ext::MAX_FRAME_BYTES))
+}
+
+/// The announced length of a body sent inline behind the TryCall ([`ferrofn_proto::ext::INLINE_BODY`]);
+/// `None` when absent, unreadable or over the limit (then the body is read as a stream).
+fn inline_len(t: &TryCall) -> Option<u64> {
+    t.extensions
+        .get(ferrofn_proto::ext::INLINE_BODY)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n <= ferrofn_proto::ext::MAX_INLINE_BODY)
+}
+
+/// Reads a body the LB sent inline: data frames up to its eof, `len` bytes in all. Anything else
+/// (another message, more or fewer bytes, the LB's side closed first) is Fn's "expected data"
+/// protocol failure; a broken stream is recorded in `broken`.
+async fn read_inline(
+    inbound: &mut tonic::Streaming<ClientMsg>,
+    len: u64,
+    broken: &OnceLock<tonic::Status>,
+) -> Result<Bytes, FnError> {
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match inbound.message().await {
+            Ok(Some(ClientMsg {
+                body: Some(client_msg::Body::Data(DataFrame { data, eof })),
+            })) => {
+                if (body.len() + data.len()) as u64 > len {
+                    return Err(FnError::expected_data());
+                }
+                body.extend_from_slice(&data);
+                if eof {
+                    return if body.len() as u64 == len {
+                        Ok(body.freeze())
+                    } else {
+                        Err(FnError::expected_data())
+                    };
+                }
+            }
+            Ok(_) => return Err(FnError::expected_data()),
+            Err(status) => {
+                debug!(%status, "engage stream broke while receiving the inline body");
+                let e = broken_stream(&status);
+                let _ = broken.set(status);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// After an inline body: the stream's end is normally already there (the LB half-closes behind its
+/// eof); otherwise it is read in the background (see [`drain_inbound`]).
+fn finish_inbound(mut inbound: tonic::Streaming<ClientMsg>) {
+    use futures::FutureExt;
+    if !matches!(inbound.message().now_or_never(), Some(Ok(None) | Err(_))) {
+        drain_later(inbound);
+    }
 }
 
 /// How long the runner keeps reading an Engage stream after its call ended, waiting for the LB to
@@ -417,26 +501,50 @@ async fn feed_body(
 async fn run_call(
     ctx: &EngageContext,
     call: &PreparedCall,
-    inbound: tonic::Streaming<ClientMsg>,
+    mut inbound: tonic::Streaming<ClientMsg>,
     tx: &Out,
-    want_ack: bool,
+    asked: Asked,
     traceparent: Option<String>,
     broken: &Arc<OnceLock<tonic::Status>>,
     times: &mut Times,
 ) -> Result<(), FnError> {
     let cancel = CancellationToken::new();
     let _cancel_on_exit = cancel.clone().drop_guard();
-    let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_WINDOW);
-    let (eof_tx, eof_seen) = watch::channel(false);
     let protocol_error = Arc::new(AtomicBool::new(false));
-    tokio::spawn(feed_body(
-        inbound,
-        body_tx,
-        eof_tx,
-        protocol_error.clone(),
-        broken.clone(),
-        cancel.clone(),
-    ));
+    // An inline body is read here and now (it came with the TryCall); any other is fed to the
+    // function by its own task as it arrives, with back-pressure.
+    let want_ack = asked.ack;
+    let (body, eof_seen) = match asked.inline {
+        Some(len) => {
+            let read = tokio::select! {
+                r = read_inline(&mut inbound, len, broken) => r,
+                _ = tx.closed() => Err(FnError::internal()),
+            };
+            match read {
+                Ok(b) => {
+                    finish_inbound(inbound);
+                    (FdkBody::Full(b), watch::channel(true).1)
+                }
+                Err(e) => {
+                    drain_later(inbound);
+                    return Err(e);
+                }
+            }
+        }
+        None => {
+            let (body_tx, body_rx) = mpsc::channel::<Bytes>(BODY_WINDOW);
+            let (eof_tx, eof_seen) = watch::channel(false);
+            tokio::spawn(feed_body(
+                inbound,
+                body_tx,
+                eof_tx,
+                protocol_error.clone(),
+                broken.clone(),
+                cancel.clone(),
+            ));
+            (FdkBody::Stream(body_rx), eof_seen)
+        }
+    };
     let lb_gone = {
         let tx = tx.clone();
         let cancel = cancel.clone();
@@ -521,10 +629,10 @@ async fn run_call(
         call_id: call.model.id.clone(),
         deadline: fn_deadline.to_string(),
         headers,
-        body: body_rx,
+        body,
     };
 
-    let exchanged = exchange(&mut slot, req, eof_seen, tx, detached, duplex);
+    let exchanged = exchange(&mut slot, req, eof_seen, tx, detached, (duplex, asked.frame));
     let result = tokio::select! {
         r = tokio::time::timeout_at(deadline, exchanged) => match r {
             Ok(r) => r,
@@ -595,7 +703,7 @@ async fn exchange(
     mut eof_seen: watch::Receiver<bool>,
     tx: &Out,
     detached: bool,
-    duplex: Duplex,
+    (duplex, frame): (Duplex, usize),
 ) -> Result<(), Exchange> {
     let mut resp = slot.fdk().call(req).await.map_err(fdk_error)?;
     // Fn mode: a 200 before the whole request arrived is Fn's premature write (502), after a short
@@ -657,7 +765,11 @@ async fn exchange(
         let next = match held.next() {
             Some(c) => Ok(Some(c)),
             None if complete => Ok(None),
-            None => resp.next_chunk().await,
+            None => match resp.next_chunk().await {
+                // Larger frames agreed: join what the function has already sent.
+                Ok(Some(c)) if c.len() < frame => resp.join_ready(c, frame).map(Some),
+                other => other,
+            },
         };
         let chunk = match next {
             Ok(Some(_)) if detached => continue,
@@ -676,7 +788,7 @@ async fn exchange(
                 return Err(fdk_error(e));
             }
         };
-        for piece in ferrofn_common::frames::chunks(chunk) {
+        for piece in ferrofn_common::frames::chunks_of(chunk, frame) {
             let frame = DataFrame {
                 data: piece,
                 eof: false,

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -54,6 +54,11 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// hyper rejects response heads larger than this when no cap is configured (Go's 10 MiB default).
 const DEFAULT_MAX_HEADER_BYTES: usize = 10 << 20;
+
+/// Most header lines a function's response may have (more: the header-too-big error). hyper parses
+/// up to this many in place; a larger limit makes it allocate (and zero) two arrays of that many
+/// entries for every response it parses: with 10,000, ~640 KB per call (BENCHMARKS.md, round 3).
+const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// The request body, streamed from the Engage data frames through a bounded channel.
 pub type RequestBody = BoxBody<Bytes, Infallible>;
@@ -118,8 +123,17 @@ pub struct FdkRequest {
     pub deadline: String,
     /// The call's request headers, one entry per value.
     pub headers: Vec<(String, String)>,
-    /// The body, ended when the sender is dropped.
-    pub body: mpsc::Receiver<Bytes>,
+    /// The body.
+    pub body: FdkBody,
+}
+
+/// The body of a `POST /call`.
+#[derive(Debug)]
+pub enum FdkBody {
+    /// Whole, in memory: sent with a `Content-Length`, in one write with the head.
+    Full(Bytes),
+    /// Streamed (chunked) as it arrives; ended when the sender is dropped.
+    Stream(mpsc::Receiver<Bytes>),
 }
 
 /// The function's 200 answer: headers, then the body read with [`FdkResponse::next_chunk`].
@@ -141,6 +155,28 @@ impl FdkResponse {
     /// `FN_MAX_RESPONSE_SIZE` (0 = unlimited).
     pub fn max_body(&self) -> u64 {
         self.max_body
+    }
+
+    /// `first` and the body chunks that are already there (no wait), up to `frame` bytes in all.
+    pub fn join_ready(&mut self, first: Bytes, frame: usize) -> Result<Bytes, FdkError> {
+        use futures::FutureExt;
+        let mut joined: Option<bytes::BytesMut> = None;
+        loop {
+            let len = joined.as_ref().map_or(first.len(), bytes::BytesMut::len);
+            if len >= frame || hyper::body::Body::is_end_stream(&self.body) {
+                break;
+            }
+            // Only a chunk that fits: one that does not stays in the body (peeking is not
+            // possible), so stop at the first chunk that would not be wanted whole.
+            match self.next_chunk().now_or_never() {
+                Some(Ok(Some(c))) => joined
+                    .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                    .extend_from_slice(&c),
+                Some(Ok(None)) | None => break,
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        Ok(joined.map_or(first, bytes::BytesMut::freeze))
     }
 
     /// Next body chunk; `None` at the end; an error past `FN_MAX_RESPONSE_SIZE`.
@@ -313,7 +349,7 @@ impl FdkConn {
             };
             let (sender, conn) = http1::Builder::new()
                 .title_case_headers(true)
-                .max_headers(10_000)
+                .max_headers(MAX_RESPONSE_HEADERS)
                 .max_buf_size(max_header.max(8192) + 1024)
                 .handshake(TokioIo::new(FdkIo {
                     inner: stream,
@@ -359,11 +395,17 @@ impl FdkConn {
         builder = builder
             .header("Fn-Call-Id", req.call_id.as_str())
             .header("Fn-Deadline", req.deadline.as_str());
-        let body =
-            StreamBody::new(ReceiverStream::new(req.body).map(|b| Ok::<_, Infallible>(Frame::data(b))));
-        let request = builder
-            .body(BodyExt::boxed(body))
-            .expect("request built from valid parts");
+        let body = match req.body {
+            // The length is set here: hyper leaves it out for an empty POST body.
+            FdkBody::Full(b) => {
+                builder = builder.header(hyper::header::CONTENT_LENGTH, b.len());
+                BodyExt::boxed(Full::new(b))
+            }
+            FdkBody::Stream(rx) => BodyExt::boxed(StreamBody::new(
+                ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))),
+            )),
+        };
+        let request = builder.body(body).expect("request built from valid parts");
 
         // Write errors are swallowed in both modes: a function that answers early and closes its
         // side must be seen answering (Fn mode: premature write, full duplex: the answer), not
@@ -515,7 +557,7 @@ mod tests {
                 ("X-Multi".into(), "a".into()),
                 ("X-Multi".into(), "b".into()),
             ],
-            body: rx,
+            body: FdkBody::Stream(rx),
         }
     }
 
@@ -569,6 +611,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_whole_body_goes_with_its_length() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("lsnr.sock");
+        let seen = Seen::default();
+        serve(path.clone(), seen.clone(), |b| {
+            hyper::Response::builder().body(Full::from(b.to_owned())).unwrap()
+        })
+        .await;
+        let mut conn = FdkConn::new(&path, FdkLimits::default());
+        for body in ["inline body", ""] {
+            let mut req = request(&[]);
+            req.body = FdkBody::Full(Bytes::from_static(body.as_bytes()));
+            let mut resp = conn.call(req).await.unwrap();
+            let mut out = Vec::new();
+            while let Some(c) = resp.next_chunk().await.unwrap() {
+                out.extend_from_slice(&c);
+            }
+            assert_eq!(out, body.as_bytes());
+        }
+        let seen = seen.lock().unwrap();
+        let get = |k: &str| {
+            seen.iter()
+                .filter(|(n, _, _)| n == k)
+                .map(|(_, v, _)| v.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            get("content-length"),
+            ["11", "0"],
+            "the body's own length, not the client's header"
+        );
+        assert!(get("transfer-encoding").is_empty());
+    }
+
+    #[tokio::test]
     async fn maps_statuses() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("lsnr.sock");
@@ -587,6 +664,28 @@ mod tests {
         assert!(matches!(e, FdkError::FunctionTimeout) && !e.kills_container());
         let e = conn.call(request(&["500"])).await.unwrap_err();
         assert!(matches!(e, FdkError::InvalidStatus(500)) && e.kills_container());
+    }
+
+    #[tokio::test]
+    async fn header_lines_past_the_limit_are_too_big() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("lsnr.sock");
+        // `n` header lines in all (the server adds content-length and date).
+        serve(path.clone(), Seen::default(), |b| {
+            let n: usize = b.parse().unwrap();
+            let mut r = hyper::Response::builder();
+            for i in 0..n - 2 {
+                r = r.header(format!("x-h{i}"), "v");
+            }
+            r.body(Full::from("ok")).unwrap()
+        })
+        .await;
+        let mut conn = FdkConn::new(&path, FdkLimits::default());
+        let ok = conn.call(request(&["100"])).await.unwrap();
+        let extra = ok.headers.iter().filter(|(k, _)| k.starts_with("X-H")).count();
+        assert_eq!(extra, 98, "every header line of the answer");
+        let e = conn.call(request(&["101"])).await.unwrap_err();
+        assert!(matches!(e, FdkError::HeaderTooBig { .. }), "{e}");
     }
 
     #[tokio::test]
@@ -670,7 +769,7 @@ mod tests {
         });
         let mut conn = FdkConn::new(&path, FdkLimits::default());
         let mut req = request(&[]);
-        req.body = rx;
+        req.body = FdkBody::Stream(rx);
         let mut resp = conn.call(req).await.expect("early answer is read");
         let mut body = Vec::new();
         while let Some(c) = resp.next_chunk().await.unwrap() {

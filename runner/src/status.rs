@@ -11,12 +11,12 @@ use ferrofn_common::call::CallModel;
 use ferrofn_common::datetime::DateTime;
 use ferrofn_common::error::FnError;
 use ferrofn_proto::RunnerStatus;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::Mutex;
 
 use crate::agent::Agent;
 use crate::engage::Counters;
-use crate::fdk::{FdkError, FdkRequest};
-use ferrofn_proto::ext::{CAPABILITIES_KEY, CAPABILITY_ACCEPT_ACK, VERSION_KEY};
+use crate::fdk::{FdkBody, FdkError, FdkRequest};
+use ferrofn_proto::ext::{CAPABILITIES_KEY, CAPABILITY_ACCEPT_ACK, CAPABILITY_FRAMES, VERSION_KEY};
 
 /// How long a status result is served from the cache (Fn: idle 1 s + 500 ms).
 pub const CACHE_DURATION: Duration = Duration::from_millis(1500);
@@ -61,8 +61,10 @@ impl StatusChecker {
         s.active = self.counters.inflight.load(Ordering::Relaxed) as i32;
         s.requests_received = self.counters.received.load(Ordering::Relaxed);
         s.requests_handled = self.counters.handled.load(Ordering::Relaxed);
-        s.custom_status
-            .insert(CAPABILITIES_KEY.into(), CAPABILITY_ACCEPT_ACK.into());
+        s.custom_status.insert(
+            CAPABILITIES_KEY.into(),
+            format!("{CAPABILITY_ACCEPT_ACK},{CAPABILITY_FRAMES}"),
+        );
         s.custom_status
             .insert(VERSION_KEY.into(), env!("CARGO_PKG_VERSION").into());
     }
@@ -150,15 +152,12 @@ async fn run_status_call(agent: &Agent, image: &str, payload: String) -> RunnerS
             st.init_start_time = c.init_ns;
         }
         slot.container().begin_call(&id);
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx.send(Bytes::from(payload)).await;
-        drop(tx);
         let deadline = DateTime::from_offset(time::OffsetDateTime::now_utc() + time::Duration::seconds(5));
         let req = FdkRequest {
             call_id: id.clone(),
             deadline: deadline.to_string(),
             headers: vec![],
-            body: rx,
+            body: FdkBody::Full(Bytes::from(payload)),
         };
         let exchange = async {
             let mut resp = slot.fdk().call(req).await?;

@@ -445,10 +445,24 @@ pub mod fake_runner {
             b.accept_ack && t.extensions.get("ferrofn-accept-ack").map(String::as_str) == Some("1");
         let model: serde_json::Value = serde_json::from_str(&t.models_call_json).unwrap_or_default();
         let detached = model["type"] == "detached";
+        // Frames read before the ack (an LB sends a small body inline, behind the TryCall).
+        let mut early = Vec::new();
         if ack_mode {
-            // Give an eager LB the chance to send frames early, so the test would see them.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            record(&|s| s.frames_before_ack = Some(s.frames.len()));
+            // Read what the LB sends in the first 50 ms, so an eager LB's frames are seen.
+            let until = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+            while let Ok(m) = tokio::time::timeout_at(until, inbound.message()).await {
+                match m {
+                    Ok(Some(ClientMsg {
+                        body: Some(client_msg::Body::Data(d)),
+                    })) => early.push(d),
+                    _ => return,
+                }
+                if early.last().is_some_and(|d| d.eof) {
+                    break;
+                }
+            }
+            let n = early.len();
+            record(&|s| s.frames_before_ack = Some(n));
             // As the ferrofn runner: a detached call's 202 result start is its ack.
             let ack = if detached {
                 start(202, &b.headers)
@@ -461,8 +475,15 @@ pub mod fake_runner {
             let _ = tx.send(Ok(start(202, &b.headers))).await;
         }
         let mut body = Vec::new();
+        let mut early = early.into_iter();
         loop {
-            match inbound.message().await {
+            let next = match early.next() {
+                Some(d) => Ok(Some(ClientMsg {
+                    body: Some(client_msg::Body::Data(d)),
+                })),
+                None => inbound.message().await,
+            };
+            match next {
                 Ok(Some(ClientMsg {
                     body: Some(client_msg::Body::Data(d)),
                 })) => {

@@ -1,5 +1,6 @@
 //! Streaming mode (engage-protocol.md §5): with a runner that advertises the accept ack, the LB asks
-//! for it, sends no body frame before it, and streams request and response through bounded windows;
+//! for it, sends no frame of a large body before it (a small one of declared length goes inline,
+//! with the TryCall), and streams request and response through bounded windows;
 //! short failures keep their status, and a NACK before the ack places the call again.
 
 use std::collections::BTreeMap;
@@ -41,9 +42,40 @@ async fn accept_ack_runner_gets_the_body_only_after_acking_and_streams_back() {
             .map(String::as_str),
         Some("1")
     );
-    assert_eq!(s.frames_before_ack, Some(0), "no body frame before the ack");
+    assert_eq!(
+        s.frames_before_ack,
+        Some(0),
+        "no frame of a large body before the ack"
+    );
     assert!(s.frames.iter().all(|d| d.data.len() <= 10240));
     assert!(s.frames.last().unwrap().eof);
+    // A small body of declared length goes inline, with the TryCall: no round trip for the ack.
+    let small: Vec<u8> = (0..25_000u32).map(|i| (i * 3 % 256) as u8).collect();
+    let resp = request("POST", &lb.url(&invoke_path(&f)), &BTreeMap::new(), small.clone())
+        .await
+        .unwrap();
+    assert_eq!((resp.status, &resp.body[..]), (200, &small[..]));
+    let s = r.seen().last().cloned().unwrap();
+    assert_eq!(
+        s.frames_before_ack,
+        Some(4),
+        "three frames of <= 10 KiB and the eof, before the ack"
+    );
+    assert!(s.frames.iter().all(|d| d.data.len() <= 10240));
+    // The largest inline body, and one byte more (streamed after the ack).
+    for (len, inline) in [(64 * 1024, true), (64 * 1024 + 1, false)] {
+        let resp = request(
+            "POST",
+            &lb.url(&invoke_path(&f)),
+            &BTreeMap::new(),
+            vec![b'i'; len],
+        )
+        .await
+        .unwrap();
+        assert_eq!((resp.status, resp.body.len()), (200, len));
+        let early = r.seen().last().unwrap().frames_before_ack;
+        assert_eq!(early.is_some_and(|n| n > 0), inline, "{len} bytes: {early:?}");
+    }
     // Short error answers keep their exact status in this mode too.
     r.set(|b| b.error = Some((502, "function failed".into(), true)));
     let resp = request("POST", &lb.url(&invoke_path(&f)), &BTreeMap::new(), "x")

@@ -36,6 +36,7 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 
 use ferrofn_common::error::FnError;
+use ferrofn_common::frames::chunks_of;
 use ferrofn_proto::{
     CallFinished, CallResultStart, ClientMsg, DataFrame, RunnerMsg, TryCall, call_result_start, client_msg,
     runner_msg,
@@ -49,6 +50,14 @@ pub const HEAD_BUFFER: usize = 64 * 1024;
 /// Frames queued towards the runner or the client: with 10 KiB frames, a bounded window. 64 was
 /// measured (BENCHMARKS.md): no faster in release and a higher RSS, so the window stays small.
 pub(crate) const WINDOW_FRAMES: usize = 4;
+/// Default data frame size between the LB and a ferrofn runner that advertises the `frames`
+/// capability (`FERROFN_ENGAGE_FRAME_BYTES`): ~25x fewer per-frame costs than 10 KiB when streaming.
+pub const DEFAULT_FRAME_BYTES: usize = 256 * 1024;
+/// Largest request body sent inline in ack mode: a body of declared length up to this is read first
+/// and goes out with the TryCall in one write, without waiting for the runner's ack (the runner
+/// holds it in its HTTP/2 window until the call has a slot, and the LB keeps it for a replay after
+/// a NACK). Saves one LB <-> runner round trip per small call.
+pub const INLINE_BODY: u64 = ferrofn_proto::ext::MAX_INLINE_BODY;
 
 /// Fn's text for a stream that ended without CallFinished (logs and metrics).
 pub(crate) const NO_EOF: &str = "Purerunner missing EOF response";
@@ -88,8 +97,12 @@ pub struct EngageCall {
     pub traceparent: Option<String>,
     /// The body.
     pub body: SharedBody,
+    /// The body's length as the client declared it (`Content-Length`); `None` for a chunked body.
+    pub declared_len: Option<u64>,
     /// `FN_MAX_REQUEST_SIZE` (0 = unlimited), enforced while streaming a body of unknown length.
     pub max_request: u64,
+    /// Data frame size with a runner that takes large frames (else Fn's 10 KiB).
+    pub frame_bytes: usize,
     /// Response head held before streaming (ack mode): errors within it keep their exact status.
     pub head_limit: usize,
     /// The pool the call is placed on (is there another runner to leave a silent one for?).
@@ -394,7 +407,8 @@ enum Mode {
 /// that must be buffered is read here (413 past `max_request`), once: later attempts replay it.
 async fn body_mode(runner: &Runner, call: &EngageCall) -> Result<Mode, FnError> {
     let mut body = call.body.lock().await;
-    let buffer = call.detached || !runner.supports_accept_ack();
+    let buffer =
+        call.detached || !runner.supports_accept_ack() || call.declared_len.is_some_and(|n| n <= INLINE_BODY);
     if buffer && matches!(*body, BodyState::Stream(_)) {
         let BodyState::Stream(b) = std::mem::replace(&mut *body, BodyState::Taken) else {
             unreachable!("checked above")
@@ -405,6 +419,16 @@ async fn body_mode(runner: &Runner, call: &EngageCall) -> Result<Mode, FnError> 
         BodyState::Taken => Err(internal("body already consumed", runner, "no replay")),
         _ if runner.supports_accept_ack() => Ok(Mode::Streaming),
         _ => Ok(Mode::Buffered),
+    }
+}
+
+/// The body an ack-mode attempt sends inline, behind its TryCall: one already in memory (read
+/// because it is small, see [`body_mode`]) and at most [`INLINE_BODY`]. `None`: streamed after the
+/// ack.
+async fn inline_body(call: &EngageCall) -> Option<Bytes> {
+    match &*call.body.lock().await {
+        BodyState::Buffered(b) if b.len() as u64 <= INLINE_BODY && !call.detached => Some(b.clone()),
+        _ => None,
     }
 }
 
@@ -422,13 +446,31 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
     };
     let ack_mode = mode == Mode::Streaming;
 
-    let (tx, rx) = mpsc::channel::<ClientMsg>(WINDOW_FRAMES);
+    let inline = match mode {
+        Mode::Streaming => inline_body(call).await,
+        Mode::Buffered => None,
+    };
+    // Fn's 10 KiB frames unless this runner takes larger ones (then asked for in the TryCall).
+    let frame = if ack_mode && runner.supports_large_frames() {
+        call.frame_bytes
+    } else {
+        ferrofn_proto::MAX_DATA_CHUNK
+    };
+    // Room for the TryCall, an inline body's frames and its eof: all queued before the open.
+    let inline_frames = inline.as_ref().map_or(0, |b| b.len().div_ceil(frame) + 1);
+    let (tx, rx) = mpsc::channel::<ClientMsg>(WINDOW_FRAMES.max(1 + inline_frames));
     let mut extensions = HashMap::new();
     if ack_mode {
         extensions.insert(
             ferrofn_proto::ext::ACCEPT_ACK.to_owned(),
             ferrofn_proto::ext::ON.to_owned(),
         );
+    }
+    if let Some(b) = &inline {
+        extensions.insert(ferrofn_proto::ext::INLINE_BODY.to_owned(), b.len().to_string());
+    }
+    if frame > ferrofn_proto::MAX_DATA_CHUNK {
+        extensions.insert(ferrofn_proto::ext::FRAME_BYTES.to_owned(), frame.to_string());
     }
     let try_msg = ClientMsg {
         body: Some(client_msg::Body::Try(TryCall {
@@ -437,9 +479,24 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
             extensions,
         })),
     };
-    if tx.send(try_msg).await.is_err() {
+    if tx.try_send(try_msg).is_err() {
         return Attempt::NotPlaced(FnError::server_busy());
     }
+    if let Some(b) = &inline {
+        for piece in chunks_of(b.clone(), frame).chain(std::iter::once(Bytes::new())) {
+            let eof = piece.is_empty();
+            if tx.try_send(data_msg(piece, eof)).is_err() {
+                return Attempt::NotPlaced(FnError::server_busy());
+            }
+        }
+    }
+    // An inline body is queued whole: the LB's side ends behind it, in the same write.
+    let tx = if inline.is_some() {
+        drop(tx);
+        None
+    } else {
+        Some(tx)
+    };
     // The transport polls the TryCall (always the first message) out of the queue only once the
     // stream is open on a live connection: until then a failure cannot have reached the runner.
     let try_sent = Arc::new(AtomicBool::new(false));
@@ -470,7 +527,10 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
     // Fn mode: the body goes out at once, optimistically, while we wait for the answer; the sender
     // is aborted (and the LB's side closed) if the attempt ends first.
     let sender = match mode {
-        Mode::Buffered => Some(buffered::send_body(call, tx.clone()).await),
+        Mode::Buffered => match &tx {
+            Some(tx) => Some(buffered::send_body(call, tx.clone()).await),
+            None => None,
+        },
         Mode::Streaming => None,
     };
 
@@ -546,7 +606,7 @@ pub async fn try_runner(runner: Arc<Runner>, call: &EngageCall) -> Attempt<CallR
         deadline,
     };
     match (mode, sender) {
-        (Mode::Streaming, _) => streaming::run(attempt, tx).await,
+        (Mode::Streaming, _) => streaming::run(attempt, tx, frame).await,
         (Mode::Buffered, sender) => {
             drop(tx);
             buffered::run(attempt, sender).await

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use ferrofn_common::error::FnError;
-use ferrofn_common::frames::chunks;
+use ferrofn_common::frames::{Coalesce, chunks_of};
 use ferrofn_proto::{ClientMsg, RunnerMsg, runner_msg};
 
 use super::{
@@ -29,7 +29,13 @@ use crate::placer::Attempt;
 use crate::pool::{InFlight, Runner};
 
 /// Waits for the runner's ack, then streams the body in and the answer out.
-pub(super) async fn run(mut a: Engaged<'_>, tx: mpsc::Sender<ClientMsg>) -> Attempt<CallResponse, FnError> {
+/// `tx` is `None` when the body went out inline with the TryCall; `frame` is the data frame size
+/// agreed with the runner.
+pub(super) async fn run(
+    mut a: Engaged<'_>,
+    tx: Option<mpsc::Sender<ClientMsg>>,
+    frame: usize,
+) -> Attempt<CallResponse, FnError> {
     // 1. Wait for the ack (a zero-length data frame) or a refusal. Until it comes the LB's side
     //    stays open with nothing but the TryCall sent.
     match recv(&mut a.stream, a.deadline).await {
@@ -59,9 +65,15 @@ pub(super) async fn run(mut a: Engaged<'_>, tx: mpsc::Sender<ClientMsg>) -> Atte
         })) if a.call.detached => {
             let mut head = ResponseHead::default();
             head.apply(rs);
-            let body = take_body(a.call).await;
-            let (over_tx, _over_rx) = oneshot::channel();
-            let pump = AbortOnDrop(tokio::spawn(pump_body(body, tx, a.call.max_request, over_tx)));
+            let pump = match tx {
+                Some(tx) => {
+                    let body = take_body(a.call).await;
+                    let (over_tx, _over_rx) = oneshot::channel();
+                    let pump = pump_body(body, tx, a.call.max_request, over_tx, frame);
+                    Some(AbortOnDrop(tokio::spawn(pump)))
+                }
+                None => None,
+            };
             return detached_ack(pump, a, head);
         }
         Ok(Some(other)) => {
@@ -84,16 +96,22 @@ pub(super) async fn run(mut a: Engaged<'_>, tx: mpsc::Sender<ClientMsg>) -> Atte
         Err(RecvFailure::Status(s)) if is_transport_failure(&s) => return connection_lost(&a.runner, &s),
         Err(f) => return Attempt::Placed(Err(recv_failed("ack", &a.runner, a.call, f))),
     }
-    // 2. Committed: the body streams in behind the ack.
-    let body = take_body(a.call).await;
+    // 2. Committed: the body streams in behind the ack (unless it went inline).
     let (over_tx, mut over_rx) = oneshot::channel();
-    let pump = AbortOnDrop(tokio::spawn(pump_body(body, tx, a.call.max_request, over_tx)));
+    let mut pump_running = tx.is_some();
+    let pump = match tx {
+        Some(tx) => {
+            let body = take_body(a.call).await;
+            let pump = pump_body(body, tx, a.call.max_request, over_tx, frame);
+            Some(AbortOnDrop(tokio::spawn(pump)))
+        }
+        None => None,
+    };
 
     // 3. Read the response head; stream the rest once the head buffer is full.
     let mut head = ResponseHead::default();
     let mut held = BytesMut::new();
     let mut started = false;
-    let mut pump_running = true;
     loop {
         let msg = tokio::select! {
             m = recv(&mut a.stream, a.deadline) => m,
@@ -163,10 +181,17 @@ pub(super) async fn run(mut a: Engaged<'_>, tx: mpsc::Sender<ClientMsg>) -> Atte
     }
 }
 
-/// Pumps the client body to the runner in frames, stopping at `max` bytes (0 = unlimited) with an
-/// error on `over`.
-async fn pump_body(body: Body, tx: mpsc::Sender<ClientMsg>, max: u64, over: oneshot::Sender<FnError>) {
-    let mut stream = body.into_data_stream();
+/// Pumps the client body to the runner in frames of at most `frame` bytes, stopping at `max` bytes
+/// (0 = unlimited) with an error on `over`. Pieces that are already there are joined up to a
+/// frame (fewer, larger frames); a piece never waits for the next one.
+async fn pump_body(
+    body: Body,
+    tx: mpsc::Sender<ClientMsg>,
+    max: u64,
+    over: oneshot::Sender<FnError>,
+    frame: usize,
+) {
+    let mut stream = Coalesce::new(body.into_data_stream(), frame);
     let mut total = 0_u64;
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
@@ -181,7 +206,7 @@ async fn pump_body(body: Body, tx: mpsc::Sender<ClientMsg>, max: u64, over: ones
             let _ = over.send(FnError::request_too_large(total, max));
             return;
         }
-        for piece in chunks(chunk) {
+        for piece in chunks_of(chunk, frame) {
             if tx.send(data_msg(piece, false)).await.is_err() {
                 return;
             }
@@ -205,7 +230,7 @@ async fn stream_rest(
     mut stream: RunnerStream,
     head: Bytes,
     out: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    _pump: AbortOnDrop,
+    _pump: Option<AbortOnDrop>,
     _in_flight: InFlight,
     runner: Arc<Runner>,
     deadline: Option<Instant>,

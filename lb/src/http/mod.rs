@@ -44,6 +44,8 @@ pub struct LbState {
     pub public_url: Option<String>,
     /// `FN_MAX_REQUEST_SIZE` (0 = unlimited).
     pub max_request: u64,
+    /// Data frame size towards runners with the `frames` capability.
+    pub frame_bytes: usize,
     /// `FN_EXECUTION_HEADROOM` for detached calls' stream deadline.
     pub execution_headroom: Duration,
     /// Response head buffered before streaming, with accept-ack runners.

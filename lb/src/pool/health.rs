@@ -23,13 +23,18 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 /// Default budget of one probe RPC.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// True when a Status reply lists `capability` in its capability list.
+pub fn advertises(status: &RunnerStatus, capability: &str) -> bool {
+    status
+        .custom_status
+        .get(CAPABILITIES_KEY)
+        .is_some_and(|caps| caps.split(',').any(|c| c.trim() == capability))
+}
+
 /// True when a Status reply advertises the accept-ack capability (either the capability list or a
 /// `ferrofn-accept-ack` key set to `1`/`true`).
 pub fn advertises_accept_ack(status: &RunnerStatus) -> bool {
-    let listed = status
-        .custom_status
-        .get(CAPABILITIES_KEY)
-        .is_some_and(|caps| caps.split(',').any(|c| c.trim() == CAPABILITY_ACCEPT_ACK));
+    let listed = advertises(status, CAPABILITY_ACCEPT_ACK);
     let flag = status
         .custom_status
         .get(ACCEPT_ACK)
@@ -100,6 +105,7 @@ pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
     let status = client.status(req).await.map(tonic::Response::into_inner);
     if let Ok(s) = &status {
         r.set_accept_ack(advertises_accept_ack(s));
+        r.set_large_frames(advertises(s, ferrofn_proto::ext::CAPABILITY_FRAMES));
         // It answered on the same connection the Engage streams use.
         r.mark_answered();
     }

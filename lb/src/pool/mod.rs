@@ -82,6 +82,7 @@ pub struct Runner {
     state: AtomicU8,
     in_flight: AtomicU64,
     accept_ack: AtomicBool,
+    large_frames: AtomicBool,
     /// Set when an Engage stream went unanswered past the answer timeout; cleared by the next
     /// answered stream or a passed health probe. An Up runner so marked is tried only when no
     /// other runner is up and answering.
@@ -124,6 +125,7 @@ impl Runner {
             state: AtomicU8::new(initial as u8),
             in_flight: AtomicU64::new(0),
             accept_ack: AtomicBool::new(false),
+            large_frames: AtomicBool::new(false),
             unanswered: AtomicBool::new(false),
             answer_timeout: opts.answer_timeout,
             heard_ms: AtomicU64::new(since_epoch_ms()),
@@ -197,6 +199,16 @@ impl Runner {
     /// Records the capability (from the health loop, or a test).
     pub fn set_accept_ack(&self, yes: bool) {
         self.accept_ack.store(yes, Ordering::Release);
+    }
+
+    /// True when the runner's Status advertised frames larger than 10 KiB (with accept-ack).
+    pub fn supports_large_frames(&self) -> bool {
+        self.large_frames.load(Ordering::Acquire) && self.supports_accept_ack()
+    }
+
+    /// Records the capability (from the health loop, or a test).
+    pub fn set_large_frames(&self, yes: bool) {
+        self.large_frames.store(yes, Ordering::Release);
     }
 
     /// The bound on an accept-ack runner's answer to an Engage stream ([`ChannelOptions`]).

@@ -11,11 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::driver::{DriverError, DriverFuture, LogChunk, StartedContainer};
-use crate::fdk::FdkRequest;
+use crate::fdk::{FdkBody, FdkRequest};
 
 #[derive(Default)]
 struct FakeDriver {
@@ -184,14 +183,11 @@ fn call(fn_id: &str, image: &str, memory: u64, idle: i32) -> PreparedCall {
 }
 
 async fn invoke(slot: &mut Slot, body: &'static str) -> String {
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(Bytes::from_static(body.as_bytes())).await.unwrap();
-    drop(tx);
     let req = FdkRequest {
         call_id: "c1".into(),
         deadline: "2030-01-01T00:00:00Z".into(),
         headers: vec![],
-        body: rx,
+        body: FdkBody::Full(Bytes::from_static(body.as_bytes())),
     };
     let mut resp = slot.fdk().call(req).await.unwrap();
     let mut out = Vec::new();
