@@ -28,15 +28,57 @@ pub fn chunks_of(b: Bytes, size: usize) -> impl Iterator<Item = Bytes> {
 
 /// A body stream whose pieces are joined, as long as the next ones are already there, into pieces of
 /// up to `frame` bytes: fewer, larger frames for a body that arrives in small reads, and never a
-/// wait for data that has not come yet. A piece of `frame` bytes or more passes through untouched
-/// (no copy); an error is passed on after the data before it.
+/// wait for data that has not come yet. "Already there" includes a piece that the task feeding
+/// `inner` (e.g. hyper's connection task) holds in its buffer: when `inner` is not ready, the
+/// stream yields once (wakes itself and returns `Pending`, a turn of the scheduler, no timer)
+/// before it passes on what it has. A piece of `frame` bytes or more passes through untouched (no
+/// copy); an error is passed on after the data before it.
 #[derive(Debug)]
 pub struct Coalesce<S, E> {
     inner: S,
     frame: usize,
     /// An item read ahead (it did not fit in the piece being built).
     ahead: Option<Result<Bytes, E>>,
+    /// The piece being built while the stream yields for the next one.
+    building: Option<Piece>,
+    /// Whether the yield for the piece being built was spent.
+    yielded: bool,
     done: bool,
+}
+
+/// A piece being built: one input piece as it came (no copy), or several joined.
+#[derive(Debug)]
+enum Piece {
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::One(b) => b.len(),
+            Piece::Many(b) => b.len(),
+        }
+    }
+
+    fn append(&mut self, more: &[u8], frame: usize) {
+        match self {
+            Piece::One(first) => {
+                let mut joined = BytesMut::with_capacity(frame.max(first.len() + more.len()));
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(more);
+                *self = Piece::Many(joined);
+            }
+            Piece::Many(joined) => joined.extend_from_slice(more),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Piece::One(b) => b,
+            Piece::Many(b) => b.freeze(),
+        }
+    }
 }
 
 impl<S, E> Coalesce<S, E> {
@@ -46,6 +88,8 @@ impl<S, E> Coalesce<S, E> {
             inner,
             frame,
             ahead: None,
+            building: None,
+            yielded: false,
             done: false,
         }
     }
@@ -60,47 +104,52 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let first = match this.ahead.take() {
-            Some(item) => item,
-            None if this.done => return Poll::Ready(None),
-            None => match this.inner.poll_next_unpin(cx) {
-                Poll::Ready(Some(item)) => item,
-                Poll::Ready(None) => {
-                    this.done = true;
-                    return Poll::Ready(None);
+        let mut piece = match this.building.take() {
+            Some(p) => p,
+            None => {
+                let first = match this.ahead.take() {
+                    Some(item) => item,
+                    None if this.done => return Poll::Ready(None),
+                    None => match this.inner.poll_next_unpin(cx) {
+                        Poll::Ready(Some(item)) => item,
+                        Poll::Ready(None) => {
+                            this.done = true;
+                            return Poll::Ready(None);
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    },
+                };
+                match first {
+                    Ok(b) if b.len() >= this.frame => return Poll::Ready(Some(Ok(b))),
+                    Ok(b) => {
+                        this.yielded = false;
+                        Piece::One(b)
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(e))),
                 }
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        let first = match first {
-            Ok(b) => b,
-            Err(e) => return Poll::Ready(Some(Err(e))),
-        };
-        let mut joined: Option<BytesMut> = None;
-        while !this.done {
-            let len = joined.as_ref().map_or(first.len(), BytesMut::len);
-            if len >= this.frame {
-                break;
             }
+        };
+        while !this.done && piece.len() < this.frame {
             match this.inner.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(b))) if len + b.len() <= this.frame => {
-                    joined
-                        .get_or_insert_with(|| {
-                            let mut j = BytesMut::with_capacity(this.frame);
-                            j.extend_from_slice(&first);
-                            j
-                        })
-                        .extend_from_slice(&b);
+                Poll::Ready(Some(Ok(b))) if piece.len() + b.len() <= this.frame => {
+                    piece.append(&b, this.frame);
                 }
                 Poll::Ready(Some(item)) => {
                     this.ahead = Some(item);
                     break;
                 }
                 Poll::Ready(None) => this.done = true,
+                Poll::Pending if !this.yielded => {
+                    // One turn of the scheduler for the feeding task to hand over what it holds.
+                    this.yielded = true;
+                    this.building = Some(piece);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Poll::Pending => break,
             }
         }
-        Poll::Ready(Some(Ok(joined.map_or(first, BytesMut::freeze))))
+        Poll::Ready(Some(Ok(piece.into_bytes())))
     }
 }
 
@@ -205,6 +254,20 @@ mod tests {
         tx.send(Ok(Bytes::from_static(b"f"))).unwrap();
         drop(tx);
         assert_eq!(s.next().await.unwrap().unwrap(), Bytes::from_static(b"def"));
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn coalesce_gives_the_feeding_task_one_turn() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, &'static str>>();
+        let mut s = Coalesce::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx), 100);
+        tx.send(Ok(Bytes::from_static(b"ab"))).unwrap();
+        // Runs only when the stream's task yields (current-thread runtime).
+        let feeder = tokio::spawn(async move {
+            tx.send(Ok(Bytes::from_static(b"cd"))).unwrap();
+        });
+        assert_eq!(s.next().await.unwrap().unwrap(), Bytes::from_static(b"abcd"));
+        feeder.await.unwrap();
         assert!(s.next().await.is_none());
     }
 }

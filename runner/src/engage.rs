@@ -767,7 +767,7 @@ async fn exchange(
             None if complete => Ok(None),
             None => match resp.next_chunk().await {
                 // Larger frames agreed: join what the function has already sent.
-                Ok(Some(c)) if c.len() < frame => resp.join_ready(c, frame).map(Some),
+                Ok(Some(c)) if c.len() < frame => resp.join_ready(c, frame).await.map(Some),
                 other => other,
             },
         };

@@ -157,8 +157,11 @@ impl FdkResponse {
         self.max_body
     }
 
-    /// `first` and the body chunks that are already there (no wait), up to `frame` bytes in all.
-    pub fn join_ready(&mut self, first: Bytes, frame: usize) -> Result<Bytes, FdkError> {
+    /// `first` and the body chunks that are already there, up to about `frame` bytes in all (the
+    /// last chunk joined may pass it; the caller splits). "Already there" includes what the
+    /// connection task holds in its buffer: it gets one turn of the scheduler to hand the next
+    /// chunk over (a yield, not a timer); the join stops at the first chunk that is not there.
+    pub async fn join_ready(&mut self, first: Bytes, frame: usize) -> Result<Bytes, FdkError> {
         use futures::FutureExt;
         let mut joined: Option<bytes::BytesMut> = None;
         loop {
@@ -166,8 +169,7 @@ impl FdkResponse {
             if len >= frame || hyper::body::Body::is_end_stream(&self.body) {
                 break;
             }
-            // Only a chunk that fits: one that does not stays in the body (peeking is not
-            // possible), so stop at the first chunk that would not be wanted whole.
+            tokio::task::yield_now().await;
             match self.next_chunk().now_or_never() {
                 Some(Ok(Some(c))) => joined
                     .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))

@@ -296,6 +296,8 @@ pub mod fake_runner {
         pub body: Option<Vec<u8>>,
         /// Advertise and honour the accept-ack capability.
         pub accept_ack: bool,
+        /// Advertise the `frames` capability (data frames larger than 10 KiB).
+        pub large_frames: bool,
         /// Status RPC reports `failed`.
         pub status_failed: bool,
         /// gRPC health answer; None = no health service (UNIMPLEMENTED, like an Fn runner).
@@ -324,6 +326,7 @@ pub mod fake_runner {
                 headers: vec![("Content-Type".into(), "text/plain".into())],
                 body: None,
                 accept_ack: false,
+                large_frames: false,
                 status_failed: false,
                 health: None,
                 hang: false,
@@ -572,8 +575,13 @@ pub mod fake_runner {
                 ..RunnerStatus::default()
             };
             if b.accept_ack {
+                let caps = if b.large_frames {
+                    "accept-ack,frames"
+                } else {
+                    "accept-ack"
+                };
                 st.custom_status
-                    .insert("ferrofn-capabilities".into(), "accept-ack".into());
+                    .insert("ferrofn-capabilities".into(), caps.into());
             }
             Ok(Response::new(st))
         }

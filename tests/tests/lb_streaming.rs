@@ -13,6 +13,45 @@ use ferrofn_tests::lb_fixture::{invoke_path, setup};
 use ferrofn_tests::lb_proc::fake_runner::{Behaviour, FakeRunner};
 use ferrofn_tests::lb_proc::request;
 
+/// With a runner that advertises the `frames` capability the LB asks for its frame size
+/// (`FERROFN_ENGAGE_FRAME_BYTES`) and joins the client's pieces into frames of up to that size;
+/// the same body to a runner without it goes in 10 KiB frames (checked above).
+#[tokio::test]
+async fn large_frames_are_asked_for_and_used_only_with_runners_that_take_them() {
+    let r = FakeRunner::start(Behaviour {
+        accept_ack: true,
+        large_frames: true,
+        health: Some(ServingStatus::Serving),
+        ..Behaviour::default()
+    })
+    .await
+    .unwrap();
+    let (lb, _app, f) = setup(&[&r], |s| s.engage_frame_bytes = 100_000).await;
+    assert!(lb.handle.pool.runners()[0].supports_large_frames());
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    let resp = request("POST", &lb.url(&invoke_path(&f)), &BTreeMap::new(), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body[..] == body[..], "body intact");
+    let s = &r.seen()[0];
+    assert_eq!(
+        s.try_call
+            .extensions
+            .get("ferrofn-frame-bytes")
+            .map(String::as_str),
+        Some("100000")
+    );
+    let largest = s.frames.iter().map(|d| d.data.len()).max().unwrap();
+    assert!(largest <= 100_000, "no frame over the agreed size: {largest}");
+    assert!(
+        largest > 10_240,
+        "pieces joined into frames larger than Fn's: {largest}"
+    );
+    assert_eq!(s.frames.iter().map(|d| d.data.len()).sum::<usize>(), body.len());
+    lb.stop().await;
+}
+
 #[tokio::test]
 async fn accept_ack_runner_gets_the_body_only_after_acking_and_streams_back() {
     let r = FakeRunner::start(Behaviour {

@@ -100,3 +100,62 @@ async fn empty_body_and_large_bodies_and_the_response_cap() -> Result<()> {
     assert_eq!(containers_of(&docker, &runner.name).await?.len(), 1);
     runner.drain_and_check(&docker).await
 }
+
+/// ferrofn's additions between ferrofn peers: frames larger than 10 KiB when the LB asks for them
+/// (`ferrofn-frame-bytes`), and a small body sent inline behind the TryCall (`ferrofn-inline-body`),
+/// which must match its announced length.
+#[tokio::test]
+async fn large_frames_and_inline_bodies_between_ferrofn_peers() -> Result<()> {
+    let (docker, runner) = setup(&[]).await?;
+    let mut client = runner.client().await?;
+    let ext = |pairs: &[(&str, String)]| {
+        let mut m: std::collections::HashMap<String, String> =
+            [("ferrofn-accept-ack".to_owned(), "1".to_owned())].into();
+        m.extend(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        EngageOpts {
+            extensions: m,
+            ..EngageOpts::default()
+        }
+    };
+    let call = || call_json(TESTFN_IMAGE.as_str(), &fn_id(7), &[], |_| {});
+    let mut body = knobs(serde_json::json!({"echoBody": true}));
+    body.extend_from_slice(&pattern(600 * 1024));
+
+    let r = engage(
+        &mut client,
+        &call(),
+        &body,
+        ext(&[("ferrofn-frame-bytes", "65536".into())]),
+    )
+    .await?;
+    assert!(r.finished().success, "{:?}\n{}", r.finished(), runner.logs());
+    assert!(r.body == body, "echoed body differs");
+    assert!(
+        r.max_frame > 10240 && r.max_frame <= 65536,
+        "frames up to the size asked for: {}",
+        r.max_frame
+    );
+    // Not asked: Fn's 10 KiB.
+    let r = engage(&mut client, &call(), &body, ext(&[])).await?;
+    assert!(r.finished().success && r.body == body);
+    assert!(r.max_frame <= 10240, "frame of {} bytes", r.max_frame);
+
+    let mut small = knobs(serde_json::json!({"echoBody": true}));
+    small.extend_from_slice(&pattern(20 * 1024));
+    let len = small.len().to_string();
+    let r = engage(&mut client, &call(), &small, ext(&[("ferrofn-inline-body", len)])).await?;
+    assert!(r.finished().success, "{:?}", r.finished());
+    assert!(r.body == small, "inline body reached the function whole");
+    // An announced length the frames do not match is the LB's protocol error; nothing runs.
+    let wrong = (small.len() + 5).to_string();
+    let r = engage(
+        &mut client,
+        &call(),
+        &small,
+        ext(&[("ferrofn-inline-body", wrong)]),
+    )
+    .await?;
+    assert!(!r.finished().success, "{:?}", r.finished());
+    assert_eq!(r.status, None, "no answer from the function");
+    runner.drain_and_check(&docker).await
+}
