@@ -23,7 +23,7 @@ pub struct CallTarget {
 impl CallTarget {
     /// Makes one call on `conn`; the outcome is either a latency (2xx) or a failure cause: the
     /// HTTP status, or `"connect"` / `"transport"`.
-    async fn call(&self, conn: &mut Conn) -> Result<Duration, String> {
+    pub(crate) async fn call(&self, conn: &mut Conn) -> Result<Duration, String> {
         let req = self.template.request(full_body(self.body.clone()));
         match conn.call(req, |_| {}).await {
             Ok(outcome) if outcome.ok() => Ok(outcome.elapsed),
