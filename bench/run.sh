@@ -24,7 +24,10 @@
 #
 # Knobs (environment): BENCH_DURATION (each conc, default 10s), BENCH_SEQ_N (1000), BENCH_COLD_N (10),
 # BENCH_STREAM_SIZE (64MiB), BENCH_LARGE_SIZE (256MiB), BENCH_PLACER (naive), BENCH_STEP_DURATION
-# (10s), BENCH_SKIP_COMPOSE=1, BENCH_SKIP_CRITERION=1, BENCH_PROFILE=1 (strace/perf runs, below).
+# (10s), BENCH_SKIP_COMPOSE=1, BENCH_SKIP_CRITERION=1, BENCH_PROFILE=1 (strace/perf runs, below),
+# BENCH_LOG (RUST_LOG filter of the loopback LBs and runners; default warn,ferrofn_runner=info: the
+# runners log their containers' lives and each failed call with its cause, nothing per served call;
+# the logs are copied to bench-results/ when the run fails or has failed calls).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +43,7 @@ STREAM_SIZE="${BENCH_STREAM_SIZE:-64MiB}"
 LARGE_SIZE="${BENCH_LARGE_SIZE:-256MiB}"
 PLACER="${BENCH_PLACER:-naive}"
 STEP_DURATION="${BENCH_STEP_DURATION:-10s}"
+LOG_FILTER="${BENCH_LOG:-warn,ferrofn_runner=info}"
 CLIENTS=16
 # Fn's Engage data frames (10 KiB), for the LB that streams the way Fn's does.
 FN_FRAME_BYTES=10240
@@ -153,7 +157,7 @@ start_runner() { # NAME [CERTS]
     fi
     RUNNER_NAMES+=("$name")
     mkdir -p "$WORK/iofs-$name"
-    NO_COLOR=1 RUST_LOG=warn "$REL/ferrofn-runner" "${tls[@]}" --listen-address 127.0.0.1 \
+    NO_COLOR=1 RUST_LOG="$LOG_FILTER" "$REL/ferrofn-runner" "${tls[@]}" --listen-address 127.0.0.1 \
         --grpc-port 0 --port 0 --runner-name "$name" --iofs-path "$WORK/iofs-$name" \
         >"$WORK/$name.out" 2>"$WORK/$name.log" &
     R_PID=$!
@@ -171,7 +175,7 @@ start_lb() { # NAME RUNNERS [VAR=VALUE ...]
     port="$(free_port)"
     env "$@" FN_PORT="$port" FERROFN_LISTEN_ADDRESS=127.0.0.1 FN_PLACER="$PLACER" \
         FN_RUNNER_ADDRESSES="$runners" FN_DB_URL="sqlite3://$WORK/$name.db" \
-        FN_LOG_LEVEL=warn NO_COLOR=1 "$REL/ferrofn-lb" >"$WORK/$name.log" 2>&1 &
+        FN_LOG_LEVEL=warn RUST_LOG="$LOG_FILTER" NO_COLOR=1 "$REL/ferrofn-lb" >"$WORK/$name.log" 2>&1 &
     L_PID=$!
     PIDS+=("$L_PID")
     L_URL="http://127.0.0.1:$port"
