@@ -61,7 +61,9 @@ down:
 	bash deploy/down.sh
 	FERROFN_HA=1 bash deploy/down.sh
 
-## The performance contract of BENCHMARKS.md: release builds, a local cluster (LB + 2 runners as
-## processes, real Docker), the load tool against it, the placement simulator, criterion benches.
+## The performance targets of issue 11 in one run: release builds; loopback clusters (plaintext and
+## mTLS, LB + runners as processes, real Docker) and the compose demo cluster measured against the
+## physical floor; the placement simulator; criterion benches. Ends with the TARGETS table
+## (bench-results/targets.txt). BENCH_SKIP_COMPOSE=1 skips the compose cluster.
 bench:
 	bash bench/run.sh

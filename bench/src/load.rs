@@ -4,7 +4,10 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use crate::{
     client::{CallTemplate, ClientError, Conn, Endpoint, full_body},
@@ -23,11 +26,20 @@ pub struct CallTarget {
 impl CallTarget {
     /// Makes one call on `conn`; the outcome is either a latency (2xx) or a failure cause: the
     /// HTTP status, or `"connect"` / `"transport"`.
-    async fn call(&self, conn: &mut Conn) -> Result<Duration, String> {
+    pub(crate) async fn call(&self, conn: &mut Conn) -> Result<Duration, String> {
         let req = self.template.request(full_body(self.body.clone()));
-        match conn.call(req, |_| {}).await {
+        // The start of the answer, to say why a call failed (the LB's error message).
+        let mut head = Vec::new();
+        let keep = |chunk: &[u8]| {
+            let room = FAILURE_BODY_BYTES.saturating_sub(head.len());
+            head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        };
+        match conn.call(req, keep).await {
             Ok(outcome) if outcome.ok() => Ok(outcome.elapsed),
-            Ok(outcome) => Err(outcome.status.to_string()),
+            Ok(outcome) => {
+                report_failure(outcome.status, &head);
+                Err(outcome.status.to_string())
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "call failed");
                 Err(e.cause().to_owned())
@@ -44,6 +56,27 @@ impl CallTarget {
             }
         }
         failures
+    }
+}
+
+/// How much of a failed call's answer is kept to say why it failed.
+const FAILURE_BODY_BYTES: usize = 300;
+/// Failed calls whose answer is printed (on stderr) per process: enough to see the causes.
+const FAILURES_PRINTED: u64 = 10;
+
+/// Prints a failed call's status and the start of its answer on stderr (the first
+/// [`FAILURES_PRINTED`] of the process): the tally only has the status.
+fn report_failure(status: u16, head: &[u8]) {
+    static PRINTED: AtomicU64 = AtomicU64::new(0);
+    let n = PRINTED.fetch_add(1, Ordering::Relaxed);
+    if n < FAILURES_PRINTED {
+        let at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(head);
+        eprintln!("failed call at {at}: status {status}: {}", body.trim());
+    } else if n == FAILURES_PRINTED {
+        eprintln!("(further failed calls are only counted)");
     }
 }
 

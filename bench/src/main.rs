@@ -21,7 +21,9 @@ use ferrofn_bench::{
     rss::{RssTarget, RssWatch},
     sim::{self, SimOptions},
     stats::Counted,
+    step::{self, ContainerWatch},
     stream::{self, BodyMode},
+    targets,
     units::{parse_duration, parse_size},
 };
 use std::{path::PathBuf, time::Duration};
@@ -74,6 +76,35 @@ enum Command {
     All(AllArgs),
     /// Placement simulator: the LB's placers on a simulated pool under Zipf traffic (no cluster).
     Sim(SimArgs),
+    /// Load step: N clients start at once on a fresh fn (no warm-up), every call counted from t=0.
+    Step(StepArgs),
+    /// The TARGETS table of a `make bench` run, from the JSON reports in a results directory.
+    Targets(TargetsArgs),
+}
+
+#[derive(Args)]
+struct StepArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// How long the clients call (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    duration: Duration,
+    /// Width of the per-window latency figures.
+    #[arg(long, default_value = "1s", value_parser = duration_arg)]
+    window: Duration,
+    /// Count the containers carrying this label that are created during the step, e.g.
+    /// `ferrofn.fn_id=<fn id>` for a ferrofn fn's function containers (local engine).
+    #[arg(long, value_name = "KEY=VALUE")]
+    containers_label: Option<String>,
+}
+
+#[derive(Args)]
+struct TargetsArgs {
+    /// The directory the run wrote its `<name>.json` reports (and `<name>.skipped` reasons) into.
+    #[arg(long, default_value = "bench-results")]
+    results: PathBuf,
 }
 
 #[derive(Args)]
@@ -467,6 +498,25 @@ async fn cold_scenario(
     Ok(())
 }
 
+async fn step_scenario(report: &mut Report, rss: &[RssTarget], a: &StepArgs) -> Result<()> {
+    let target = a.target.call_target()?;
+    let containers = match &a.containers_label {
+        Some(label) => Some(ContainerWatch::start(label).await?),
+        None => None,
+    };
+    let (progress, line) = Progress::start("step", None);
+    let mut result = watched(report, rss, "step", async {
+        Ok(step::step(&target, a.clients, a.duration, a.window, &progress).await?)
+    })
+    .await?;
+    line.finish();
+    if let Some(watch) = containers {
+        result.containers = Some(watch.finish().await?);
+    }
+    report.step = Some(result);
+    Ok(())
+}
+
 /// Runs the floor, then always sweeps this run's containers (also after an error or Ctrl-C).
 async fn floor_scenario(report: &mut Report, rss: &[RssTarget], opts: FloorOptions) -> Result<()> {
     let launcher = Launcher::connect().await?;
@@ -539,6 +589,9 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
         Command::Stream(a) => {
             stream_scenario(report, rss, &a.url, &a.fn_id, a.size, a.body_mode, a.runs).await
         }
+        Command::Step(a) => step_scenario(report, rss, a).await,
+        // Handled in `main`: it reads results instead of measuring.
+        Command::Targets(_) => Ok(()),
         Command::Floor(a) => {
             let opts = FloorOptions {
                 image: a.image.clone(),
@@ -598,6 +651,7 @@ fn target_info(command: &Command) -> Option<TargetInfo> {
         Command::Seq(a) => Some(a.target.info()),
         Command::Sparse(a) => Some(a.target.info()),
         Command::Conc(a) => Some(a.target.info()),
+        Command::Step(a) => Some(a.target.info()),
         Command::All(a) => Some(a.target.info()),
         Command::Stream(a) => Some(TargetInfo {
             url: a.url.clone(),
@@ -607,7 +661,7 @@ fn target_info(command: &Command) -> Option<TargetInfo> {
             url: a.url.clone().unwrap_or_else(|| a.api_url.clone()),
             fn_id: None,
         }),
-        Command::Floor(_) | Command::Sim(_) => None,
+        Command::Floor(_) | Command::Sim(_) | Command::Targets(_) => None,
     }
 }
 
@@ -631,6 +685,19 @@ async fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Command::Targets(a) = &cli.command {
+        let table = targets::from_dir(&a.results);
+        print!("{}", table.render());
+        if let Some(path) = &cli.json {
+            let json = serde_json::to_string_pretty(&table)?;
+            std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("targets written to {}", path.display());
+        }
+        return match exit_status(false, table.valid, cli.allow_failures) {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        };
+    }
     let mut report = Report::new(target_info(&cli.command));
     let outcome = run(&cli, &mut report).await;
     // Whatever finished is reported, also when a later scenario failed.

@@ -18,24 +18,17 @@ use crate::{
     rss::RssFigure,
     sim::SimReport,
     stats::{CallCounts, LatencySummary, invalid_verdict},
+    step::StepResult,
     stream::StreamResult,
 };
 
-/// The targets of the performance contract (issue "Benchmarks: a performance contract measured
-/// against the physical floor").
+/// The limits of the contract's checks: issue 11's (see [`crate::targets::limits`]), so that a
+/// single `all` run and `make bench`'s TARGETS table never disagree, plus one diagnostic ratio.
 pub mod targets {
-    /// Warm p50 may exceed the floor's p50 by at most this (ms).
-    pub const WARM_P50_OVER_FLOOR_MS: f64 = 0.25;
-    /// Warm p99 may be at most this multiple of the floor's p99.
-    pub const WARM_P99_OVER_FLOOR_RATIO: f64 = 4.0;
-    /// Sparse p50 may be at most this multiple of the sequential p50.
-    pub const SPARSE_OVER_SEQ_RATIO: f64 = 1.5;
-    /// A cold call may exceed the startup floor (create + start + ready + first call) by this (ms).
-    pub const COLD_OVER_FLOOR_MS: f64 = 20.0;
-    /// Streaming must reach at least this fraction of the floor's MB/s.
-    pub const STREAM_OF_FLOOR_RATIO: f64 = 0.5;
-    /// Each watched process must idle below this RSS (MiB).
-    pub const IDLE_RSS_MIB: f64 = 20.0;
+    pub use crate::targets::limits::*;
+    /// What the LB and runner add to a call after idle may be at most this multiple of what they
+    /// add to a warm call (a diagnostic of the sparse figure; not one of issue 11's targets).
+    pub const ADDED_AFTER_IDLE_OVER_WARM_RATIO: f64 = 1.5;
 }
 
 /// What was measured.
@@ -142,6 +135,9 @@ pub struct Report {
     pub cold: Option<ColdResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamResult>,
+    /// The load step on a fresh fn (`step`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepResult>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rss: Vec<RssFigure>,
     /// CPU used per call by the watched processes and the function containers (`conc`).
@@ -186,6 +182,7 @@ impl Report {
             ("conc", self.conc.as_ref().map(|c| &c.calls)),
             ("cold", self.cold.as_ref().map(|c| &c.calls)),
             ("stream", self.stream.as_ref().map(|s| &s.calls)),
+            ("step", self.step.as_ref().map(|s| &s.calls)),
         ];
         figures.extend(scenarios.into_iter().filter_map(|(name, c)| Some((name, c?))));
         figures
@@ -238,20 +235,23 @@ impl Report {
                 "x",
             ));
         }
-        if let (Some(sparse), Some(seq)) = (&self.sparse, &self.seq) {
+        if let (Some(sparse), Some((floor, floor_sparse))) = (
+            &self.sparse,
+            floor.and_then(|f| f.sparse.as_ref().map(|s| (f, s))),
+        ) {
             checks.push(Check::new(
-                "sparse p50 vs seq",
-                "sparse p50 / seq p50",
-                sparse.calls.failed + seq.calls.failed,
-                sparse.latency.p50_ms / seq.latency.p50_ms,
+                "sparse p50 over floor sparse",
+                "sparse p50 - floor sparse p50",
+                sparse.calls.failed + floor.failed,
+                sparse.latency.p50_ms - floor_sparse.latency.p50_ms,
                 "<=",
-                SPARSE_OVER_SEQ_RATIO,
-                "x",
+                SPARSE_OVER_FLOOR_SPARSE_MS,
+                "ms",
             ));
             // The LB and runner's own share: what they add to a call after idle, against what they
             // add to a warm one. The function's (and the machine's) wake-up after idle is in the
             // floor's sparse figure, so it cancels out of both differences.
-            if let Some((floor, floor_sparse)) = floor.and_then(|f| f.sparse.as_ref().map(|s| (f, s))) {
+            if let Some(seq) = &self.seq {
                 checks.push(Check::new(
                     "added after idle vs warm",
                     "(sparse p50 - floor sparse p50) / (seq p50 - floor /call p50)",
@@ -259,7 +259,7 @@ impl Report {
                     (sparse.latency.p50_ms - floor_sparse.latency.p50_ms)
                         / (seq.latency.p50_ms - floor.call.latency.p50_ms),
                     "<=",
-                    SPARSE_OVER_SEQ_RATIO,
+                    ADDED_AFTER_IDLE_OVER_WARM_RATIO,
                     "x",
                 ));
             }
@@ -384,9 +384,19 @@ impl Report {
             let note = format!("{} fresh fns, {} deleted", c.calls.attempted, c.deleted);
             latency.latency_row("cold", &c.calls, &c.latency, &note);
         }
+        if let Some(s) = &self.step {
+            let note = format!(
+                "{} clients at once on a fresh fn, no warm-up, {:.0} ok calls/s; first calls p50 {:.1} ms",
+                s.clients, s.ok_calls_per_s, s.first_calls.p50_ms
+            );
+            latency.latency_row("step", &s.calls, &s.latency, &note);
+        }
         if !latency.rows.is_empty() {
             out.push_str("\nlatency (over the ok calls)\n");
             out.push_str(&latency.render());
+        }
+        if let Some(s) = &self.step {
+            out.push_str(&render_step(s));
         }
 
         if let Some(f) = &self.floor {
@@ -589,6 +599,34 @@ impl Report {
     }
 }
 
+/// The load step by window of call start, and the containers it started.
+fn render_step(s: &StepResult) -> String {
+    let mut t = Table::new(&["step window", "failed", "ok", "p50 ms", "p99 ms", "max ms"]);
+    for w in &s.windows {
+        t.row(vec![
+            format!("{:.1}-{:.1} s", w.from_s, w.to_s),
+            w.failed.to_string(),
+            w.ok.to_string(),
+            num(w.latency.p50_ms),
+            num(w.latency.p99_ms),
+            num(w.latency.max_ms),
+        ]);
+    }
+    let mut out = String::from("\nload step by window (calls by the window they started in)\n");
+    out.push_str(&t.render());
+    if let Some(c) = &s.containers {
+        let by: Vec<String> = c.by_runner.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        let _ = writeln!(
+            out,
+            "function containers started during the step: {} ({}; {})",
+            c.started,
+            c.label,
+            by.join(", ")
+        );
+    }
+    out
+}
+
 /// The figure column: `valid`, or `INVALID` for a figure with failed calls.
 fn figure(valid: bool) -> String {
     if valid { "valid" } else { "INVALID" }.into()
@@ -614,20 +652,20 @@ fn num(v: f64) -> String {
 }
 
 /// A plain-text table with columns padded to their widest cell.
-struct Table {
+pub(crate) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Table {
             header: header.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
@@ -647,7 +685,7 @@ impl Table {
             note.into(),
         ]);
     }
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (i, cell) in row.iter().enumerate() {
@@ -820,13 +858,17 @@ mod tests {
     #[test]
     fn checks_follow_the_contract() {
         let r = full_report();
+        // Issue 11's limits: warm p50 <= floor + 0.15 ms, p99 <= 2x the floor's.
         let p50 = check(&r, "warm p50");
         assert!((p50.measured - 0.2).abs() < 1e-9);
-        assert_eq!((p50.pass, p50.verdict.as_str()), (Some(true), "PASS"));
+        assert_eq!((p50.pass, p50.verdict.as_str()), (Some(false), "FAIL"));
+        assert_eq!(p50.limit, 0.15);
         let p99 = check(&r, "warm p99");
         assert_eq!(p99.measured, 3.0);
-        assert_eq!(p99.pass, Some(true));
-        assert_eq!(check(&r, "sparse").measured, 1.25);
+        assert_eq!(p99.pass, Some(false));
+        // Sparse 0.5 ms over the floor's sparse 0.25 ms: +0.25 ms, over the 0.2 ms.
+        let sparse = check(&r, "sparse p50 over floor sparse");
+        assert!((sparse.measured - 0.25).abs() < 1e-9 && sparse.pass == Some(false));
         // Added after idle 0.5 - 0.25, added warm 0.4 - 0.2: 1.25x.
         let idle = check(&r, "added after idle");
         assert!((idle.measured - 1.25).abs() < 1e-9 && idle.pass == Some(true));
@@ -860,14 +902,14 @@ mod tests {
         // Failed sparse calls: the two checks that use sparse lose their verdict.
         r.sparse.as_mut().unwrap().calls = failing(97, "502", 3);
         r.derive();
-        for name in ["sparse p50 vs seq", "added after idle"] {
+        for name in ["sparse p50 over floor sparse", "added after idle"] {
             let c = check(&r, name);
             assert!(!c.valid, "{name}");
             assert_eq!(c.failed, 3);
             assert_eq!(c.pass, None);
             assert_eq!(c.verdict, "INVALID (3 failed calls)");
         }
-        assert_eq!(check(&r, "warm p50").verdict, "PASS");
+        assert_eq!(check(&r, "warm p50").verdict, "FAIL");
 
         // A floor with a failed transfer is invalid as a whole, and so is every ratio against it.
         let mut bad_stream = stream(1000.0);
@@ -948,8 +990,8 @@ mod tests {
         assert_eq!(v["cpu"][0]["failed"], 2);
         assert_eq!(v["checks"][0]["rule"], "<=");
         assert_eq!(v["checks"][0]["valid"], true);
-        assert_eq!(v["checks"][0]["verdict"], "PASS");
-        assert_eq!(v["checks"][0]["pass"], true);
+        assert_eq!(v["checks"][0]["verdict"], "FAIL");
+        assert_eq!(v["checks"][0]["pass"], false);
         // It round-trips, and absent scenarios are absent, not null.
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
@@ -996,6 +1038,60 @@ mod tests {
         assert!(lb_cpu.contains("INVALID"), "{lb_cpu}");
         let seq = text.lines().find(|l| l.trim_start().starts_with("seq ")).unwrap();
         assert!(seq.contains("valid") && !seq.contains("INVALID"), "{seq}");
+    }
+
+    #[test]
+    fn a_step_is_a_figure_with_its_windows_and_containers() {
+        use crate::step::{ContainerCount, StepResult, StepWindow};
+        let mut r = Report::new(None);
+        r.step = Some(StepResult {
+            calls: failing(99, "502", 1),
+            clients: 16,
+            duration_s: 2.0,
+            latency: latency(2.0, 300.0),
+            first_calls: latency(250.0, 300.0),
+            window_s: 1.0,
+            windows: vec![
+                StepWindow {
+                    failed: 1,
+                    ok: 40,
+                    from_s: 0.0,
+                    to_s: 1.0,
+                    latency: latency(3.0, 300.0),
+                },
+                StepWindow {
+                    failed: 0,
+                    ok: 59,
+                    from_s: 1.0,
+                    to_s: 2.0,
+                    latency: latency(2.0, 4.0),
+                },
+            ],
+            containers: Some(ContainerCount {
+                label: "ferrofn.fn_id=F".into(),
+                started: 17,
+                by_runner: [("r1".to_owned(), 9), ("r2".to_owned(), 8)].into(),
+            }),
+            ..Default::default()
+        });
+        r.derive();
+        // Its failed call invalidates the run like any other figure's.
+        assert!(!r.valid);
+        assert_eq!(r.invalid_figures[0].figure, "step");
+        let text = r.render();
+        for needle in [
+            "INVALID: 1 failed call",
+            "load step by window",
+            "0.0-1.0 s",
+            "function containers started during the step: 17 (ferrofn.fn_id=F; r1: 9, r2: 8)",
+            "16 clients at once on a fresh fn",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["step"]["failed"], 1);
+        assert_eq!(v["step"]["containers"]["started"], 17);
+        assert_eq!(serde_json::from_value::<Report>(v).unwrap(), r);
     }
 
     fn call_target(endpoint: Endpoint) -> CallTarget {
