@@ -25,6 +25,8 @@
 # Knobs (environment): BENCH_DURATION (each conc, default 10s), BENCH_SEQ_N (1000), BENCH_COLD_N (10),
 # BENCH_STREAM_SIZE (64MiB), BENCH_LARGE_SIZE (256MiB), BENCH_PLACER (naive), BENCH_STEP_DURATION
 # (10s), BENCH_SKIP_COMPOSE=1, BENCH_SKIP_CRITERION=1, BENCH_PROFILE=1 (strace/perf runs, below),
+# BENCH_BIN_DIR (run the loopback clusters with the ferrofn-lb and ferrofn-runner found there, e.g.
+# an earlier build's, instead of this checkout's release build: before/after comparisons),
 # BENCH_LOG (RUST_LOG filter of the loopback LBs and runners; default warn,ferrofn_runner=info: the
 # runners log their containers' lives and each failed call with its cause, nothing per served call;
 # the logs are copied to bench-results/ when the run fails or has failed calls).
@@ -35,6 +37,7 @@ cd "$ROOT"
 CARGO="${CARGO:-cargo}"
 TRIPLE=x86_64-unknown-linux-gnu
 REL="$ROOT/target/$TRIPLE/release"
+NODE_BIN="${BENCH_BIN_DIR:-$REL}"
 OUT="$ROOT/bench-results"
 DURATION="${BENCH_DURATION:-10s}"
 SEQ_N="${BENCH_SEQ_N:-1000}"
@@ -157,7 +160,7 @@ start_runner() { # NAME [CERTS]
     fi
     RUNNER_NAMES+=("$name")
     mkdir -p "$WORK/iofs-$name"
-    NO_COLOR=1 RUST_LOG="$LOG_FILTER" "$REL/ferrofn-runner" "${tls[@]}" --listen-address 127.0.0.1 \
+    NO_COLOR=1 RUST_LOG="$LOG_FILTER" "$NODE_BIN/ferrofn-runner" "${tls[@]}" --listen-address 127.0.0.1 \
         --grpc-port 0 --port 0 --runner-name "$name" --iofs-path "$WORK/iofs-$name" \
         >"$WORK/$name.out" 2>"$WORK/$name.log" &
     R_PID=$!
@@ -175,7 +178,7 @@ start_lb() { # NAME RUNNERS [VAR=VALUE ...]
     port="$(free_port)"
     env "$@" FN_PORT="$port" FERROFN_LISTEN_ADDRESS=127.0.0.1 FN_PLACER="$PLACER" \
         FN_RUNNER_ADDRESSES="$runners" FN_DB_URL="sqlite3://$WORK/$name.db" \
-        FN_LOG_LEVEL=warn RUST_LOG="$LOG_FILTER" NO_COLOR=1 "$REL/ferrofn-lb" >"$WORK/$name.log" 2>&1 &
+        FN_LOG_LEVEL=warn RUST_LOG="$LOG_FILTER" NO_COLOR=1 "$NODE_BIN/ferrofn-lb" >"$WORK/$name.log" 2>&1 &
     L_PID=$!
     PIDS+=("$L_PID")
     L_URL="http://127.0.0.1:$port"
@@ -334,7 +337,7 @@ stop_cluster
 T1="ferrofn-$RUN_ID-t1"
 T2="ferrofn-$RUN_ID-t2"
 log "mTLS cluster: certificates (ferrofn-lb certs), LB + 2 runners"
-"$REL/ferrofn-lb" certs --out "$WORK/certs" --runner-names "$T1,$T2" >"$WORK/certs.log" 2>&1 ||
+"$NODE_BIN/ferrofn-lb" certs --out "$WORK/certs" --runner-names "$T1,$T2" >"$WORK/certs.log" 2>&1 ||
     die "ferrofn-lb certs failed: $(cat "$WORK/certs.log")"
 start_runner "$T1" "$WORK/certs"; TLS1_PID=$R_PID; TA1="$R_GRPC"
 start_runner "$T2" "$WORK/certs"; TLS2_PID=$R_PID; TA2="$R_GRPC"
