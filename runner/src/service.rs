@@ -493,7 +493,7 @@ mod tests {
                 .custom_status
                 .get(ferrofn_proto::ext::CAPABILITIES_KEY)
                 .map(String::as_str),
-            Some("accept-ack")
+            Some("accept-ack,frames")
         );
         let config = ferrofn_proto::ConfigMsg {
             config: [("some".to_string(), "setting".to_string())].into(),
