@@ -1,6 +1,6 @@
 //! The agent: turns an accepted call into a slot on a hot container. It keeps one [`SlotQueue`] per
 //! slot key, decides launches (calls waiting beyond what starting containers will serve, and longer
-//! than a launch takes), reserves resources without blocking (evicting other functions' idle
+//! than a launch takes; a slow start while a queue knows nothing of its hold time), reserves resources without blocking (evicting other functions' idle
 //! containers when short; a call with nothing else to wait for is then NACKed with 503), and drains
 //! on shutdown.
 
@@ -34,6 +34,12 @@ pub use slots::{QueueStats, Slot, SlotKey, SlotQueue};
 /// Assumed time from a launch decision to the container's first slot, until a queue has measured
 /// its own (a warm image on a small host: 0.2-0.3 s, BENCHMARKS.md "cold").
 const DEFAULT_LAUNCH_ESTIMATE: Duration = Duration::from_millis(250);
+
+/// Containers a queue starts at once while none is busy and its hold time is unknown (the first of
+/// its slow start, [`SlotQueue::should_launch`]): two rather than one, so that a pair of
+/// concurrent calls is served as in Fn and one slow start does not hold up the whole queue, yet
+/// few enough that a step of many calls does not make every start slow.
+const INITIAL_LAUNCHES: usize = 2;
 
 /// Settings of the agent (from the runner's configuration).
 #[derive(Debug, Clone)]
@@ -195,6 +201,7 @@ impl Agent {
         let policy = slots::LaunchPolicy {
             max_starting: cfg.max_starting,
             default_launch: DEFAULT_LAUNCH_ESTIMATE,
+            initial_launches: INITIAL_LAUNCHES,
         };
         let wait_limit = Duration::from_secs(u64::try_from(call.model.timeout).unwrap_or(0).max(1));
         let give_up = tokio::time::Instant::now() + wait_limit;

@@ -130,10 +130,10 @@ impl Slot {
             };
             // Tell the container task first: the next call may hand the slot back at once.
             let _ = done.send(SlotReturn::Reoffered { token, done: next_rx });
-            self.queue.offer(slot, true);
+            self.queue.offer(slot, self.token);
             return;
         }
-        self.queue.retired_after_call();
+        self.queue.retired_after_call(self.token);
         let _ = done.send(SlotReturn::Retired);
     }
 }
@@ -142,7 +142,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             self.container.end_call();
-            self.queue.retired_after_call();
+            self.queue.retired_after_call(self.token);
             let _ = done.send(SlotReturn::Retired);
         }
     }
@@ -165,12 +165,23 @@ struct QueueState {
     waiters: VecDeque<WaiterEntry>,
     starting: usize,
     busy: usize,
+    /// The calls holding a slot now (the slot's token) and since when: until a call has returned
+    /// its slot, the oldest one's age is all that is known of the hold time.
+    leases: Vec<(u64, Instant)>,
     /// Mean time a call holds a slot (moving average), once a call has returned one.
     hold: Option<Duration>,
     /// Mean time from a launch decision to the container's first slot (moving average).
     launch: Option<Duration>,
     /// No launch before this instant: the last one found no room on the node.
     blocked_until: Option<Instant>,
+}
+
+impl QueueState {
+    fn end_lease(&mut self, token: u64) {
+        if let Some(pos) = self.leases.iter().position(|(t, _)| *t == token) {
+            self.leases.swap_remove(pos);
+        }
+    }
 }
 
 /// Counts of one queue, for metrics, tests and the launch decision.
@@ -204,6 +215,9 @@ pub(crate) struct LaunchPolicy {
     pub max_starting: usize,
     /// Assumed launch time until this queue has measured one.
     pub default_launch: Duration,
+    /// Containers one queue starts at once while it has none busy and knows nothing of its hold
+    /// time (the start of its slow start, see [`SlotQueue::should_launch`]).
+    pub initial_launches: usize,
 }
 
 /// One function's queue.
@@ -277,6 +291,7 @@ impl SlotQueue {
         let mut s = self.state.lock_unpoisoned();
         if let Some(e) = s.idle.pop() {
             s.busy += 1;
+            s.leases.push((e.token, Instant::now()));
             // The receiver is alive: this cannot fail.
             let _ = tx.send(e.slot);
         } else {
@@ -291,11 +306,28 @@ impl SlotQueue {
     }
 
     /// Whether a waiting call should launch one more container now; if so the starting counts are
-    /// raised. A launch is made when calls wait that no starting container will serve, the node has
-    /// fewer than `max_starting` starting, and either no container of this queue is busy (none will
-    /// come back), nothing is known yet of how long calls hold a slot (Fn's rule: one container per
-    /// uncovered waiter), or the last uncovered waiter would wait longer for a busy container to come
-    /// back (uncovered x mean hold / busy) than for a launch.
+    /// raised. Only calls that no starting container will serve ("uncovered") count, and the node
+    /// has at most `max_starting` containers starting. Then:
+    ///
+    /// - nothing busy nor starting: launch (the first call of a queue, or all its containers died);
+    /// - the hold time known (a call returned a slot): launch when the last uncovered waiter would
+    ///   wait longer for a container to come back (uncovered x mean hold / busy, or / starting when
+    ///   none is busy yet) than for a launch;
+    /// - the hold time unknown ("slow start"): with none busy, at most `initial_launches` start at
+    ///   once, however many calls wait; once some are busy, the oldest busy call's age is what is
+    ///   known of the hold: launch when it exceeds a launch (a call that had launched when that one
+    ///   started would be served by now: the function is slow, each waiter gets a container), or
+    ///   when the rule above applied to that age says so, then with no more starting than are
+    ///   busy (weaker evidence: the queue's containers at most double per launch round).
+    ///
+    /// Fn launched one container per uncovered waiter while the hold was unknown: at a step from
+    /// zero every call started its own, all starts slowed each other down (16 concurrent starts on 2
+    /// cores took 1.4 s, one alone 0.2 s), and the step ended with a container per call even for a
+    /// 5 ms function. Under slow start a fast function is served by the first containers as soon as
+    /// they are up (its first returned call makes the hold known and the wait rule then decides),
+    /// while a slow one gets more containers as soon as its busy calls have outlived what a launch
+    /// would cost, without waiting for any of them to end. Containers that are slow to start are no
+    /// reason for more starts: they would only slow each other down further.
     pub(crate) fn should_launch(&self, now: Instant, policy: LaunchPolicy) -> bool {
         self.decide_launch(now, policy, true)
     }
@@ -317,11 +349,21 @@ impl SlotQueue {
         if uncovered == 0 {
             return false;
         }
-        let needed = match (s.busy, s.hold) {
-            (0, _) | (_, None) => true,
-            (busy, Some(hold)) => {
-                let wait = hold.saturating_mul(uncovered as u32) / busy as u32;
-                wait > s.launch.unwrap_or(policy.default_launch)
+        let launch = s.launch.unwrap_or(policy.default_launch);
+        // The wait of the last uncovered waiter if `servers` containers serve the queue in turn.
+        let wait = |hold: Duration, servers: usize| {
+            hold.saturating_mul(u32::try_from(uncovered).unwrap_or(u32::MAX)) / servers.max(1) as u32
+        };
+        let needed = match (s.busy, s.starting, s.hold) {
+            (0, 0, _) => true,
+            (0, starting, Some(hold)) => wait(hold, starting) > launch,
+            (0, starting, None) => starting < policy.initial_launches,
+            (busy, _, Some(hold)) => wait(hold, busy) > launch,
+            (busy, starting, None) => {
+                let oldest = s.leases.iter().map(|(_, since)| *since).min();
+                // (No record of a busy call cannot happen; should it, Fn's rule: launch.)
+                let age = oldest.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+                age > launch || (starting < policy.initial_launches.max(busy) && wait(age, busy) > launch)
             }
         };
         if !needed {
@@ -364,26 +406,32 @@ impl SlotQueue {
         if let Some(slot) = first {
             s.launch = Some(ewma(s.launch, took));
             s.blocked_until = None;
-            Self::offer_locked(&mut s, slot, false);
+            Self::offer_locked(&mut s, slot, None);
         }
     }
 
-    /// Hands `slot` to the oldest waiter, else pushes it on the idle stack. `busy` says whether the
-    /// slot was counted busy (a call returned it) or is new (a launch).
-    fn offer_locked(s: &mut QueueState, mut slot: Slot, busy: bool) {
+    /// Hands `slot` to the oldest waiter, else pushes it on the idle stack. `ended` is the token of
+    /// the lease that just ended when a call returned the slot (it was counted busy), `None` for a
+    /// new container.
+    fn offer_locked(s: &mut QueueState, mut slot: Slot, ended: Option<u64>) {
+        if let Some(token) = ended {
+            s.end_lease(token);
+        }
         while let Some(w) = s.waiters.pop_front() {
+            let token = slot.token;
             match w.tx.send(slot) {
                 Ok(()) => {
-                    if !busy {
+                    if ended.is_none() {
                         s.busy += 1;
                     }
+                    s.leases.push((token, Instant::now()));
                     return;
                 }
                 // That waiter is leaving (its guard removes nothing now): try the next one.
                 Err(back) => slot = back,
             }
         }
-        if busy {
+        if ended.is_some() {
             s.busy = s.busy.saturating_sub(1);
         }
         s.idle.push(IdleEntry {
@@ -392,10 +440,10 @@ impl SlotQueue {
         });
     }
 
-    /// Offers a slot a call returned (`busy`) or never used.
-    pub(crate) fn offer(&self, slot: Slot, busy: bool) {
+    /// Offers a slot a call returned (`ended`: the token it held the slot under).
+    pub(crate) fn offer(&self, slot: Slot, ended: u64) {
         let mut s = self.state.lock_unpoisoned();
-        Self::offer_locked(&mut s, slot, busy);
+        Self::offer_locked(&mut s, slot, Some(ended));
     }
 
     /// Adds a call's slot hold time to the queue's moving average.
@@ -404,10 +452,23 @@ impl SlotQueue {
         s.hold = Some(ewma(s.hold, held));
     }
 
-    /// A call returned its slot and the container will not be offered again.
-    pub(crate) fn retired_after_call(&self) {
+    /// A call returned its slot (leased under `token`) and the container will not be offered again.
+    pub(crate) fn retired_after_call(&self, token: u64) {
         let mut s = self.state.lock_unpoisoned();
         s.busy = s.busy.saturating_sub(1);
+        s.end_lease(token);
+    }
+
+    /// Number of calls holding a slot by the lease records (equal to the busy count).
+    #[cfg(test)]
+    pub(crate) fn leases(&self) -> usize {
+        self.state.lock_unpoisoned().leases.len()
+    }
+
+    /// True once a call has returned a slot (the queue knows its mean hold time).
+    #[cfg(test)]
+    pub(crate) fn knows_hold(&self) -> bool {
+        self.state.lock_unpoisoned().hold.is_some()
     }
 
     /// The container takes its own idle slot back (idle timeout, eviction, shutdown). False means a
@@ -518,6 +579,7 @@ mod tests {
     const POLICY: LaunchPolicy = LaunchPolicy {
         max_starting: 8,
         default_launch: Duration::from_millis(250),
+        initial_launches: 2,
     };
 
     #[test]
@@ -610,5 +672,161 @@ mod tests {
         // 100 x 20 ms / 4 = 500 ms > 300 ms: a launch pays off.
         assert!(q.should_launch(now, POLICY));
         drop(waiters);
+    }
+
+    /// Sets a queue's state as containers coming up and calls starting would (a [`Slot`] needs a
+    /// running container task).
+    fn set(q: &SlotQueue, f: impl FnOnce(&mut QueueState)) {
+        f(&mut q.state.lock().unwrap());
+    }
+
+    /// `n` containers came up and each took the oldest waiter's call at `at`.
+    fn up(q: &SlotQueue, n: usize, at: Instant) {
+        set(q, |s| {
+            for _ in 0..n {
+                s.starting -= 1;
+                s.busy += 1;
+                s.waiters.pop_front();
+                s.leases.push((next_token(), at));
+            }
+        });
+        q.node_starting.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn launches(q: &SlotQueue, now: Instant) -> usize {
+        std::iter::from_fn(|| q.should_launch(now, POLICY).then_some(())).count()
+    }
+
+    #[test]
+    fn slow_start_launches_two_for_a_step_then_waits_for_evidence() {
+        let q = SlotQueue::new(SlotKey(vec![4]));
+        let now = Instant::now();
+        let _waiters: Vec<_> = (0..16).map(|_| q.join()).collect();
+        assert!(
+            q.should_launch_new_call(now, POLICY),
+            "the first call launches at once"
+        );
+        assert_eq!(launches(&q, now), 1, "one more, then the 14 others wait");
+        assert_eq!(
+            launches(&q, now + Duration::from_secs(5)),
+            0,
+            "slow starts are no reason for more starts"
+        );
+        set(&q, |s| s.launch = Some(Duration::from_millis(200)));
+        up(&q, 1, now);
+        // 15 waiting, 1 starting: 14 uncovered behind one busy call of unknown hold.
+        assert_eq!(
+            launches(&q, now + Duration::from_millis(10)),
+            0,
+            "10 ms x 14 < 200 ms"
+        );
+        // That call returns after 5 ms: the wait rule decides from now on (5 ms x 14 < 200 ms).
+        set(&q, |s| {
+            s.leases.clear();
+            s.hold = Some(Duration::from_millis(5));
+        });
+        assert_eq!(launches(&q, now + Duration::from_secs(10)), 0);
+        up(&q, 1, now);
+        assert_eq!(
+            launches(&q, now + Duration::from_secs(10)),
+            0,
+            "two serve the 16 calls"
+        );
+        set(&q, |s| s.hold = Some(Duration::from_millis(50)));
+        assert!(
+            q.should_launch(now, POLICY),
+            "50 ms x 14 / 2 > 200 ms: the wait rule launches as before"
+        );
+    }
+
+    #[test]
+    fn slow_start_grows_while_the_first_calls_have_not_returned() {
+        let q = SlotQueue::new(SlotKey(vec![5]));
+        let now = Instant::now();
+        let _waiters: Vec<_> = (0..16).map(|_| q.join()).collect();
+        assert_eq!(launches(&q, now), 2);
+        set(&q, |s| s.launch = Some(Duration::from_millis(200)));
+        up(&q, 1, now);
+        // The call has held its slot for 20 ms: at least 20 ms x 14 > 200 ms of waiting for it.
+        assert_eq!(
+            launches(&q, now + Duration::from_millis(20)),
+            1,
+            "no more starting than busy (or 2)"
+        );
+        up(&q, 2, now);
+        // 3 busy, 10 uncovered, none starting: 3 more at most, while the estimate says so.
+        assert_eq!(launches(&q, now + Duration::from_millis(70)), 3);
+    }
+
+    #[test]
+    fn a_slow_function_gets_containers_before_any_call_returns() {
+        let q = SlotQueue::new(SlotKey(vec![6]));
+        let now = Instant::now();
+        let _waiters: Vec<_> = (0..8).map(|_| q.join()).collect();
+        assert_eq!(launches(&q, now), 2);
+        up(&q, 2, now);
+        // 6 uncovered behind 2 calls of unknown hold, launch estimate 250 ms (the default).
+        assert_eq!(
+            launches(&q, now + Duration::from_millis(50)),
+            0,
+            "50 x 6 / 2 < 250 ms"
+        );
+        assert_eq!(
+            launches(&q, now + Duration::from_millis(110)),
+            2,
+            "110 x 6 / 2 > 250 ms: as many as are busy"
+        );
+        up(&q, 2, now + Duration::from_millis(110));
+        // 4 busy, 4 uncovered: 200 x 4 / 4 < 250 ms, but then the oldest call outlives a launch.
+        assert_eq!(launches(&q, now + Duration::from_millis(200)), 0);
+        assert_eq!(
+            launches(&q, now + Duration::from_millis(260)),
+            4,
+            "one per waiter left"
+        );
+        up(&q, 4, now + Duration::from_millis(260));
+        assert_eq!(q.stats().busy, 8);
+        assert_eq!(q.stats().waiting, 0);
+        assert!(q.state.lock().unwrap().hold.is_none(), "no call returned");
+    }
+
+    #[test]
+    fn a_call_running_longer_than_a_launch_launches_for_every_waiter() {
+        let q = SlotQueue::new(SlotKey(vec![9]));
+        let now = Instant::now();
+        let _waiters: Vec<_> = (0..8).map(|_| q.join()).collect();
+        assert_eq!(launches(&q, now), 2);
+        up(&q, 1, now);
+        // One busy, one starting, six uncovered: a launch (250 ms) would have served them by now.
+        assert_eq!(launches(&q, now + Duration::from_millis(260)), 6);
+        assert_eq!(q.stats().starting, 7);
+    }
+
+    #[test]
+    fn a_step_on_a_queue_with_a_known_hold_and_no_container() {
+        let q = SlotQueue::new(SlotKey(vec![7]));
+        let now = Instant::now();
+        set(&q, |s| {
+            s.hold = Some(Duration::from_millis(5));
+            s.launch = Some(Duration::from_millis(200));
+        });
+        let _waiters: Vec<_> = (0..16).map(|_| q.join()).collect();
+        // 5 ms x 15 / 1 starting < 200 ms: the one starting container serves them faster.
+        assert_eq!(launches(&q, now), 1);
+        set(&q, |s| s.hold = Some(Duration::from_millis(100)));
+        // 100 ms calls: 100 x 15 / 1, 100 x 14 / 2, ... 100 x 11 / 5 > 200 ms > 100 x 10 / 6.
+        assert_eq!(launches(&q, now), 5);
+    }
+
+    #[test]
+    fn a_queue_whose_containers_died_launches_again() {
+        let q = SlotQueue::new(SlotKey(vec![8]));
+        let now = Instant::now();
+        set(&q, |s| s.hold = Some(Duration::from_millis(5)));
+        let _waiters: Vec<_> = (0..4).map(|_| q.join()).collect();
+        assert_eq!(launches(&q, now), 1);
+        // That launch failed: nothing busy nor starting, the next waiter launches at once.
+        q.launch_ended(None, Duration::from_millis(300));
+        assert_eq!(launches(&q, now), 1);
     }
 }

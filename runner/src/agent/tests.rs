@@ -23,11 +23,20 @@ struct FakeDriver {
     paused: AtomicUsize,
     unpaused: AtomicUsize,
     live: Mutex<HashMap<String, CancellationToken>>,
+    /// While set and not cancelled, starts wait for it (the test decides when containers are up).
+    start_gate: Mutex<Option<CancellationToken>>,
 }
 
 impl FakeDriver {
     fn live(&self) -> usize {
         self.live.lock().unwrap().len()
+    }
+
+    /// Holds every start from now until the returned token is cancelled.
+    fn hold_starts(&self) -> CancellationToken {
+        let gate = CancellationToken::new();
+        *self.start_gate.lock().unwrap() = Some(gate.clone());
+        gate
     }
 }
 
@@ -72,6 +81,10 @@ impl Driver for FakeDriver {
     ) -> DriverFuture<'a, Result<StartedContainer, DriverError>> {
         Box::pin(async move {
             let n = self.started.fetch_add(1, Ordering::SeqCst);
+            let gate = self.start_gate.lock().unwrap().clone();
+            if let Some(gate) = gate {
+                gate.cancelled().await;
+            }
             let id = format!("fake{n}");
             let stop = CancellationToken::new();
             self.live.lock().unwrap().insert(id.clone(), stop.clone());
@@ -439,6 +452,105 @@ async fn simultaneous_waiters_launch_exactly_one_container_each() {
         f.agent.shutdown();
         f.agent.wait_drained().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_of_calls_starts_few_containers_and_serves_every_call() {
+    let f = fixture(4096, None);
+    let gate = f.driver.hold_starts();
+    let c = call("f1", "echo", 64, 30);
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let (agent, c) = (f.agent.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut slot = agent.get_slot(&c).await.unwrap();
+                let out = invoke(&mut slot, "x").await;
+                slot.release(true);
+                out
+            })
+        })
+        .collect();
+    let queue = f.agent.queue_for(&c.key);
+    let stats = || queue.stats();
+    eventually("16 calls wait, two containers start", || {
+        stats().waiting == 16 && f.driver.started.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // Four poll rounds (50 ms) while the two start: nothing known of the hold, no more launches.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stats(),
+        QueueStats {
+            idle: 0,
+            waiting: 16,
+            starting: 2,
+            busy: 0
+        }
+    );
+    assert_eq!(f.driver.started.load(Ordering::SeqCst), 2);
+    gate.cancel();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), "c1:x");
+    }
+    let started = f.driver.started.load(Ordering::SeqCst);
+    // The first calls return in about a millisecond: the wait rule then sees the two containers
+    // serve the queue long before a launch would. A slow machine may show a call running longer
+    // than 1/14 of a launch before it returns: one slow-start round more, no more than doubling.
+    assert!(
+        (2..=4).contains(&started),
+        "{started} containers for 16 calls of a fast function"
+    );
+    // A launch decided while calls still waited may come up after the last one was served.
+    eventually("every container is idle", || stats().idle == started).await;
+    assert_eq!(queue.leases(), 0);
+    f.agent.shutdown();
+    f.agent.wait_drained().await;
+    assert_eq!(f.driver.live(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_function_gets_containers_before_any_call_returns() {
+    let f = fixture(4096, None);
+    let gate = f.driver.hold_starts();
+    let c = call("f1", "echo", 64, 30);
+    // The calls hold their slots until the end of the test: a function slower than all of this.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (agent, c) = (f.agent.clone(), c.clone());
+            tokio::spawn(async move { agent.get_slot(&c).await.unwrap() })
+        })
+        .collect();
+    let queue = f.agent.queue_for(&c.key);
+    eventually("8 calls wait, two containers start", || {
+        queue.stats().waiting == 8 && f.driver.started.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(f.driver.started.load(Ordering::SeqCst), 2, "no launch per waiter");
+    // The two come up (a launch took over 150 ms) and take two calls; the other six get
+    // containers once those calls have run long enough, while none of them has returned.
+    gate.cancel();
+    let mut slots = Vec::new();
+    for call in calls {
+        slots.push(call.await.unwrap());
+    }
+    assert!(!queue.knows_hold(), "served before any call returned its slot");
+    assert_eq!(
+        f.driver.started.load(Ordering::SeqCst),
+        8,
+        "one container per concurrent call, no extra"
+    );
+    let ids: std::collections::HashSet<_> = slots.iter().map(|s| s.container().id.clone()).collect();
+    assert_eq!(ids.len(), 8);
+    assert_eq!(queue.leases(), 8);
+    for s in slots {
+        s.release(true);
+    }
+    assert_eq!(queue.stats().idle, 8);
+    assert_eq!(queue.leases(), 0);
+    f.agent.shutdown();
+    f.agent.wait_drained().await;
+    assert_eq!(f.driver.live(), 0);
 }
 
 #[test]
