@@ -506,6 +506,14 @@ mod tests {
 
     type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
+    /// The values the test server saw for header `name`, in order.
+    fn values(seen: &[(String, String, String)], name: &str) -> Vec<String> {
+        seen.iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, v, _)| v.clone())
+            .collect()
+    }
+
     /// Serves `POST /call` on a unix socket: records request headers and body, answers per `reply`.
     async fn serve(
         path: PathBuf,
@@ -592,12 +600,7 @@ mod tests {
             assert_eq!(body, b"HELLO WORLD");
         }
         let seen = seen.lock().unwrap();
-        let get = |k: &str| {
-            seen.iter()
-                .filter(|(n, _, _)| n == k)
-                .map(|(_, v, _)| v.clone())
-                .collect::<Vec<_>>()
-        };
+        let get = |k: &str| values(&seen, k);
         assert_eq!(get(":path")[0], "/call");
         assert_eq!(get("host")[0], "localhost");
         assert_eq!(get("fn-call-id")[0], "01CALL");
@@ -633,12 +636,7 @@ mod tests {
             assert_eq!(out, body.as_bytes());
         }
         let seen = seen.lock().unwrap();
-        let get = |k: &str| {
-            seen.iter()
-                .filter(|(n, _, _)| n == k)
-                .map(|(_, v, _)| v.clone())
-                .collect::<Vec<_>>()
-        };
+        let get = |k: &str| values(&seen, k);
         assert_eq!(
             get("content-length"),
             ["11", "0"],

@@ -51,8 +51,11 @@ pub const HEAD_BUFFER: usize = 64 * 1024;
 /// measured (BENCHMARKS.md): no faster in release and a higher RSS, so the window stays small.
 pub(crate) const WINDOW_FRAMES: usize = 4;
 /// Default data frame size between the LB and a ferrofn runner that advertises the `frames`
-/// capability (`FERROFN_ENGAGE_FRAME_BYTES`): ~25x fewer per-frame costs than 10 KiB when streaming.
-pub const DEFAULT_FRAME_BYTES: usize = 256 * 1024;
+/// capability (`FERROFN_ENGAGE_FRAME_BYTES`): 6.4x fewer per-frame costs than 10 KiB when
+/// streaming. 256 KiB measured no faster on the 2-core bench machine and left a runner at 22.5 MiB
+/// RSS after the streaming scenarios (BENCHMARKS.md, round 3); the windows of 4 frames per
+/// direction and call stay at 256 KiB with this size.
+pub const DEFAULT_FRAME_BYTES: usize = 64 * 1024;
 /// Largest request body sent inline in ack mode: a body of declared length up to this is read first
 /// and goes out with the TryCall in one write, without waiting for the runner's ack (the runner
 /// holds it in its HTTP/2 window until the call has a slot, and the LB keeps it for a replay after
