@@ -14,7 +14,7 @@ use ferrofn_proto::{
     CallFinished, CallResultStart, ClientMsg, DataFrame, HttpHeader, HttpRespMeta, MAX_DATA_CHUNK, RunnerMsg,
     TryCall, call_result_start, client_msg, runner_msg,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -108,25 +108,48 @@ impl StreamMeta {
     }
 }
 
-/// Serves one Engage stream; the returned receiver is the response stream.
+/// When the stream's response headers may go out. The headers are sent as soon as the stream's
+/// call knows how it starts without waiting: its ack queued (a free slot), its answer queued (a
+/// NACK, an error), or the moment it has to wait for anything (the TryCall, a slot): then the
+/// headers go at once as before, which is what an LB's answer timeout relies on. In the common
+/// warm case headers and ack leave in one write, and the LB wakes once for both.
+#[derive(Debug)]
+struct Answer(Option<oneshot::Sender<()>>);
+
+impl Answer {
+    /// Lets the headers go (idempotent).
+    fn now(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Serves one Engage stream: the returned receiver is the response stream, and the oneshot
+/// resolves (or is dropped) when its headers may be sent (see [`Answer`]).
 pub fn engage(
     ctx: EngageContext,
     inbound: tonic::Streaming<ClientMsg>,
     meta: StreamMeta,
-) -> mpsc::Receiver<Result<RunnerMsg, tonic::Status>> {
+) -> (
+    mpsc::Receiver<Result<RunnerMsg, tonic::Status>>,
+    oneshot::Receiver<()>,
+) {
     let (tx, rx) = mpsc::channel(BODY_WINDOW);
+    let (answer_tx, answer_rx) = oneshot::channel();
     tokio::spawn(async move {
         ctx.counters.received.fetch_add(1, Ordering::Relaxed);
         let n = ctx.counters.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         crate::metrics::inflight(n);
-        let nacked = run_stream(&ctx, inbound, tx, &meta).await;
+        let mut answer = Answer(Some(answer_tx));
+        let nacked = run_stream(&ctx, inbound, tx, &meta, &mut answer).await;
         if !nacked {
             ctx.counters.handled.fetch_add(1, Ordering::Relaxed);
         }
         let n = ctx.counters.inflight.fetch_sub(1, Ordering::Relaxed) - 1;
         crate::metrics::inflight(n);
     });
-    rx
+    (rx, answer_rx)
 }
 
 /// Returns true when the stream ended in a NACK. The response stream ends (`tx` is dropped) as
@@ -136,8 +159,20 @@ async fn run_stream(
     mut inbound: tonic::Streaming<ClientMsg>,
     tx: Out,
     meta: &StreamMeta,
+    answer: &mut Answer,
 ) -> bool {
-    let try_call = match inbound.message().await {
+    let first = {
+        let next = inbound.message();
+        tokio::pin!(next);
+        match futures::poll!(&mut next) {
+            std::task::Poll::Ready(m) => m,
+            std::task::Poll::Pending => {
+                answer.now();
+                next.await
+            }
+        }
+    };
+    let try_call = match first {
         Ok(Some(ClientMsg {
             body: Some(client_msg::Body::Try(t)),
         })) => t,
@@ -159,7 +194,7 @@ async fn run_stream(
     crate::metrics::try_call();
     let t0 = Instant::now();
     let broken = Arc::new(OnceLock::new());
-    let (finished, outcome) = handle_try(ctx, try_call, inbound, &tx, meta, &broken).await;
+    let (finished, outcome) = handle_try(ctx, try_call, inbound, &tx, meta, &broken, answer).await;
     let nack = !finished.success && finished.error_code == 503;
     crate::metrics::call_finished(&outcome, t0.elapsed());
     if tx.send(msg(runner_msg::Body::Finished(finished))).await.is_err() {
@@ -256,6 +291,7 @@ async fn handle_try(
     tx: &Out,
     meta: &StreamMeta,
     broken: &Arc<OnceLock<tonic::Status>>,
+    answer: &mut Answer,
 ) -> (CallFinished, String) {
     let mut times = Times::default();
     let mut model = match CallModel::from_json(&try_call.models_call_json) {
@@ -312,7 +348,17 @@ async fn handle_try(
                 .filter(|_| want_ack)
                 .unwrap_or(MAX_DATA_CHUNK),
         };
-        let r = run_call(ctx, &call, inbound, tx, asked, traceparent, broken, &mut times).await;
+        let r = run_call(
+            ctx,
+            &call,
+            inbound,
+            tx,
+            asked,
+            (traceparent, answer),
+            broken,
+            &mut times,
+        )
+        .await;
         if let Err(e) = &r {
             info!(code = e.code(), error = e.message(), "call failed");
         } else {
@@ -504,7 +550,7 @@ async fn run_call(
     mut inbound: tonic::Streaming<ClientMsg>,
     tx: &Out,
     asked: Asked,
-    traceparent: Option<String>,
+    (traceparent, answer): (Option<String>, &mut Answer),
     broken: &Arc<OnceLock<tonic::Status>>,
     times: &mut Times,
 ) -> Result<(), FnError> {
@@ -516,9 +562,19 @@ async fn run_call(
     let want_ack = asked.ack;
     let (body, eof_seen) = match asked.inline {
         Some(len) => {
-            let read = tokio::select! {
-                r = read_inline(&mut inbound, len, broken) => r,
-                _ = tx.closed() => Err(FnError::internal()),
+            let read = {
+                let body = read_inline(&mut inbound, len, broken);
+                tokio::pin!(body);
+                match futures::poll!(&mut body) {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => {
+                        answer.now();
+                        tokio::select! {
+                            r = &mut body => r,
+                            _ = tx.closed() => Err(FnError::internal()),
+                        }
+                    }
+                }
             };
             match read {
                 Ok(b) => {
@@ -569,9 +625,18 @@ async fn run_call(
     if call.model.timeout <= 0 {
         return Err(FnError::call_timeout());
     }
-    let slot = tokio::select! {
-        s = ctx.agent.get_slot(call) => s?,
-        _ = &mut lb_gone => return Err(abort_err(&protocol_error)),
+    // A free slot is taken at once (the headers then wait for the ack); any wait lets them go.
+    let get = ctx.agent.get_slot(call);
+    tokio::pin!(get);
+    let slot = match futures::poll!(&mut get) {
+        std::task::Poll::Ready(s) => s?,
+        std::task::Poll::Pending => {
+            answer.now();
+            tokio::select! {
+                s = &mut get => s?,
+                _ = &mut lb_gone => return Err(abort_err(&protocol_error)),
+            }
+        }
     };
     // A stream the LB gave up on while the call waited (cancelled, or re-placed because this
     // runner answered too late) must not start the function once it has a slot.
@@ -605,6 +670,7 @@ async fn run_call(
             })))
             .await;
     }
+    answer.now();
     slot.container().begin_call(&call.model.id);
 
     let timeout = Duration::from_secs(call.model.timeout as u64);

@@ -63,7 +63,10 @@ impl RunnerProtocol for RunnerService {
         request: Request<Streaming<ClientMsg>>,
     ) -> Result<Response<Self::EngageStream>, Status> {
         let meta = crate::engage::StreamMeta::from_metadata(request.metadata());
-        let rx = crate::engage::engage(self.ctx.clone(), request.into_inner(), meta);
+        let (rx, answered) = crate::engage::engage(self.ctx.clone(), request.into_inner(), meta);
+        // The headers wait only for what the call knows without waiting (its ack when a slot is
+        // free): then they leave in one write with it.
+        let _ = answered.await;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
