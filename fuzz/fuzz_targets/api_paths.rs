@@ -61,6 +61,7 @@ fn state() -> Arc<LbState> {
         },
         public_url: None,
         max_request: 1 << 20,
+        frame_bytes: ferrofn_lb::engage::DEFAULT_FRAME_BYTES,
         execution_headroom: quick,
         response_head: 1024,
         sync_deadline_margin: Some(quick),

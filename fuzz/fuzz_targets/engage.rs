@@ -249,7 +249,7 @@ fuzz_target!(|data: &[u8]| {
     let out = runtime().block_on(async {
         let decoder = Codec::decoder(&mut ProstCodec::<ClientMsg, ClientMsg>::default());
         let inbound = Streaming::new_request(decoder, split_body(wire, &cuts), None, None);
-        let mut rx = engage(fx.ctx.clone(), inbound, StreamMeta::default());
+        let (mut rx, _answered) = engage(fx.ctx.clone(), inbound, StreamMeta::default());
         tokio::time::timeout(Duration::from_secs(20), async {
             let mut out = Vec::new();
             while let Some(m) = rx.recv().await {

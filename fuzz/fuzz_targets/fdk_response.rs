@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferrofn_fuzz::{Input, runtime};
-use ferrofn_runner::fdk::{FdkConn, FdkError, FdkLimits, FdkRequest, canonical_header_name};
+use ferrofn_runner::fdk::{FdkBody, FdkConn, FdkError, FdkLimits, FdkRequest, canonical_header_name};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -89,7 +89,7 @@ async fn exchange(
             call_id: "01FUZZ".into(),
             deadline: "2030-01-01T00:00:00.000Z".into(),
             headers: vec![("Content-Type".into(), "text/plain".into())],
-            body: rx,
+            body: FdkBody::Stream(rx),
         };
         let mut resp = match conn.call(req).await {
             Ok(r) => r,
