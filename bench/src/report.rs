@@ -726,21 +726,7 @@ mod tests {
     use bytes::Bytes;
     use serde_json::Value;
 
-    fn latency(p50: f64, p99: f64) -> LatencySummary {
-        LatencySummary {
-            samples: 100,
-            min_ms: p50 / 2.0,
-            mean_ms: p50,
-            p50_ms: p50,
-            p90_ms: p50,
-            p99_ms: p99,
-            max_ms: p99 * 2.0,
-        }
-    }
-
-    fn clean(ok: u64) -> CallCounts {
-        CallCounts::new(ok, ErrorTally::default(), ErrorTally::default())
-    }
+    use crate::test_support::{clean, latency};
 
     fn failing(ok: u64, cause: &str, n: u64) -> CallCounts {
         let mut failures = ErrorTally::default();

@@ -14,6 +14,25 @@ use std::{
 };
 
 use crate::client::Endpoint;
+use crate::stats::{CallCounts, ErrorTally, LatencySummary};
+
+/// A latency summary of 100 samples with the given p50 and p99 (the rest derived from them).
+pub fn latency(p50: f64, p99: f64) -> LatencySummary {
+    LatencySummary {
+        samples: 100,
+        min_ms: p50 / 2.0,
+        mean_ms: p50,
+        p50_ms: p50,
+        p90_ms: p50,
+        p99_ms: p99,
+        max_ms: p99 * 2.0,
+    }
+}
+
+/// Counts of `ok` calls and no failure.
+pub fn clean(ok: u64) -> CallCounts {
+    CallCounts::new(ok, ErrorTally::default(), ErrorTally::default())
+}
 
 /// Serves on a unix socket and echoes each body; every `fail_every`-th call (counted over all
 /// connections, from 1) answers 503 instead of 200. `u64::MAX` never fails. The counter is the
