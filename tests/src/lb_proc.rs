@@ -856,6 +856,14 @@ impl LbBinary {
         Ok(kb * 1024)
     }
 
+    /// SIGKILLs this child and waits until it has exited: from then on its sockets are closed (a
+    /// signal sent is not yet a process gone).
+    pub async fn kill_and_reap(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
     /// Sends a signal (`HUP`, `TERM`) to this child only.
     pub fn signal(&self, name: &str) -> Result<()> {
         let pid = self.child.id().context("child already exited")?;

@@ -101,10 +101,12 @@ async fn calls_done(t: &Tier, n: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lb_costs_only_its_in_flight_calls() {
-    let t = tier().await;
+    let mut t = tier().await;
     let run = load(&t);
     calls_done(&t, 200).await;
-    t.a.signal("KILL").unwrap();
+    // "After the kill" starts when A is gone: a call that started between the signal and A's
+    // death could still be sent to A (found by CI on a loaded machine).
+    t.a.kill_and_reap().await.unwrap();
     let killed = Instant::now();
     calls_done(&t, 300).await;
     let report = run.stop(Duration::from_secs(30)).await.unwrap();

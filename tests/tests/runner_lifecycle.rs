@@ -184,7 +184,7 @@ async fn status_counters_capabilities_configure_and_stream_logs() -> Result<()> 
     assert!(s.id.is_empty() && !s.failed, "no status image: counters only");
     assert_eq!(
         s.custom_status.get("ferrofn-capabilities").map(String::as_str),
-        Some("accept-ack")
+        Some("accept-ack,frames")
     );
 
     let r = engage(
@@ -395,7 +395,7 @@ async fn mtls_is_required_by_default() -> Result<()> {
     let s = client.status(()).await?.into_inner();
     assert_eq!(
         s.custom_status.get("ferrofn-capabilities").map(String::as_str),
-        Some("accept-ack")
+        Some("accept-ack,frames")
     );
 
     // Plaintext and a certificate from another CA are both refused.
