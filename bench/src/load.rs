@@ -179,6 +179,16 @@ struct ClientRun {
     connects: u64,
 }
 
+/// Opens `n` keep-alive connections to `target` before a scenario starts, so that an unreachable
+/// target fails the scenario, not its figures.
+pub(crate) async fn open_all(target: &CallTarget, n: usize) -> Result<Vec<Conn>, ClientError> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(Conn::open(target.endpoint.clone()).await?);
+    }
+    Ok(conns)
+}
+
 /// `clients` concurrent clients, each on its own keep-alive connection, calling back to back for
 /// `duration` (each first makes `warmup` unmeasured calls; all start measuring together).
 pub async fn concurrent(
@@ -189,11 +199,7 @@ pub async fn concurrent(
     progress: &Progress,
 ) -> Result<ConcResult, ClientError> {
     let clients = clients.max(1);
-    // Open every connection first so an unreachable target fails the scenario, not the figures.
-    let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        conns.push(Conn::open(target.endpoint.clone()).await?);
-    }
+    let conns = open_all(target, clients).await?;
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
     let (start_tx, start_rx) = tokio::sync::watch::channel(None::<Instant>);
     let mut tasks = Vec::with_capacity(clients);

@@ -20,7 +20,7 @@ use std::{
 use tokio::task::JoinHandle;
 
 use crate::{
-    client::{ClientError, Conn},
+    client::ClientError,
     load::CallTarget,
     progress::Progress,
     stats::{CallCounts, Counted, ErrorTally, LatencySummary},
@@ -105,10 +105,7 @@ pub async fn step(
     progress: &Progress,
 ) -> Result<StepResult, ClientError> {
     let clients = clients.max(1);
-    let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        conns.push(Conn::open(target.endpoint.clone()).await?);
-    }
+    let conns = crate::load::open_all(target, clients).await?;
     let barrier = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let (start_tx, start_rx) = tokio::sync::watch::channel(None::<Instant>);
     let mut tasks = Vec::with_capacity(clients);
