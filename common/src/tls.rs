@@ -524,9 +524,10 @@ fn strip_port(authority: &str) -> &str {
     }
 }
 
-/// A `tower::Service<Uri>` for `Endpoint::connect_with_connector[_lazy]`: TCP to the URI's host and
-/// port, then (unless plaintext) a TLS 1.3 handshake with the client certificate. The endpoint URI
-/// must use `http://` (tonic would refuse `https://` with a custom connector); TLS is layered here.
+/// A `tower::Service<Uri>` (for `Endpoint::connect_with_connector`, and the LB's runner
+/// connections): TCP to the URI's host and port, then (unless plaintext) a TLS 1.3 handshake with
+/// the client certificate. The URI must use `http://` (tonic would refuse `https://` with a custom
+/// connector); TLS is layered here.
 #[derive(Clone, Debug)]
 pub struct RunnerConnector {
     tls: Option<ClientTls>,
@@ -644,11 +645,6 @@ pub async fn connect_channel(
     endpoint
         .connect_with_connector(RunnerConnector::new(tls).with_host(host))
         .await
-}
-
-/// Like [`connect_channel`], but connects on first use and reconnects as needed.
-pub fn connect_channel_lazy(endpoint: Endpoint, tls: Option<ClientTls>, host: &str) -> Channel {
-    endpoint.connect_with_connector_lazy(RunnerConnector::new(tls).with_host(host))
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! One HTTP/2 gRPC channel per runner: connected lazily, kept alive with HTTP/2 pings, mTLS through
-//! the common connector unless the pool runs in plaintext (Fn runners, trusted networks).
+//! One HTTP/2 gRPC connection per runner ([`RunnerConn`]): connected lazily, kept alive with HTTP/2
+//! pings, mTLS through the common connector unless the pool runs in plaintext (Fn runners, trusted
+//! networks).
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use ferrofn_common::tls::ClientTls;
 
-use ferrofn_common::tls::{ClientTls, connect_channel_lazy, runner_endpoint};
+pub use super::conn::{AddressError, RunnerConn};
 
 /// HTTP/2 receive window per stream, explicit rather than hyper's defaults (client 2 MiB stream /
 /// 5 MiB connection); the runner's server sets the same (its defaults: 1 MiB / 1 MiB). Streaming
@@ -58,51 +59,27 @@ impl Default for ChannelOptions {
     }
 }
 
-/// A bad runner address.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid runner address {addr:?}: {source}")]
-pub struct AddressError {
-    /// The address as configured.
-    pub addr: String,
-    /// The cause.
-    #[source]
-    pub source: tonic::transport::Error,
-}
-
-/// The lazily connected channel to `addr` (`host:port`). Host names are resolved on each connect.
+/// The connection to `addr` (`host:port`), made on first use; host names are resolved on each
+/// connect.
 pub fn runner_channel(
     addr: &str,
     tls: Option<ClientTls>,
     opts: ChannelOptions,
-) -> Result<Channel, AddressError> {
+) -> Result<RunnerConn, AddressError> {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     dial_channel(addr, host, tls, opts)
 }
 
-/// The lazily connected channel that dials `addr` (`host:port`, e.g. one address of a name) and
-/// verifies the runner's certificate against `verify` (e.g. that name), unless the TLS settings
-/// name a server name of their own (`FERROFN_TLS_SERVER_NAME`).
+/// The connection that dials `addr` (`host:port`, e.g. one address of a name) and verifies the
+/// runner's certificate against `verify` (e.g. that name), unless the TLS settings name a server
+/// name of their own (`FERROFN_TLS_SERVER_NAME`). Made on first use, and again after it is lost.
 pub fn dial_channel(
     addr: &str,
     verify: &str,
     tls: Option<ClientTls>,
     opts: ChannelOptions,
-) -> Result<Channel, AddressError> {
-    let endpoint = runner_endpoint(addr)
-        .map_err(|source| AddressError {
-            addr: addr.to_owned(),
-            source,
-        })?
-        .connect_timeout(opts.connect_timeout)
-        .http2_keep_alive_interval(opts.keepalive_interval)
-        .keep_alive_timeout(opts.keepalive_timeout)
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .tcp_nodelay(true)
-        .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
-        .http2_max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS);
-    Ok(connect_channel_lazy(endpoint, tls, verify))
+) -> Result<RunnerConn, AddressError> {
+    RunnerConn::new(addr, verify, tls, opts)
 }
 
 #[cfg(test)]

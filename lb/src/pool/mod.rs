@@ -8,6 +8,7 @@
 //! calls keep it alive until they finish, then it is dropped ([`RunnerPool::reap`]).
 
 pub mod channel;
+pub mod conn;
 pub mod health;
 pub mod resolve;
 
@@ -17,13 +18,11 @@ use std::time::Duration;
 
 use ferrofn_common::lock::LockExt;
 
-use tonic::transport::Channel;
-
 use ferrofn_common::lock::RwLockExt;
 use ferrofn_common::tls::ClientTls;
 use ferrofn_proto::runner_protocol_client::RunnerProtocolClient;
 
-pub use channel::{AddressError, ChannelOptions};
+pub use channel::{AddressError, ChannelOptions, RunnerConn};
 pub use resolve::{Member, Resolve, SystemResolver};
 
 use crate::placer::Candidate;
@@ -78,7 +77,7 @@ pub struct Runner {
     ident: u64,
     /// Probed at least once (a member that joins is down until its first probe).
     probed: AtomicBool,
-    channel: Channel,
+    channel: RunnerConn,
     state: AtomicU8,
     in_flight: AtomicU64,
     accept_ack: AtomicBool,
@@ -110,7 +109,7 @@ impl Runner {
     fn new(
         member: &Member,
         entry: &str,
-        channel: Channel,
+        channel: RunnerConn,
         initial: RunnerState,
         opts: &ChannelOptions,
         call_ended: Arc<tokio::sync::Notify>,
@@ -153,13 +152,13 @@ impl Runner {
         self.probed.store(true, Ordering::Release);
     }
 
-    /// A gRPC client on the runner's channel (cheap).
-    pub fn client(&self) -> RunnerProtocolClient<Channel> {
+    /// A gRPC client on the runner's connection (cheap).
+    pub fn client(&self) -> RunnerProtocolClient<RunnerConn> {
         RunnerProtocolClient::new(self.channel.clone())
     }
 
-    /// The channel (for the health client).
-    pub fn channel(&self) -> Channel {
+    /// The connection (for the health client).
+    pub fn channel(&self) -> RunnerConn {
         self.channel.clone()
     }
 
