@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use crate::{
     client::{CallTemplate, ClientError, Conn, Endpoint, full_body},
     load::{self, CallTarget, SeqResult},
+    relay::RelayChain,
     progress::Progress,
     stats::{CallCounts, Counted, ErrorTally, LatencySummary},
     stream::{self, BodyMode, StreamResult},
@@ -43,6 +44,9 @@ pub const RUN_LABEL: &str = "ferrofn.bench.run";
 /// Where the iofs dir is mounted in the container, and the socket the FDK announces in it.
 const IOFS_MOUNT: &str = "/tmp/iofs";
 const SOCKET_NAME: &str = "lsnr.sock";
+/// Byte relays the floor's warm calls also go through by default: as many extra processes as an
+/// LB and a runner add to the path.
+pub const DEFAULT_RELAYS: usize = 2;
 /// Container output lines kept to explain a container that never became ready.
 const KEPT_OUTPUT_LINES: usize = 20;
 
@@ -93,6 +97,8 @@ pub enum FloorError {
         id: String,
         source: bollard::errors::Error,
     },
+    #[error("starting the byte relays in front of the function's socket failed")]
+    Relays(#[source] std::io::Error),
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -120,6 +126,8 @@ pub struct FloorOptions {
     pub ready_timeout: Duration,
     /// Container memory limit (MB), like a fn's `memory`.
     pub memory_mb: u64,
+    /// Byte relays (own processes) to also time the warm calls through; 0 skips that figure.
+    pub relays: usize,
 }
 
 /// One fresh container, step by step (milliseconds).
@@ -209,6 +217,18 @@ pub struct FloorResult {
     /// Streaming over the unix socket.
     pub stream: StreamResult,
     pub startup: StartupFloor,
+    /// The warm calls again, through byte relays ([`crate::relay`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed: Option<RelayedFloor>,
+}
+
+/// The floor's warm calls through a chain of byte relays, each its own process: what that many
+/// extra processes cost on the path before anything is parsed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayedFloor {
+    /// Relay processes between the client and the function's socket.
+    pub relays: usize,
+    pub call: SeqResult,
 }
 
 impl FloorResult {
@@ -234,7 +254,19 @@ impl FloorResult {
             call_cpu_us_per_call,
             stream,
             startup,
+            relayed: None,
         }
+    }
+
+    /// Adds the figure through relays (its failed calls count against the floor's validity).
+    #[must_use]
+    pub fn with_relayed(mut self, relayed: Option<RelayedFloor>) -> Self {
+        if let Some(r) = &relayed {
+            self.failed += r.call.calls.failed;
+            self.valid = self.failed == 0;
+        }
+        self.relayed = relayed;
+        self
     }
 }
 
@@ -596,7 +628,7 @@ pub async fn measure(launcher: &Launcher, opts: &FloorOptions) -> Result<FloorRe
         .await?;
     let hot_result = measure_hot(launcher, &hot, opts).await;
     let removed = launcher.remove(hot).await;
-    let (call, call_cpu_us_per_call, sparse, stream) = hot_result?;
+    let (call, call_cpu_us_per_call, sparse, stream, relayed) = hot_result?;
     removed?;
 
     let (progress, line) = Progress::start("floor startup", Some(opts.startup_runs as u64));
@@ -628,14 +660,15 @@ pub async fn measure(launcher: &Launcher, opts: &FloorOptions) -> Result<FloorRe
         call_cpu_us_per_call,
         stream,
         StartupFloor::from_runs(runs),
-    ))
+    )
+    .with_relayed(relayed))
 }
 
 async fn measure_hot(
     launcher: &Launcher,
     hot: &Hot,
     opts: &FloorOptions,
-) -> Result<(SeqResult, Option<f64>, Option<SeqResult>, StreamResult), FloorError> {
+) -> Result<(SeqResult, Option<f64>, Option<SeqResult>, StreamResult, Option<RelayedFloor>), FloorError> {
     let endpoint = Endpoint::Unix(hot.socket.clone());
     let target = CallTarget {
         endpoint: endpoint.clone(),
@@ -652,6 +685,25 @@ async fn measure_hot(
     let cpu = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) if made > 0 => Some(a.saturating_sub(b) as f64 / 1e3 / made as f64),
         _ => None,
+    };
+    let relayed = if opts.relays > 0 {
+        let chain = RelayChain::start(opts.relays, endpoint.clone())
+            .await
+            .map_err(FloorError::Relays)?;
+        let through = CallTarget {
+            endpoint: chain.entry.clone(),
+            template: CallTemplate::fdk_call(),
+            body: opts.body.clone(),
+        };
+        let (progress, line) = Progress::start("floor calls via relays", Some(opts.n as u64));
+        let call = load::sequential(&through, opts.n, opts.warmup, None, &progress).await?;
+        line.finish();
+        Some(RelayedFloor {
+            relays: chain.hops(),
+            call,
+        })
+    } else {
+        None
     };
     let sparse = if opts.sparse_n > 0 {
         let (progress, line) = Progress::start("floor sparse", Some(opts.sparse_n as u64));
@@ -673,7 +725,7 @@ async fn measure_hot(
     )
     .await?;
     line.finish();
-    Ok((call, cpu, sparse, stream))
+    Ok((call, cpu, sparse, stream, relayed))
 }
 
 #[cfg(test)]
@@ -801,6 +853,12 @@ mod tests {
         );
         assert_eq!((first.valid, first.failed), (false, 1));
         assert_eq!(crate::test_support::json_keys(&bad)[..2], ["valid", "failed"]);
+        // The calls through relays count too.
+        let relayed = clean.with_relayed(Some(RelayedFloor {
+            relays: 2,
+            call: seq_with(4),
+        }));
+        assert_eq!((relayed.valid, relayed.failed), (false, 4));
     }
 
     #[tokio::test]

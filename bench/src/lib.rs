@@ -12,6 +12,7 @@ pub mod floor;
 pub mod load;
 pub mod pattern;
 pub mod progress;
+pub mod relay;
 pub mod report;
 pub mod rss;
 pub mod sim;

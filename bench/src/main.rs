@@ -11,12 +11,13 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use ferrofn_bench::{
-    client::{BaseUrl, CallTemplate},
+    client::{BaseUrl, CallTemplate, Endpoint},
     cold::{self, ColdOptions},
     cpu::{self, ContainerCpu, CpuFigure},
     floor::{self, FloorOptions, Launcher},
     load::{self, CallTarget},
     progress::Progress,
+    relay,
     report::{Report, TargetInfo},
     rss::{RssTarget, RssWatch},
     sim::{self, SimOptions},
@@ -80,6 +81,19 @@ enum Command {
     Step(StepArgs),
     /// The TARGETS table of a `make bench` run, from the JSON reports in a results directory.
     Targets(TargetsArgs),
+    /// A byte relay on loopback (the floor runs its warm calls through a chain of these): prints
+    /// the address it bound, then copies bytes both ways to `--to` until killed.
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Where each connection is relayed: `tcp:HOST:PORT` or `unix:PATH`.
+    #[arg(long, value_parser = relay::parse_endpoint)]
+    to: Endpoint,
+    /// Where to listen (loopback).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
 }
 
 #[derive(Args)]
@@ -281,6 +295,9 @@ struct FloorArgs {
     /// Container memory limit in MB (Fn's default fn memory).
     #[arg(long, default_value_t = 128)]
     memory: u64,
+    /// Also time the warm calls through this many byte relays, each its own process (0 skips).
+    #[arg(long, default_value_t = floor::DEFAULT_RELAYS)]
+    relays: usize,
 }
 
 #[derive(Args)]
@@ -315,6 +332,9 @@ struct AllArgs {
     ready_timeout: Duration,
     #[arg(long, default_value_t = 128)]
     memory: u64,
+    /// Also time the floor's warm calls through this many byte relays (0 skips).
+    #[arg(long, default_value_t = floor::DEFAULT_RELAYS)]
+    relays: usize,
     /// Also run `cold` against this v2 API URL.
     #[arg(long)]
     api_url: Option<String>,
@@ -591,7 +611,7 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
         }
         Command::Step(a) => step_scenario(report, rss, a).await,
         // Handled in `main`: it reads results instead of measuring.
-        Command::Targets(_) => Ok(()),
+        Command::Targets(_) | Command::Relay(_) => Ok(()),
         Command::Floor(a) => {
             let opts = FloorOptions {
                 image: a.image.clone(),
@@ -606,6 +626,7 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
                 startup_runs: a.startup_runs,
                 ready_timeout: a.ready_timeout,
                 memory_mb: a.memory,
+                relays: a.relays,
             };
             floor_scenario(report, rss, opts).await
         }
@@ -623,6 +644,7 @@ async fn run(cli: &Cli, report: &mut Report) -> Result<()> {
                 startup_runs: a.startup_runs,
                 ready_timeout: a.ready_timeout,
                 memory_mb: a.memory,
+                relays: a.relays,
             };
             floor_scenario(report, rss, opts).await?;
             let t = &a.target;
@@ -661,7 +683,7 @@ fn target_info(command: &Command) -> Option<TargetInfo> {
             url: a.url.clone().unwrap_or_else(|| a.api_url.clone()),
             fn_id: None,
         }),
-        Command::Floor(_) | Command::Sim(_) | Command::Targets(_) => None,
+        Command::Floor(_) | Command::Sim(_) | Command::Targets(_) | Command::Relay(_) => None,
     }
 }
 
@@ -685,6 +707,16 @@ async fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Command::Relay(a) = &cli.command {
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("binding {}", a.listen))?;
+        // The first line is the address: whoever started the relay waits for it.
+        println!("{}", listener.local_addr()?);
+        std::io::Write::flush(&mut std::io::stdout())?;
+        relay::serve(listener, a.to.clone()).await?;
+        return Ok(());
+    }
     if let Command::Targets(a) = &cli.command {
         let table = targets::from_dir(&a.results);
         print!("{}", table.render());

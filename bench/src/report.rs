@@ -173,6 +173,9 @@ impl Report {
             if let Some(s) = &f.sparse {
                 figures.push(("floor sparse", &s.calls));
             }
+            if let Some(r) = &f.relayed {
+                figures.push(("floor via relays", &r.call.calls));
+            }
             figures.push(("floor stream", &f.stream.calls));
             figures.push(("floor startup", &f.startup.calls));
         }
@@ -349,6 +352,10 @@ impl Report {
                 &f.call.latency,
                 "direct to the FDK",
             );
+            if let Some(r) = &f.relayed {
+                let note = format!("through {} byte relays (own processes) to the FDK", r.relays);
+                latency.latency_row("floor via relays", &r.call.calls, &r.call.latency, &note);
+            }
             if let Some(s) = &f.sparse {
                 let note = format!("gap {} ms, direct to the FDK", s.gap_ms.unwrap_or(0));
                 latency.latency_row("floor sparse (uds)", &s.calls, &s.latency, &note);

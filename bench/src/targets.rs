@@ -557,6 +557,42 @@ fn cold_over_floor(res: &Results) -> Result<Measured, String> {
 }
 
 /// Calls/s of a `conc` run, without a verdict.
+/// What the relays of the floor add to its warm p50: the part of target 1a's gap that any path
+/// through as many extra processes pays, before parsing anything.
+fn relayed_floor_figure(res: &Results) -> Figure {
+    const NAME: &str = "floor via byte relays, p50 over floor";
+    let relayed = res.get(files::ALL).and_then(|r| {
+        let floor = need(r.floor.as_ref(), "floor", files::ALL)?;
+        let relayed = need(floor.relayed.as_ref(), "floor via relays", files::ALL)?;
+        Ok((floor, relayed))
+    });
+    match relayed {
+        Ok((floor, relayed)) => Figure {
+            name: NAME.into(),
+            valid: Some(floor.valid),
+            failed: floor.failed,
+            value: Some(relayed.call.latency.p50_ms - floor.call.latency.p50_ms),
+            unit: "ms".into(),
+            detail: format!(
+                "{} relays (own processes): p50 {:.3} ms, floor /call p50 {:.3} ms; p99 {:.3} vs {:.3} ms",
+                relayed.relays,
+                relayed.call.latency.p50_ms,
+                floor.call.latency.p50_ms,
+                relayed.call.latency.p99_ms,
+                floor.call.latency.p99_ms
+            ),
+        },
+        Err(why) => Figure {
+            name: NAME.into(),
+            valid: None,
+            failed: 0,
+            value: None,
+            unit: "ms".into(),
+            detail: why,
+        },
+    }
+}
+
 fn conc_figure(res: &Results, file: &str, runners: &str) -> Figure {
     let conc: Result<&ConcResult, String> = res
         .get(file)
@@ -793,6 +829,7 @@ pub fn evaluate(res: &Results) -> TargetsReport {
         conc_figure(res, files::CONC_1_RUNNER, "1 runner"),
         conc_figure(res, files::ALL, "2 runners"),
         conc_figure(res, files::CONC_3_RUNNERS, "3 runners"),
+        relayed_floor_figure(res),
     ];
     let count = |s: Status| targets.iter().filter(|t| t.status == s).count();
     let failed_calls = res.failed_calls();
@@ -913,7 +950,7 @@ mod tests {
     use crate::{
         cold::ColdResult,
         cpu::CpuFigure,
-        floor::{FloorResult, StartupFloor, StartupRun},
+        floor::{FloorResult, RelayedFloor, StartupFloor, StartupRun},
         stats::{CallCounts, ErrorTally},
         step::{ContainerCount, StepResult},
         stream::{BodyMode, StreamResult},
@@ -1003,7 +1040,11 @@ mod tests {
                 runs: vec![StartupRun::default()],
                 ..Default::default()
             },
-        ));
+        )
+        .with_relayed(Some(RelayedFloor {
+            relays: 2,
+            call: seq(0.3, 0.6),
+        })));
         r.seq = Some(seq(0.35, 1.0));
         let mut sparse = seq(0.7, 2.0);
         sparse.gap_ms = Some(200);
@@ -1165,10 +1206,14 @@ mod tests {
         );
         // 8c: 215 - 200 = 15 ms.
         assert!(close(target(&r, "8c").measured, 15.0));
-        assert_eq!(r.figures.len(), 3);
+        assert_eq!(r.figures.len(), 4);
         assert_eq!(r.figures[0].value, Some(1500.0));
         assert_eq!(r.figures[0].name, "calls/s, 16 clients, 1 runner");
         assert_eq!(r.figures[2].valid, Some(true));
+        // The floor through 2 relays: 0.3 - 0.2 = 0.1 ms over the floor.
+        let relayed = &r.figures[3];
+        assert!(close(relayed.value, 0.1), "{relayed:?}");
+        assert!(relayed.detail.starts_with("2 relays"), "{}", relayed.detail);
     }
 
     #[test]
