@@ -22,6 +22,7 @@ pub mod frames;
 pub mod id;
 pub mod lock;
 pub mod probe;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

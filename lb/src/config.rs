@@ -55,6 +55,7 @@ pub const ENV_NAMES: EnvNames = EnvNames {
             "runner_keepalive_timeout_ms",
         ),
         ("FERROFN_RUNNER_ANSWER_TIMEOUT_MSECS", "runner_answer_timeout_ms"),
+        ("FERROFN_WORKER_THREADS", "worker_threads"),
         ("FN_LOG_LEVEL", "log_level"),
         ("FN_LOG_FORMAT", "log_format"),
         ("FERROFN_API_TOKEN", "api_token"),
@@ -200,6 +201,9 @@ pub struct LbSettings {
     /// it answers again (a runner cut off the network is left within this, not after the keepalive
     /// verdict). 0 = off. Fn runners are never timed this way (they answer with their first message).
     pub runner_answer_timeout_ms: u64,
+    /// tokio worker threads (`FERROFN_WORKER_THREADS`); 0 = tokio's `TOKIO_WORKER_THREADS` if set,
+    /// else half the CPUs the process may use, at least one ([`ferrofn_common::runtime`]).
+    pub worker_threads: usize,
     /// Default log level when `RUST_LOG` is unset.
     pub log_level: String,
     /// Log line format.
@@ -265,6 +269,7 @@ impl Default for LbSettings {
             runner_answer_timeout_ms: ChannelOptions::default()
                 .answer_timeout
                 .map_or(0, |d| d.as_millis() as u64),
+            worker_threads: 0,
             log_level: "info".into(),
             log_format: LogFormat::Human,
             api_token: String::new(),

@@ -96,10 +96,7 @@ fn run() -> anyhow::Result<()> {
     let settings = loaded.settings.clone();
     ferrofn_common::telemetry::init_tracing(settings.log_format, &settings.log_level);
     loaded.log_deprecations();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = ferrofn_common::runtime::build(settings.worker_threads).context("tokio runtime")?;
     rt.block_on(async move {
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals();

@@ -38,6 +38,7 @@ pub const ENV_NAMES: EnvNames = EnvNames {
         ("FN_MAX_LOG_SIZE_BYTES", "max_log_size_bytes"),
         ("FN_DOCKER_NETWORKS", "docker_networks"),
         ("FN_MAX_PIDS", "max_pids"),
+        ("FERROFN_WORKER_THREADS", "worker_threads"),
         ("FN_LOG_LEVEL", "log_level"),
         ("FN_LOG_FORMAT", "log_format"),
         ("FERROFN_STATUS_IMAGE", "status_image"),
@@ -115,6 +116,9 @@ pub struct RunnerSettings {
     pub plaintext: bool,
     /// How long a drain waits for in-flight calls.
     pub drain_grace_msecs: u64,
+    /// tokio worker threads (`FERROFN_WORKER_THREADS`); 0 = tokio's `TOKIO_WORKER_THREADS` if set,
+    /// else half the CPUs the process may use, at least one ([`ferrofn_common::runtime`]).
+    pub worker_threads: usize,
     /// Default log level when `RUST_LOG` is unset.
     pub log_level: String,
     /// Log line format.
@@ -146,6 +150,7 @@ impl Default for RunnerSettings {
             runner_name: String::new(),
             plaintext: false,
             drain_grace_msecs: 30_000,
+            worker_threads: 0,
             log_level: "info".into(),
             log_format: LogFormat::Human,
             tls: TlsSettings::default(),

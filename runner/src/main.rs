@@ -158,10 +158,7 @@ fn run() -> anyhow::Result<ExitCode> {
     ferrofn_common::telemetry::init_tracing(settings.log_format, &settings.log_level);
     loaded.log_deprecations();
     ferrofn_common::telemetry::install_prometheus();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let rt = ferrofn_common::runtime::build(settings.worker_threads).context("tokio runtime")?;
     rt.block_on(async move {
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals();
