@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 use crate::{
     client::{CallTemplate, ClientError, Conn, Endpoint, full_body},
     load::{self, CallTarget, SeqResult},
-    relay::RelayChain,
     progress::Progress,
+    relay::RelayChain,
     stats::{CallCounts, Counted, ErrorTally, LatencySummary},
     stream::{self, BodyMode, StreamResult},
 };
@@ -668,7 +668,16 @@ async fn measure_hot(
     launcher: &Launcher,
     hot: &Hot,
     opts: &FloorOptions,
-) -> Result<(SeqResult, Option<f64>, Option<SeqResult>, StreamResult, Option<RelayedFloor>), FloorError> {
+) -> Result<
+    (
+        SeqResult,
+        Option<f64>,
+        Option<SeqResult>,
+        StreamResult,
+        Option<RelayedFloor>,
+    ),
+    FloorError,
+> {
     let endpoint = Endpoint::Unix(hot.socket.clone());
     let target = CallTarget {
         endpoint: endpoint.clone(),

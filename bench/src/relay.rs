@@ -89,7 +89,9 @@ impl RelayChain {
             BufReader::new(stdout).read_line(&mut first).await?;
             let addr = first.trim();
             if addr.is_empty() {
-                return Err(io::Error::other("a relay process ended before announcing its address"));
+                return Err(io::Error::other(
+                    "a relay process ended before announcing its address",
+                ));
             }
             chain.entry = Endpoint::Tcp(addr.to_owned());
         }
@@ -132,7 +134,10 @@ mod tests {
 
     #[test]
     fn endpoints_parse_as_they_print() {
-        for e in [Endpoint::Tcp("127.0.0.1:9".into()), Endpoint::Unix("/tmp/x.sock".into())] {
+        for e in [
+            Endpoint::Tcp("127.0.0.1:9".into()),
+            Endpoint::Unix("/tmp/x.sock".into()),
+        ] {
             let back = parse_endpoint(&e.to_string()).unwrap();
             assert_eq!(back.to_string(), e.to_string());
         }

@@ -1028,23 +1028,25 @@ mod tests {
         let mut r = Report::new(None);
         let mut floor_sparse = seq(0.5, 1.0);
         floor_sparse.gap_ms = Some(200);
-        r.floor = Some(FloorResult::new(
-            "ferrofn/testfn:latest".into(),
-            seq(0.2, 0.5),
-            Some(floor_sparse),
-            Some(100.0),
-            stream(1000.0, 64 << 20),
-            StartupFloor {
-                calls: clean(5),
-                cold: latency(200.0, 250.0),
-                runs: vec![StartupRun::default()],
-                ..Default::default()
-            },
-        )
-        .with_relayed(Some(RelayedFloor {
-            relays: 2,
-            call: seq(0.3, 0.6),
-        })));
+        r.floor = Some(
+            FloorResult::new(
+                "ferrofn/testfn:latest".into(),
+                seq(0.2, 0.5),
+                Some(floor_sparse),
+                Some(100.0),
+                stream(1000.0, 64 << 20),
+                StartupFloor {
+                    calls: clean(5),
+                    cold: latency(200.0, 250.0),
+                    runs: vec![StartupRun::default()],
+                    ..Default::default()
+                },
+            )
+            .with_relayed(Some(RelayedFloor {
+                relays: 2,
+                call: seq(0.3, 0.6),
+            })),
+        );
         r.seq = Some(seq(0.35, 1.0));
         let mut sparse = seq(0.7, 2.0);
         sparse.gap_ms = Some(200);

@@ -18,7 +18,10 @@ pub fn worker_threads(configured: usize, tokio_env: Option<&str>, cpus: usize) -
     if configured > 0 {
         return configured;
     }
-    if let Some(n) = tokio_env.and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0) {
+    if let Some(n) = tokio_env
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
         return n;
     }
     (cpus / 2).max(1)

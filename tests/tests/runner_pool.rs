@@ -48,7 +48,11 @@ async fn eight_concurrent_calls_get_eight_containers_which_idle_out() -> Result<
             let call = call_json(TESTFN_IMAGE.as_str(), &fn_id(2), &[], |v| {
                 v["idle_timeout"] = 2.into()
             });
-            let body = format!("{{\"sleepTime\":1500,\"echoContent\":\"c{i}\",\"isDebug\":true}}");
+            // Each call holds its container 3 s: the launch policy starts 2 containers, then one
+            // per waiting call once the busy ones outlive a launch (~0.3 s); 6 starts at once on a
+            // loaded 2-vCPU machine take ~1-1.5 s, and all must be up before the first call
+            // returns its container (which a waiting call would otherwise reuse).
+            let body = format!("{{\"sleepTime\":3000,\"echoContent\":\"c{i}\",\"isDebug\":true}}");
             engage(&mut client, &call, body.as_bytes(), EngageOpts::default()).await
         }));
     }

@@ -174,6 +174,9 @@ struct QueueState {
     launch: Option<Duration>,
     /// No launch before this instant: the last one found no room on the node.
     blocked_until: Option<Instant>,
+    /// The last launch failed (the container did not start or never became ready) and none has
+    /// succeeded since: slow start is off, each waiting call gets a launch of its own.
+    launch_failed: bool,
 }
 
 impl QueueState {
@@ -318,7 +321,10 @@ impl SlotQueue {
     ///   known of the hold: launch when it exceeds a launch (a call that had launched when that one
     ///   started would be served by now: the function is slow, each waiter gets a container), or
     ///   when the rule above applied to that age says so, then with no more starting than are
-    ///   busy (weaker evidence: the queue's containers at most double per launch round).
+    ///   busy (weaker evidence: the queue's containers at most double per launch round);
+    /// - after a failed launch, until one succeeds, no slow start: with none busy each uncovered
+    ///   waiter launches its own (Fn's rule), so that every call of a function that cannot start
+    ///   gets its own start's error instead of waiting behind two starts at a time.
     ///
     /// Fn launched one container per uncovered waiter while the hold was unknown: at a step from
     /// zero every call started its own, all starts slowed each other down (16 concurrent starts on 2
@@ -357,7 +363,10 @@ impl SlotQueue {
         let needed = match (s.busy, s.starting, s.hold) {
             (0, 0, _) => true,
             (0, starting, Some(hold)) => wait(hold, starting) > launch,
-            (0, starting, None) => starting < policy.initial_launches,
+            // After a failed launch each waiter launches its own, as in Fn (each call then gets
+            // its own start's answer, e.g. the 504 of a function that never becomes ready,
+            // rather than waiting behind two starts at a time until its wait ends in a 503).
+            (0, starting, None) => starting < policy.initial_launches || s.launch_failed,
             (busy, _, Some(hold)) => wait(hold, busy) > launch,
             (busy, starting, None) => {
                 let oldest = s.leases.iter().map(|(_, since)| *since).min();
@@ -403,10 +412,14 @@ impl SlotQueue {
         let mut s = self.state.lock_unpoisoned();
         s.starting = s.starting.saturating_sub(1);
         self.node_starting.fetch_sub(1, Ordering::AcqRel);
-        if let Some(slot) = first {
-            s.launch = Some(ewma(s.launch, took));
-            s.blocked_until = None;
-            Self::offer_locked(&mut s, slot, None);
+        match first {
+            Some(slot) => {
+                s.launch = Some(ewma(s.launch, took));
+                s.blocked_until = None;
+                s.launch_failed = false;
+                Self::offer_locked(&mut s, slot, None);
+            }
+            None => s.launch_failed = true,
         }
     }
 
@@ -736,6 +749,31 @@ mod tests {
         assert!(
             q.should_launch(now, POLICY),
             "50 ms x 14 / 2 > 200 ms: the wait rule launches as before"
+        );
+    }
+
+    #[test]
+    fn after_a_failed_launch_each_waiter_launches_its_own() {
+        let q = SlotQueue::new(SlotKey(vec![6]));
+        let now = Instant::now();
+        let _waiters: Vec<_> = (0..6).map(|_| q.join()).collect();
+        assert_eq!(launches(&q, now), 2, "slow start");
+        // Both starts fail (e.g. the function never becomes ready): their two calls get the
+        // error and leave; the four others each launch now instead of two at a time.
+        q.launch_ended(None, Duration::from_secs(5));
+        q.launch_ended(None, Duration::from_secs(5));
+        set(&q, |s| {
+            s.waiters.pop_front();
+            s.waiters.pop_front();
+        });
+        assert_eq!(launches(&q, now), 4);
+        // One of them comes up: slow start again for what comes next.
+        set(&q, |s| s.launch_failed = false);
+        let _more: Vec<_> = (0..4).map(|_| q.join()).collect();
+        assert_eq!(
+            launches(&q, now),
+            0,
+            "slow start again: four starting, no more before evidence"
         );
     }
 

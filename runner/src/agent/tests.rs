@@ -414,6 +414,29 @@ async fn init_failures_reach_the_caller() {
     eventually("resources released", || f.agent.resources().used() == (0, 0)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_of_a_function_that_never_starts_gets_the_init_timeout() {
+    // 10 calls at once of a function that never becomes ready (init timeout 500 ms), each allowed
+    // to wait 2 s for a slot. Slow start launches 2; once those fail, each waiting call launches
+    // its own (as in Fn), so every call gets the 504 of a start. Two at a time (5 rounds, 2.5 s)
+    // would leave the last calls to end their wait with a 503 instead.
+    let f = fixture(4096, None);
+    let mut c = call("f1", "hang", 64, 30);
+    c.model.timeout = 2;
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let (agent, c) = (f.agent.clone(), c.clone());
+            tokio::spawn(async move { agent.get_slot(&c).await.map(drop) })
+        })
+        .collect();
+    for r in futures::future::join_all(calls).await {
+        let e = r.unwrap().unwrap_err();
+        assert_eq!(e.code(), 504, "{}", e.message());
+    }
+    assert_eq!(f.driver.started.load(Ordering::SeqCst), 10, "one start per call");
+    eventually("failed containers removed", || f.driver.live() == 0).await;
+}
+
 #[tokio::test]
 async fn shutdown_refuses_new_calls_and_lets_busy_finish() {
     let f = fixture(1024, None);
