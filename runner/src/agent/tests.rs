@@ -433,7 +433,10 @@ async fn every_call_of_a_function_that_never_starts_gets_the_init_timeout() {
         let e = r.unwrap().unwrap_err();
         assert_eq!(e.code(), 504, "{}", e.message());
     }
-    assert_eq!(f.driver.started.load(Ordering::SeqCst), 10, "one start per call");
+    // One start per call. The two calls of the first round may be counted once more: between
+    // their start's failure and their leaving the queue, other waiters may launch for them too.
+    let started = f.driver.started.load(Ordering::SeqCst);
+    assert!((10..=12).contains(&started), "{started} starts for 10 calls");
     eventually("failed containers removed", || f.driver.live() == 0).await;
 }
 
