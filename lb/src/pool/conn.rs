@@ -159,13 +159,10 @@ impl Inner {
         {
             Ok(r) => r.map_err(failed)?.into_inner(),
             Err(_) => {
-                return Err(failed(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    ConnectFailed(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no connection within {:?}", self.opts.connect_timeout),
-                    )),
-                )));
+                return Err(failed(timed_out(format!(
+                    "no connection within {:?}",
+                    self.opts.connect_timeout
+                ))));
             }
         };
         let handshake = h2::client::Builder::new()
@@ -182,12 +179,8 @@ impl Inner {
                 ))));
             }
             Err(_) => {
-                return Err(failed(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    ConnectFailed(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no HTTP/2 handshake within the connect timeout",
-                    )),
+                return Err(failed(timed_out(
+                    "no HTTP/2 handshake within the connect timeout".into(),
                 )));
             }
         };
@@ -269,6 +262,14 @@ impl Inner {
             data_done: false,
         }))
     }
+}
+
+/// A connect step that ran out of time: a failed connect ([`ConnectFailed`]), kind `TimedOut`.
+fn timed_out(what: String) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        ConnectFailed(std::io::Error::new(std::io::ErrorKind::TimedOut, what)),
+    )
 }
 
 /// Pings every `interval`; resolves when one is not answered within `timeout` (or the connection
