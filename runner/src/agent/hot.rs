@@ -213,12 +213,15 @@ pub(crate) struct LaunchRequest {
     pub spec: ContainerSpec,
     pub idle_timeout: Duration,
     pub reservation: Reservation,
-    /// The triggering waiter hears about the launch's failure here.
+    /// The triggering waiter hears how the launch ended: its error, or `Ok` once its container is
+    /// offered to the queue.
     pub init_tx: oneshot::Sender<Result<(), FnError>>,
     /// The token of the first idle entry: the triggering waiter recognises its container by it.
     pub first_token: u64,
     /// When the launch was decided (for the queue's mean launch time).
     pub decided_at: Instant,
+    /// The waiter whose call made this launch ([`SlotQueue::launch_failed`]).
+    pub launcher: u64,
 }
 
 /// The Fn error a call sees when its launch failed in the driver: a failed pull is the registry's
@@ -245,6 +248,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
         init_tx,
         first_token,
         decided_at,
+        launcher,
     } = req;
     let gone = CancellationToken::new();
     let t_prep = Instant::now();
@@ -252,7 +256,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
         Ok(d) => d,
         Err(e) => {
             warn!(error = %e, "iofs");
-            queue.launch_ended(None, decided_at.elapsed());
+            queue.launch_failed(launcher);
             let _ = init_tx.send(Err(FnError::new(500, e.to_string(), false)));
             return;
         }
@@ -265,7 +269,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
     if let Err(e) = inner.driver.ensure_image(&spec.image).await {
         warn!(error = %e, image = %spec.image, "image not available");
         iofs.remove();
-        queue.launch_ended(None, decided_at.elapsed());
+        queue.launch_failed(launcher);
         let _ = init_tx.send(Err(driver_error(&e)));
         return;
     }
@@ -276,7 +280,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
         Err(e) => {
             warn!(error = %e, "container start failed");
             iofs.remove();
-            queue.launch_ended(None, decided_at.elapsed());
+            queue.launch_failed(launcher);
             let _ = init_tx.send(Err(driver_error(&e)));
             return;
         }
@@ -336,7 +340,7 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
     match ready {
         Err(e) => {
             info!(container = %started.id, error = %e.message(), "container init failed");
-            queue.launch_ended(None, decided_at.elapsed());
+            queue.launch_failed(launcher);
             let _ = init_tx.send(Err(e));
         }
         Ok(()) => {
@@ -351,10 +355,9 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
                 &gone,
                 &reservation,
                 first_token,
-                decided_at,
+                (decided_at, init_tx),
             )
             .await;
-            drop(init_tx);
         }
     }
 
@@ -390,7 +393,7 @@ async fn serve(
     gone: &CancellationToken,
     reservation: &Reservation,
     first_token: u64,
-    decided_at: Instant,
+    (decided_at, init_tx): (Instant, oneshot::Sender<Result<(), FnError>>),
 ) {
     let (done_tx, done_rx) = oneshot::channel();
     let slot = Slot {
@@ -402,7 +405,9 @@ async fn serve(
         token: first_token,
         held_since: None,
     };
-    queue.launch_ended(Some(slot), decided_at.elapsed());
+    queue.launch_ended(slot, decided_at.elapsed());
+    // The call that launched it may launch again (its slot may have gone to an older waiter).
+    let _ = init_tx.send(Ok(()));
     let (mut token, mut done_rx) = (first_token, done_rx);
     // Once fired, eviction stays pending: a container taken just before it leaves at its next idle.
     let evict = CancellationToken::new();

@@ -238,6 +238,14 @@ impl Agent {
                 }
                 _ = poll.tick() => {}
             }
+            // One launch at a time per call. The decision counts calls, not who asks, so a call
+            // whose launch is still starting could otherwise launch again for another waiter; if
+            // its first launch then failed, it would leave with that error while its second went
+            // on for nobody, and the waiter it was meant for would launch once more. Waiters
+            // without a launch of their own are never fewer than the uncovered ones.
+            if !launches.is_empty() {
+                continue;
+            }
             let now = Instant::now();
             let launch = if first_try {
                 first_try = false;
@@ -248,7 +256,7 @@ impl Agent {
             if !launch {
                 continue;
             }
-            match self.launch(&queue, call).await {
+            match self.launch(&queue, call, waiter.id()).await {
                 Ok(rx) => launches.push(rx),
                 Err(e) => {
                     queue.launch_aborted(Instant::now() + cfg.hot_poll);
@@ -272,6 +280,7 @@ impl Agent {
         &self,
         queue: &Arc<SlotQueue>,
         call: &PreparedCall,
+        launcher: u64,
     ) -> Result<oneshot::Receiver<Result<(), FnError>>, FnError> {
         let decided_at = Instant::now();
         let m = &call.model;
@@ -311,6 +320,7 @@ impl Agent {
             init_tx,
             first_token: slots::next_token(),
             decided_at,
+            launcher,
         };
         self.inner.tasks.spawn(hot::run(self.inner.clone(), req));
         Ok(init_rx)

@@ -406,20 +406,28 @@ impl SlotQueue {
         s.busy > 0 || s.starting > 0
     }
 
-    /// A launch ended after `took`: on success its first slot goes to the oldest waiter or the idle
-    /// stack in the same step, so no waiter sees neither a starting nor an idle container between.
-    pub(crate) fn launch_ended(&self, first: Option<Slot>, took: Duration) {
+    /// A launch succeeded after `took`: its first slot goes to the oldest waiter or the idle stack in
+    /// the same step, so no waiter sees neither a starting nor an idle container between.
+    pub(crate) fn launch_ended(&self, first: Slot, took: Duration) {
         let mut s = self.state.lock_unpoisoned();
         s.starting = s.starting.saturating_sub(1);
         self.node_starting.fetch_sub(1, Ordering::AcqRel);
-        match first {
-            Some(slot) => {
-                s.launch = Some(ewma(s.launch, took));
-                s.blocked_until = None;
-                s.launch_failed = false;
-                Self::offer_locked(&mut s, slot, None);
-            }
-            None => s.launch_failed = true,
+        s.launch = Some(ewma(s.launch, took));
+        s.blocked_until = None;
+        s.launch_failed = false;
+        Self::offer_locked(&mut s, first, None);
+    }
+
+    /// A launch failed. The call that made it (`launcher`, a [`Waiter::id`]) gets that failure as its
+    /// answer, so it leaves the waiters in the same step: otherwise, until its task runs, other
+    /// waiters would count it as uncovered and launch for it too.
+    pub(crate) fn launch_failed(&self, launcher: u64) {
+        let mut s = self.state.lock_unpoisoned();
+        s.starting = s.starting.saturating_sub(1);
+        self.node_starting.fetch_sub(1, Ordering::AcqRel);
+        s.launch_failed = true;
+        if let Some(pos) = s.waiters.iter().position(|w| w.id == launcher) {
+            s.waiters.remove(pos);
         }
     }
 
@@ -528,6 +536,11 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
+    /// This call's place in the queue (for [`SlotQueue::launch_failed`]).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Waits for the slot handed to this call.
     pub(crate) async fn slot(&mut self) -> Slot {
         match (&mut self.rx).await {
@@ -646,7 +659,7 @@ mod tests {
         assert!(a.should_launch(now, policy));
         assert!(a.should_launch(now, policy));
         assert!(!b.should_launch(now, policy), "two starting on the node already");
-        a.launch_ended(None, Duration::from_millis(300));
+        a.launch_failed(_wa.0.id());
         assert!(b.should_launch(now, policy), "room again after a launch ended");
         assert_eq!(node.load(Ordering::SeqCst), 2);
     }
@@ -756,16 +769,14 @@ mod tests {
     fn after_a_failed_launch_each_waiter_launches_its_own() {
         let q = SlotQueue::new(SlotKey(vec![6]));
         let now = Instant::now();
-        let _waiters: Vec<_> = (0..6).map(|_| q.join()).collect();
+        let waiters: Vec<_> = (0..6).map(|_| q.join()).collect();
         assert_eq!(launches(&q, now), 2, "slow start");
-        // Both starts fail (e.g. the function never becomes ready): their two calls get the
-        // error and leave; the four others each launch now instead of two at a time.
-        q.launch_ended(None, Duration::from_secs(5));
-        q.launch_ended(None, Duration::from_secs(5));
-        set(&q, |s| {
-            s.waiters.pop_front();
-            s.waiters.pop_front();
-        });
+        // Both starts fail (e.g. the function never becomes ready): their two calls get the error
+        // and leave the queue with it, before their tasks run; the four others each launch now,
+        // instead of two at a time, and nobody launches for the two that are leaving.
+        q.launch_failed(waiters[0].id());
+        q.launch_failed(waiters[1].id());
+        assert_eq!(q.stats().waiting, 4);
         assert_eq!(launches(&q, now), 4);
         // One of them comes up: slow start again for what comes next.
         set(&q, |s| s.launch_failed = false);
@@ -861,10 +872,10 @@ mod tests {
         let q = SlotQueue::new(SlotKey(vec![8]));
         let now = Instant::now();
         set(&q, |s| s.hold = Some(Duration::from_millis(5)));
-        let _waiters: Vec<_> = (0..4).map(|_| q.join()).collect();
+        let waiters: Vec<_> = (0..4).map(|_| q.join()).collect();
         assert_eq!(launches(&q, now), 1);
         // That launch failed: nothing busy nor starting, the next waiter launches at once.
-        q.launch_ended(None, Duration::from_millis(300));
+        q.launch_failed(waiters[0].id());
         assert_eq!(launches(&q, now), 1);
     }
 }
