@@ -1,25 +1,22 @@
 //! The tokio runtime of the LB and the runner, and how many worker threads it gets.
 //!
-//! By default a node uses half the CPUs it may run on, at least one: one worker on the 2-vCPU
-//! machines the benchmarks run on. A call crosses several processes on the same machine (client,
-//! LB, runner, function), each wanting a CPU at once; a second worker per process mostly adds
-//! hand-offs between threads (wake-ups, work stealing) for the same work. Measured with `make
-//! bench` on 2 vCPUs (BENCHMARKS.md, "Round 3, continued" and "Round 3, end"): one worker per LB
-//! and runner instead of two cut the CPU per call of LB + runners from a median of ~349 us to
-//! ~272 us and raised calls/s at 16 clients. Larger nodes keep several workers;
-//! `FERROFN_WORKER_THREADS` (or tokio's own `TOKIO_WORKER_THREADS`) sets the count.
+//! By default a node gets one worker per CPU it may run on (tokio's own default).
+//! `FERROFN_WORKER_THREADS` (or tokio's `TOKIO_WORKER_THREADS`) sets another count. Fewer workers
+//! trade failover latency for CPU, as measured with `make bench` on a 2-vCPU machine
+//! (BENCHMARKS.md, round 3 continued):
+//! - one worker per LB and runner instead of two cut the CPU per call of LB + runners from a
+//!   median of ~348 us to ~272 us, and raised calls/s at 16 clients;
+//! - but in the compose cluster's network-partition test, a call sent to the cut-off runner then
+//!   took 407-433 ms to be served elsewhere in 3 of 6 runs (the test's limit: 350 ms), against
+//!   218-295 ms in 3 of 3 runs with two workers.
 //!
-//! One worker was the default once before and was taken back because a call sent to a runner
-//! just cut off the network took 407-433 ms to be served elsewhere in 3 of 6 runs of the compose
-//! partition test (limit 350 ms). Calls waiting on a runner now all leave it at the first verdict
-//! on its silence (lb `engage::judged_silent`), and 13 runs with one worker stayed within
-//! 119-326 ms.
+//! So one worker is an operator's choice for small nodes, not the default.
 
 /// tokio's own variable for the worker count, honoured when ferrofn's setting is left at 0.
 pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
 
 /// Worker threads for a node: `configured` when > 0, else a valid `tokio_env` (tokio's
-/// `TOKIO_WORKER_THREADS`), else half of `cpus`, at least one.
+/// `TOKIO_WORKER_THREADS`), else one per CPU (`cpus`, at least one).
 pub fn worker_threads(configured: usize, tokio_env: Option<&str>, cpus: usize) -> usize {
     if configured > 0 {
         return configured;
@@ -30,7 +27,7 @@ pub fn worker_threads(configured: usize, tokio_env: Option<&str>, cpus: usize) -
     {
         return n;
     }
-    (cpus / 2).max(1)
+    cpus.max(1)
 }
 
 /// The multi-thread runtime of a node with [`worker_threads`] workers (timers and I/O enabled).
@@ -50,18 +47,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn half_the_cpus_unless_told() {
-        assert_eq!(worker_threads(0, None, 2), 1);
-        assert_eq!(worker_threads(0, None, 1), 1);
+    fn one_per_cpu_unless_told() {
+        assert_eq!(worker_threads(0, None, 2), 2);
+        assert_eq!(worker_threads(0, None, 16), 16);
         assert_eq!(worker_threads(0, None, 0), 1);
-        assert_eq!(worker_threads(0, None, 3), 1);
-        assert_eq!(worker_threads(0, None, 16), 8);
         // tokio's variable when ferrofn's setting is 0; a bad or zero value is ignored.
         assert_eq!(worker_threads(0, Some("3"), 2), 3);
-        assert_eq!(worker_threads(0, Some("0"), 8), 4);
-        assert_eq!(worker_threads(0, Some("many"), 8), 4);
+        assert_eq!(worker_threads(0, Some("0"), 8), 8);
+        assert_eq!(worker_threads(0, Some("many"), 8), 8);
         // The setting wins over both.
-        assert_eq!(worker_threads(2, Some("3"), 16), 2);
+        assert_eq!(worker_threads(1, Some("3"), 16), 1);
     }
 
     #[test]

@@ -117,7 +117,8 @@ pub struct RunnerSettings {
     /// How long a drain waits for in-flight calls.
     pub drain_grace_msecs: u64,
     /// tokio worker threads (`FERROFN_WORKER_THREADS`); 0 = tokio's `TOKIO_WORKER_THREADS` if set,
-    /// else half the CPUs the process may use, at least one ([`ferrofn_common::runtime`]).
+    /// else one per CPU the process may use ([`ferrofn_common::runtime`]: 1 on a small node saves
+    /// CPU per call but slowed failover in a partition test).
     pub worker_threads: usize,
     /// Default log level when `RUST_LOG` is unset.
     pub log_level: String,
