@@ -1,16 +1,20 @@
 //! The tokio runtime of the LB and the runner, and how many worker threads it gets.
 //!
 //! By default a node gets one worker per CPU it may run on (tokio's own default).
-//! `FERROFN_WORKER_THREADS` (or tokio's `TOKIO_WORKER_THREADS`) sets another count. Fewer workers
-//! trade failover latency for CPU, as measured with `make bench` on a 2-vCPU machine
-//! (BENCHMARKS.md, round 3 continued):
-//! - one worker per LB and runner instead of two cut the CPU per call of LB + runners from a
-//!   median of ~348 us to ~272 us, and raised calls/s at 16 clients;
-//! - but in the compose cluster's network-partition test, a call sent to the cut-off runner then
-//!   took 407-433 ms to be served elsewhere in 3 of 6 runs (the test's limit: 350 ms), against
-//!   218-295 ms in 3 of 3 runs with two workers.
+//! `FERROFN_WORKER_THREADS` (or tokio's `TOKIO_WORKER_THREADS`) sets another count. On a 2-vCPU
+//! machine one worker per LB and runner instead of two was measured with `make bench`
+//! (BENCHMARKS.md, round 3):
+//! - less CPU per call of LB + runners in every pair of runs: a median of ~272 against ~349 us
+//!   one afternoon, 362-407 against 437-459 us the next day;
+//! - warm latency went either way: p50 0.1 ms lower one afternoon, 0.15-0.3 ms higher the next
+//!   day (when the machine's own floor was ~50% slower);
+//! - a compose partition test once failed with one worker (a call sent to the cut-off runner
+//!   served elsewhere after 407-433 ms against a 350 ms limit). Since the LB places every call
+//!   waiting on a runner again at the first verdict on its silence, 13 runs with one worker stayed
+//!   within 119-326 ms.
 //!
-//! So one worker is an operator's choice for small nodes, not the default.
+//! So one worker is an operator's choice for small nodes that care more for CPU than for latency,
+//! not the default.
 
 /// tokio's own variable for the worker count, honoured when ferrofn's setting is left at 0.
 pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
