@@ -23,15 +23,20 @@ fn ack_runner(silent: bool) -> Behaviour {
     }
 }
 
-/// Registers a fn and returns its invoke path.
+/// Registers a fn (30 s timeout) and returns its invoke path.
 async fn invoke_path(lb: &LbProc) -> Result<String> {
+    fn_with_timeout(lb, 30).await
+}
+
+/// Registers a fn with this timeout (s) in an app of its own and returns its invoke path.
+async fn fn_with_timeout(lb: &LbProc, timeout: u32) -> Result<String> {
     let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "uapp"})))
         .await?
         .json();
     let f = call(
         "POST",
         &lb.url("/v2/fns"),
-        Some(json!({"app_id": app["id"], "name": "ufn", "image": "local/u:1", "timeout": 30})),
+        Some(json!({"app_id": app["id"], "name": "ufn", "image": "local/u:1", "timeout": timeout})),
     )
     .await?
     .json();
@@ -100,20 +105,10 @@ async fn with_no_other_runner_the_call_waits_on_the_silent_one() -> Result<()> {
         s.sync_deadline_margin_ms = 1_000;
     })
     .await?;
-    let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "sapp"})))
-        .await?
-        .json();
-    let f = call(
-        "POST",
-        &lb.url("/v2/fns"),
-        Some(json!({"app_id": app["id"], "name": "sfn", "image": "local/s:1", "timeout": 1})),
-    )
-    .await?
-    .json();
+    let path = fn_with_timeout(&lb, 1).await?;
     let runners = lb.handle.pool.runners();
     wait_accept_ack(&runners).await?;
 
-    let path = format!("/invoke/{}", f["id"].as_str().context("fn id")?);
     let resp = call("POST", &lb.url(&path), Some(json!({}))).await?;
     assert_eq!(resp.status, 504, "{}", resp.text());
     assert_eq!(
@@ -166,18 +161,8 @@ async fn calls_waiting_on_a_runner_found_silent_are_placed_again_at_once() -> Re
         s.runner_answer_timeout_ms = 250;
     })
     .await?;
-    let app = call("POST", &lb.url("/v2/apps"), Some(json!({"name": "wapp"})))
-        .await?
-        .json();
     // fn timeout 20 s: without the verdict the first call would wait that long, then 504.
-    let f = call(
-        "POST",
-        &lb.url("/v2/fns"),
-        Some(json!({"app_id": app["id"], "name": "wfn", "image": "local/w:1", "timeout": 20})),
-    )
-    .await?
-    .json();
-    let path = format!("/invoke/{}", f["id"].as_str().context("fn id")?);
+    let path = fn_with_timeout(&lb, 20).await?;
     let runners = lb.handle.pool.runners();
     wait_accept_ack(&runners).await?;
 
