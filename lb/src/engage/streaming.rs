@@ -54,7 +54,10 @@ pub(super) async fn run(
                 None => std::future::pending().await,
             }
         };
+        // The answer first: an ack that is already here wins over a verdict, and the common
+        // case (the ack arrives with the stream) never registers with the runner's verdicts.
         tokio::select! {
+            biased;
             r = recv(&mut a.stream, a.deadline) => r,
             () = silent => return left_silent_before_ack(&a.runner),
         }
