@@ -644,20 +644,19 @@ fn connection_lost(runner: &Runner, s: &tonic::Status) -> Attempt<CallResponse, 
 /// the calls that went to a runner just cut off are all placed again at the first verdict, not
 /// each after an answer timeout of its own.
 async fn silent_for(runner: &Runner, t: Duration, pool: &RunnerPool) {
+    tokio::select! {
+        () = own_verdict(runner, t, pool) => {}
+        () = judged_silent(runner, t, pool) => {}
+    }
+}
+
+/// [`silent_for`] as this call sees it: silence for `t` since its TryCall left.
+async fn own_verdict(runner: &Runner, t: Duration, pool: &RunnerPool) {
     let left = Instant::now();
     loop {
-        let judged = runner.silenced();
-        tokio::pin!(judged);
-        judged.as_mut().enable();
-        if judged_silent_now(runner, t, pool) {
-            return;
-        }
         let quiet = runner.quiet_for().min(left.elapsed());
         if quiet < t {
-            tokio::select! {
-                () = tokio::time::sleep(t - quiet) => {}
-                () = judged => {}
-            }
+            tokio::time::sleep(t - quiet).await;
             continue;
         }
         // Let the connection read what may already be waiting (a starved LB wakes its timers and
@@ -701,10 +700,6 @@ pub(crate) async fn judged_silent(runner: &Runner, t: Duration, pool: &RunnerPoo
             () = judged => {}
         }
     }
-}
-
-fn judged_silent_now(runner: &Runner, t: Duration, pool: &RunnerPool) -> bool {
-    runner.is_unanswered() && runner.quiet_for() >= t && pool.answering_alternative(runner)
 }
 
 /// An accept-ack runner left the stream unanswered past `waited` after the TryCall left: dropping

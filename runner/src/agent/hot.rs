@@ -355,7 +355,8 @@ pub(crate) async fn run(inner: Arc<AgentInner>, req: LaunchRequest) {
                 &gone,
                 &reservation,
                 first_token,
-                (decided_at, init_tx),
+                decided_at,
+                init_tx,
             )
             .await;
         }
@@ -393,7 +394,8 @@ async fn serve(
     gone: &CancellationToken,
     reservation: &Reservation,
     first_token: u64,
-    (decided_at, init_tx): (Instant, oneshot::Sender<Result<(), FnError>>),
+    decided_at: Instant,
+    init_tx: oneshot::Sender<Result<(), FnError>>,
 ) {
     let (done_tx, done_rx) = oneshot::channel();
     let slot = Slot {

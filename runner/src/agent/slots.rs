@@ -654,12 +654,12 @@ mod tests {
         let a = SlotQueue::with_node(SlotKey(vec![1]), node.clone());
         let b = SlotQueue::with_node(SlotKey(vec![2]), node.clone());
         let now = Instant::now();
-        let _wa = (a.join(), a.join());
+        let wa = (a.join(), a.join());
         let _wb = b.join();
         assert!(a.should_launch(now, policy));
         assert!(a.should_launch(now, policy));
         assert!(!b.should_launch(now, policy), "two starting on the node already");
-        a.launch_failed(_wa.0.id());
+        a.launch_failed(wa.0.id());
         assert!(b.should_launch(now, policy), "room again after a launch ended");
         assert_eq!(node.load(Ordering::SeqCst), 2);
     }
