@@ -8,10 +8,9 @@
 //!   one afternoon, 362-407 against 437-459 us the next day;
 //! - warm latency went either way: p50 0.1 ms lower one afternoon, 0.15-0.3 ms higher the next
 //!   day (when the machine's own floor was ~50% slower);
-//! - a compose partition test once failed with one worker (a call sent to the cut-off runner
-//!   served elsewhere after 407-433 ms against a 350 ms limit). Since the LB places every call
-//!   waiting on a runner again at the first verdict on its silence, 13 runs with one worker stayed
-//!   within 119-326 ms.
+//! - the compose partition test failed in 3 of 6 runs with one worker one afternoon (a call sent
+//!   to the cut-off runner served elsewhere after 407-433 ms against a 350 ms limit), and passed
+//!   15 of 16 runs the next day (the failure: 385 ms).
 //!
 //! So one worker is an operator's choice for small nodes that care more for CPU than for latency,
 //! not the default.

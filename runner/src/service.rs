@@ -153,12 +153,18 @@ const MAX_CONCURRENT_STREAMS: u32 = 4096;
 /// within interval + timeout. The LB pings every 5 s on its own.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// h2's limits on resets are kept at their defaults on purpose: at most 1024 streams reset by the
-/// runner's own HTTP/2 layer (protocol errors) per connection, and 20 streams the peer resets
-/// before they are accepted (rapid reset). In normal operation the runner resets nothing: every
-/// Engage stream is read to its end (see `engage::drain_inbound`), so these only stop hostile or
-/// broken peers.
+/// h2's limit on streams reset by the runner's own HTTP/2 layer (protocol errors) is kept at its
+/// default on purpose: in normal operation the runner resets nothing (every Engage stream is read
+/// to its end, see `engage::drain_inbound`), so it only stops hostile or broken peers.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Streams the LB may reset before the runner has accepted them, per connection, before the
+/// runner ends the connection (GOAWAY `too_many_resets`; h2's default is 20, a guard against rapid
+/// reset). A ferrofn LB resets every stream a runner leaves unanswered past its answer timeout:
+/// on a runner too loaded to accept its streams for that long (256 clients on 3 debug-build
+/// runners on 2 vCPUs), dozens at once. With 20 the runner then dropped the LB's connection and
+/// the calls it was running failed with 502 (load test, `load_three_runners_mtls`). The peer is
+/// an authenticated LB, and `MAX_CONCURRENT_STREAMS` still bounds what it can open.
+const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
 /// Largest gRPC message taken from an LB (tonic's default, as grpc-go's on Fn's runner): data frames
 /// are at most 10 KiB, and a TryCall's call JSON carries the request headers and the fn's config. A
 /// larger message is refused by its length prefix, before it is read, and its stream ends with
@@ -182,6 +188,7 @@ pub fn grpc_router(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
         .add_service(health)
         .add_service(reflection)
         .add_service(RunnerProtocolServer::new(service).max_decoding_message_size(MAX_MESSAGE_SIZE)))

@@ -315,10 +315,6 @@ pub mod fake_runner {
         /// Never answer an Engage stream (no response headers: a runner cut off or stalled), while
         /// the Status and health RPCs still answer.
         pub silent: bool,
-        /// Answer the stream (response headers) and read the TryCall, but never acknowledge the
-        /// call (a runner still looking for a container); count the call as cancelled when the
-        /// LB drops the stream.
-        pub hold_before_ack: bool,
     }
 
     impl Default for Behaviour {
@@ -339,7 +335,6 @@ pub mod fake_runner {
                 run_ms: 0,
                 end_without_finish: false,
                 silent: false,
-                hold_before_ack: false,
             }
         }
     }
@@ -471,11 +466,6 @@ pub mod fake_runner {
             }
             let n = early.len();
             record(&|s| s.frames_before_ack = Some(n));
-            if b.hold_before_ack {
-                tx.closed().await;
-                shared.cancelled.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
             // As the ferrofn runner: a detached call's 202 result start is its ack.
             let ack = if detached {
                 start(202, &b.headers)

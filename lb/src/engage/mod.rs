@@ -639,19 +639,7 @@ fn connection_lost(runner: &Runner, s: &tonic::Status) -> Attempt<CallResponse, 
 /// `t` since now, and another runner is up and answering. A runner that is merely loaded keeps
 /// sending on its other streams, so it is never left; with nowhere else to go the call waits here
 /// (for the keepalive verdict, or the answer).
-///
-/// It also resolves as soon as another call has judged the runner silent ([`judged_silent`]):
-/// the calls that went to a runner just cut off are all placed again at the first verdict, not
-/// each after an answer timeout of its own.
 async fn silent_for(runner: &Runner, t: Duration, pool: &RunnerPool) {
-    tokio::select! {
-        () = own_verdict(runner, t, pool) => {}
-        () = judged_silent(runner, t, pool) => {}
-    }
-}
-
-/// [`silent_for`] as this call sees it: silence for `t` since its TryCall left.
-async fn own_verdict(runner: &Runner, t: Duration, pool: &RunnerPool) {
     let left = Instant::now();
     loop {
         let quiet = runner.quiet_for().min(left.elapsed());
@@ -673,34 +661,6 @@ async fn own_verdict(runner: &Runner, t: Duration, pool: &RunnerPool) {
 
 /// See [`silent_for`].
 const JUDGE_PAUSE: Duration = Duration::from_millis(5);
-
-/// Resolves once `runner` has been judged silent: a call of its own was left unanswered past the
-/// answer timeout ([`Runner::mark_unanswered`]), nothing has been heard from it for `t` since,
-/// and another runner is up and answering. A call that the runner has not acknowledged yet (it
-/// may be waiting there for a container) is then placed again rather than waiting for the
-/// connection's keepalive verdict: a live runner answers every new stream at once, so that mark
-/// is evidence that it cannot be reached.
-pub(crate) async fn judged_silent(runner: &Runner, t: Duration, pool: &RunnerPool) {
-    loop {
-        let judged = runner.silenced();
-        tokio::pin!(judged);
-        judged.as_mut().enable();
-        if !runner.is_unanswered() {
-            judged.await;
-            continue;
-        }
-        let quiet = runner.quiet_for();
-        if quiet >= t && pool.answering_alternative(runner) {
-            return;
-        }
-        // Marked, but heard from lately or with nowhere else to go yet: look again.
-        let again = if quiet < t { t - quiet } else { t };
-        tokio::select! {
-            () = tokio::time::sleep(again) => {}
-            () = judged => {}
-        }
-    }
-}
 
 /// An accept-ack runner left the stream unanswered past `waited` after the TryCall left: dropping
 /// the stream resets it (a runner that is merely slow cancels the call before accepting it), the

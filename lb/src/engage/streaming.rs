@@ -28,14 +28,6 @@ use super::{
 use crate::placer::Attempt;
 use crate::pool::{InFlight, Runner};
 
-/// The runner was judged silent while this call waited for its ack: the call never started there
-/// (dropping the stream resets it, should the runner still see it) and is placed again.
-fn left_silent_before_ack(runner: &Runner) -> Attempt<CallResponse, FnError> {
-    tracing::info!(runner = %runner.addr(), "runner went silent before it acknowledged the call; placing it again");
-    metrics::counter!("lb_engage_open_retries_total", "class" => "silent_before_ack").increment(1);
-    Attempt::NotPlaced(FnError::server_busy())
-}
-
 /// Waits for the runner's ack, then streams the body in and the answer out.
 /// `tx` is `None` when the body went out inline with the TryCall; `frame` is the data frame size
 /// agreed with the runner.
@@ -45,24 +37,8 @@ pub(super) async fn run(
     frame: usize,
 ) -> Attempt<CallResponse, FnError> {
     // 1. Wait for the ack (a zero-length data frame) or a refusal. Until it comes the LB's side
-    //    stays open with nothing but the TryCall sent. Should another call find the runner
-    //    silent meanwhile (cut off the network), this call, not acknowledged, goes elsewhere.
-    let acked = {
-        let silent = async {
-            match a.runner.answer_timeout() {
-                Some(t) => super::judged_silent(&a.runner, t, &a.call.pool).await,
-                None => std::future::pending().await,
-            }
-        };
-        // The answer first: an ack that is already here wins over a verdict, and the common
-        // case (the ack arrives with the stream) never registers with the runner's verdicts.
-        tokio::select! {
-            biased;
-            r = recv(&mut a.stream, a.deadline) => r,
-            () = silent => return left_silent_before_ack(&a.runner),
-        }
-    };
-    match acked {
+    //    stays open with nothing but the TryCall sent.
+    match recv(&mut a.stream, a.deadline).await {
         Ok(Some(RunnerMsg {
             body: Some(runner_msg::Body::Data(d)),
         })) if d.data.is_empty() => {}

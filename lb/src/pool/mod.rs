@@ -92,9 +92,6 @@ pub struct Runner {
     heard_ms: AtomicU64,
     /// Shared with the pool: woken whenever a call ends (for the shutdown drain).
     call_ended: Arc<tokio::sync::Notify>,
-    /// Woken when [`Runner::mark_unanswered`] marks the runner: the calls waiting on it learn at
-    /// once that it went silent ([`Runner::silenced`]).
-    silenced: tokio::sync::Notify,
 }
 
 /// Counts one in-flight call on a runner until dropped.
@@ -132,7 +129,6 @@ impl Runner {
             answer_timeout: opts.answer_timeout,
             heard_ms: AtomicU64::new(since_epoch_ms()),
             call_ended,
-            silenced: tokio::sync::Notify::new(),
         }
     }
 
@@ -224,14 +220,7 @@ impl Runner {
         if !self.unanswered.swap(true, Ordering::AcqRel) {
             tracing::warn!(runner = %self.addr, "runner did not answer an Engage stream in time: avoided until it answers again");
             metrics::gauge!("lb_runner_unanswered", "runner" => self.addr.clone()).set(1.0);
-            self.silenced.notify_waiters();
         }
-    }
-
-    /// Resolves at the next [`Runner::mark_unanswered`] that marks the runner. Enable it (or
-    /// poll it once) before checking [`Runner::is_unanswered`], or a mark in between is missed.
-    pub fn silenced(&self) -> tokio::sync::futures::Notified<'_> {
-        self.silenced.notified()
     }
 
     /// Records that the runner sent something (cheap: one store).
