@@ -150,3 +150,235 @@ async fn a_runner_that_answers_is_never_timed_out_by_a_slow_call() -> Result<()>
     lb.stop().await;
     Ok(())
 }
+
+/// A TCP relay in front of a runner that the test cuts as a network would: [`Relay::blackhole`]
+/// stops carrying bytes while every connection stays open (a cut without RST: the LB hears
+/// nothing, and its writes go nowhere), [`Relay::refuse`] closes the listener (the host is gone:
+/// a new connection is refused).
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    /// Connections accepted so far.
+    accepted: tokio::sync::watch::Receiver<u32>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let (count, accepted) = tokio::sync::watch::channel(0u32);
+        let listener = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                count.send_modify(|n| *n += 1);
+                let cut = cut_rx.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if *cut.borrow() {
+                        // Accepted after the cut: held open, silent.
+                        hold(down).await;
+                    }
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::join!(pipe(dr, uw, cut.clone()), pipe(ur, dw, cut));
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            cut,
+            accepted,
+            listener,
+        })
+    }
+
+    fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn blackhole(&self) {
+        self.cut.send_replace(true);
+    }
+
+    fn refuse(&self) {
+        self.listener.abort();
+    }
+
+    /// Waits until `n` connections in all were accepted.
+    async fn accepted_at_least(&self, n: u32, limit: Duration) -> Result<()> {
+        let mut accepted = self.accepted.clone();
+        tokio::time::timeout(limit, accepted.wait_for(|&a| a >= n))
+            .await
+            .with_context(|| format!("fewer than {n} connections to the relay within {limit:?}"))??;
+        Ok(())
+    }
+}
+
+/// Carries bytes one way until the relay is cut; from then on holds both ends open and silent.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::select! {
+            _ = cut.wait_for(|&c| c) => break,
+            r = from.read(&mut buf) => r,
+        };
+        match read {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            // Bytes read as the cut falls are lost, as on the wire.
+            Ok(_) if *cut.borrow() => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    hold((from, to)).await;
+}
+
+/// Keeps `what` (sockets) open and silent for good.
+async fn hold<T>(what: T) -> ! {
+    let _held = what;
+    std::future::pending().await
+}
+
+#[tokio::test]
+async fn calls_held_unacknowledged_by_a_runner_that_became_unreachable_go_elsewhere_before_the_keepalive()
+-> Result<()> {
+    // A runner answers a call's stream at once, then holds it unacknowledged while the call waits
+    // for a container; no answer timeout applies there (a container may take long to start). When
+    // that runner is cut off, only a verdict on the connection frees such calls: the HTTP/2
+    // keepalive (here 60 s, as good as never), or the LB's check on a runner judged silent: a fresh
+    // TCP connection to its address. A runner that still completes the TCP handshake is only slow
+    // and keeps its calls; one that cannot be reached loses its connection at once, and the calls
+    // it never acknowledged (so never ran) go to another runner.
+    let holder = FakeRunner::start(Behaviour {
+        hold_before_ack: true,
+        ..ack_runner(false)
+    })
+    .await?;
+    let good = FakeRunner::start(ack_runner(false)).await?;
+    let relay = Relay::start(holder.address()).await?;
+    let lb = LbProc::start(|s| {
+        s.runner_addresses = vec![relay.address(), good.address()];
+        s.placer = "naive".into();
+        s.health_interval_ms = 60_000;
+        s.runner_answer_timeout_ms = 250;
+        s.runner_keepalive_ms = 60_000;
+        s.runner_keepalive_timeout_ms = 60_000;
+    })
+    .await?;
+    let path = invoke_path(&lb).await?;
+    let runners = lb.handle.pool.runners();
+    wait_accept_ack(&runners).await?;
+    let url = lb.url(&path);
+
+    // Calls until one is held by the runner behind the relay (the naive placer starts each pass
+    // at a pseudo-random runner); the others are served by the good one.
+    let mut held = None;
+    for n in 0..40 {
+        let url = url.clone();
+        let mut c = tokio::spawn(async move { call("POST", &url, Some(json!({ "n": n }))).await });
+        let holding = async {
+            while holder.engaged() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            r = &mut c => {
+                let r = r??;
+                assert_eq!((r.status, r.json()), (200, json!({ "n": n })), "call {n}");
+            }
+            () = holding => {
+                held = Some((n, c));
+                break;
+            }
+        }
+    }
+    let (held_n, mut held) = held.context("no call reached the runner behind the relay")?;
+
+    // Cut, but the host still takes connections: silent, yet reachable, as an overloaded runner.
+    relay.blackhole();
+    let mut n = 100;
+    while !runners[0].is_unanswered() {
+        anyhow::ensure!(n < 140, "no call met the silent runner in 40 calls");
+        let r = call("POST", &url, Some(json!({ "n": n }))).await?;
+        assert_eq!((r.status, r.json()), (200, json!({ "n": n })), "call {n}");
+        n += 1;
+    }
+    // Two checks (fresh connections) past the verdict: the held call is still waiting.
+    let before = *relay.accepted.borrow();
+    relay
+        .accepted_at_least(before + 2, Duration::from_secs(10))
+        .await?;
+    assert!(
+        futures::poll!(&mut held).is_pending(),
+        "a silent runner that is still reachable keeps the calls it holds"
+    );
+    assert_eq!(runners[0].state(), RunnerState::Up);
+
+    // Now the host is gone: the next check finds it unreachable and closes the connection.
+    relay.refuse();
+    let r = tokio::time::timeout(Duration::from_secs(10), &mut held)
+        .await
+        .context("the held call was not freed by the unreachable verdict")???;
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({ "n": held_n })),
+        "the call the runner held unacknowledged was served by the other runner"
+    );
+    assert!(
+        good.seen().iter().any(|s| s
+            .frames
+            .iter()
+            .any(|f| f.data == json!({ "n": held_n }).to_string().as_bytes())),
+        "the good runner ran the held call"
+    );
+    assert_eq!(
+        runners[0].state(),
+        RunnerState::Down,
+        "an unreachable runner is down"
+    );
+    lb.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_health_probe_of_a_runner_cut_off_ends_at_its_timeout() -> Result<()> {
+    // The probe's deadline is the LB's to keep: a runner cut off never sees the grpc-timeout its
+    // request carries. Unbounded, a probe would last until the keepalive (here 60 s) and hold up
+    // the health loop for every runner.
+    let runner = FakeRunner::start(ack_runner(false)).await?;
+    let relay = Relay::start(runner.address()).await?;
+    let lb = LbProc::start(|s| {
+        s.runner_addresses = vec![relay.address()];
+        s.health_interval_ms = 60_000;
+        s.runner_keepalive_ms = 60_000;
+        s.runner_keepalive_timeout_ms = 60_000;
+    })
+    .await?;
+    let runners = lb.handle.pool.runners();
+    wait_accept_ack(&runners).await?;
+    relay.blackhole();
+    let state = tokio::time::timeout(
+        Duration::from_secs(5),
+        ferrofn_lb::pool::health::probe(&runners[0], Duration::from_millis(300)),
+    )
+    .await
+    .context("the probe outlasted its 300 ms timeout by far")?;
+    assert_eq!(state, RunnerState::Down);
+    lb.stop().await;
+    Ok(())
+}

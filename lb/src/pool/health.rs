@@ -67,7 +67,7 @@ async fn health_check(r: &Runner, timeout: Duration) -> Result<ServingStatus, Co
             service: service.into(),
         });
         req.set_timeout(timeout);
-        match client.check(req).await {
+        match within(timeout, client.check(req)).await {
             Ok(resp) => {
                 return Ok(
                     ServingStatus::try_from(resp.into_inner().status).unwrap_or(ServingStatus::Unknown)
@@ -96,13 +96,30 @@ fn probe_reason(
     }
 }
 
+/// `rpc`, failed with DEADLINE_EXCEEDED past `timeout`. The runner honours the `grpc-timeout` a
+/// request carries, but one that is cut off never sees it, and the LB's runner connection does not
+/// enforce it (tonic's `Channel` did): without this bound a probe of a silent runner would last
+/// until the keepalive closes the connection, and hold up the probes of every other runner.
+async fn within<T>(
+    timeout: Duration,
+    rpc: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(timeout, rpc).await.unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {timeout:?}"
+        )))
+    })
+}
+
 /// Probes one runner and applies the result.
-pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
+pub async fn probe(r: &Arc<Runner>, timeout: Duration) -> RunnerState {
     let mut client = r.client();
     let mut req = tonic::Request::new(());
     req.set_timeout(timeout);
     #[allow(deprecated)] // Fn marks Status deprecated, yet it is the RPC every Fn runner answers.
-    let status = client.status(req).await.map(tonic::Response::into_inner);
+    let status = within(timeout, client.status(req))
+        .await
+        .map(tonic::Response::into_inner);
     if let Ok(s) = &status {
         r.set_accept_ack(advertises_accept_ack(s));
         r.set_large_frames(advertises(s, ferrofn_proto::ext::CAPABILITY_FRAMES));
@@ -119,6 +136,10 @@ pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
     let state = judge(&codes, health);
     if let Err(e) = &status {
         tracing::debug!(runner = %r.addr(), code = ?e.code(), "runner status probe failed");
+        // Unanswered (rather than refused or failed): is the runner still reachable at all?
+        if e.code() == Code::DeadlineExceeded {
+            r.watch_silence();
+        }
     }
     r.set_state(state, &probe_reason(&status, health.as_ref()));
     r.set_probed();
