@@ -51,14 +51,6 @@ pub type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
 /// What a client connection is: plaintext h2c (Fn interop) or TLS.
 pub type ClientConn = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
-/// The address a [`ClientConn`]'s TCP connection reached.
-pub fn peer_addr(conn: &ClientConn) -> io::Result<std::net::SocketAddr> {
-    match conn {
-        Either::Left(tcp) => tcp.peer_addr(),
-        Either::Right(tls) => tls.get_ref().0.peer_addr(),
-    }
-}
-
 /// Why TLS material could not be loaded or a TLS connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -427,9 +419,8 @@ impl ReloadingServerTls {
                         // Only fails when the server is gone; the connection is then just dropped.
                         let _ = tx.send(conn).await;
                     }
-                    // A peer that closes before its hello is a TCP check (an LB judging whether a
-                    // silent runner is reachable, a load balancer's or orchestrator's probe), not
-                    // a failed client.
+                    // A peer that closes before its hello is a TCP check (a load balancer's or an
+                    // orchestrator's probe), not a failed client.
                     Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         debug!(%peer, error = %e, "connection closed before the TLS handshake");
                     }

@@ -315,9 +315,6 @@ pub mod fake_runner {
         /// Never answer an Engage stream (no response headers: a runner cut off or stalled), while
         /// the Status and health RPCs still answer.
         pub silent: bool,
-        /// Answer an Engage stream (response headers) but never acknowledge the call, as a
-        /// runner whose call waits for a container; count it cancelled when the LB drops it.
-        pub hold_before_ack: bool,
     }
 
     impl Default for Behaviour {
@@ -338,7 +335,6 @@ pub mod fake_runner {
                 run_ms: 0,
                 end_without_finish: false,
                 silent: false,
-                hold_before_ack: false,
             }
         }
     }
@@ -470,11 +466,6 @@ pub mod fake_runner {
             }
             let n = early.len();
             record(&|s| s.frames_before_ack = Some(n));
-            if b.hold_before_ack {
-                tx.closed().await;
-                shared.cancelled.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
             // As the ferrofn runner: a detached call's 202 result start is its ack.
             let ack = if detached {
                 start(202, &b.headers)

@@ -664,13 +664,11 @@ const JUDGE_PAUSE: Duration = Duration::from_millis(5);
 
 /// An accept-ack runner left the stream unanswered past `waited` after the TryCall left: dropping
 /// the stream resets it (a runner that is merely slow cancels the call before accepting it), the
-/// runner is avoided until it answers again and watched ([`Runner::watch_silence`]: is it still
-/// reachable?), and the call goes to the next runner.
-fn no_answer(runner: &Arc<Runner>, waited: Duration) -> Attempt<CallResponse, FnError> {
+/// runner is avoided until it answers again, and the call goes to the next runner.
+fn no_answer(runner: &Runner, waited: Duration) -> Attempt<CallResponse, FnError> {
     tracing::info!(runner = %runner.addr(), waited_ms = waited.as_millis() as u64,
         "runner did not answer the Engage stream; placing the call again");
     runner.mark_unanswered();
-    runner.watch_silence();
     metrics::counter!("lb_engage_open_retries_total", "class" => "no_answer").increment(1);
     Attempt::NotPlaced(FnError::server_busy())
 }

@@ -12,17 +12,13 @@
 //! The connection is made on first use and made again on the next call after it is lost; calls
 //! that find it connecting wait for that one attempt. HTTP/2 pings keep it honest
 //! ([`ChannelOptions::keepalive_interval`]): a ping unanswered past the keepalive timeout closes it,
-//! which fails its streams (a runner cut off the network without a reset). Sooner than that, a
-//! runner judged silent can be checked with a fresh TCP connection to the connection's peer
-//! ([`RunnerConn::check_peer`]) and the connection closed when that peer cannot be reached
-//! ([`RunnerConn::close`]).
+//! which fails its streams (a runner cut off the network without a reset).
 //!
 //! Errors keep their cause: a failed connect carries [`ConnectFailed`] (so the caller can tell a
 //! runner it never reached from a connection lost mid-call) and an HTTP/2 error is the `h2::Error`
 //! itself, as it was under hyper.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +33,7 @@ use http_body::{Body as _, Frame};
 use tower::Service;
 
 use ferrofn_common::lock::LockExt;
-use ferrofn_common::tls::{ClientTls, ConnectFailed, RunnerConnector, peer_addr};
+use ferrofn_common::tls::{ClientTls, ConnectFailed, RunnerConnector};
 
 use super::channel::{
     CONNECTION_WINDOW, ChannelOptions, MAX_LOCAL_ERROR_RESETS, RESET_STREAMS_REMEMBERED, STREAM_WINDOW,
@@ -89,40 +85,11 @@ struct Inner {
     origin: Uri,
     connector: RunnerConnector,
     opts: ChannelOptions,
-    /// The live connection.
-    current: Mutex<Option<Live>>,
+    /// The live connection, with its generation.
+    current: Mutex<Option<(u64, SendRequest<Bytes>)>>,
     /// Held while connecting: callers that find no connection wait for the one attempt.
     connecting: tokio::sync::Mutex<()>,
     generation: AtomicU64,
-}
-
-/// One established connection.
-#[derive(Clone, Debug)]
-struct Live {
-    /// Counts the connections made to this runner: a verdict on one never touches the next.
-    generation: u64,
-    send: SendRequest<Bytes>,
-    /// The address the TCP connection reached (a name is resolved on each connect).
-    peer: Option<SocketAddr>,
-    /// Wakes the connection task to close the connection.
-    close: Arc<tokio::sync::Notify>,
-}
-
-/// What a fresh TCP connection to the peer of the live connection found ([`RunnerConn::check_peer`]).
-#[derive(Debug)]
-pub enum PeerCheck {
-    /// There is no live connection (or its peer address is unknown): nothing to judge.
-    NoConnection,
-    /// The peer completed a TCP handshake: its host is there, however busy the runner is.
-    Reachable,
-    /// The peer refused the connection, was unreachable, or did not answer within the connect
-    /// timeout.
-    Unreachable {
-        /// The connection the verdict is about (for [`RunnerConn::close`]).
-        generation: u64,
-        /// Why.
-        error: std::io::Error,
-    },
 }
 
 impl RunnerConn {
@@ -162,74 +129,26 @@ impl RunnerConn {
             }),
         })
     }
-
-    /// Opens a TCP connection (nothing more: no TLS, no HTTP/2) to the address the live
-    /// connection reached, within the connect timeout, and closes it again. The kernel of a
-    /// runner's host completes the handshake however busy the runner process is, so this tells a
-    /// runner that is slow from one that is cut off or gone, which HTTP/2 silence alone cannot.
-    pub async fn check_peer(&self) -> PeerCheck {
-        let live = self.inner.current.lock_unpoisoned().clone();
-        let Some((generation, peer)) = live.and_then(|l| Some((l.generation, l.peer?))) else {
-            return PeerCheck::NoConnection;
-        };
-        let timeout = self.inner.opts.connect_timeout;
-        // `timeout` polls the connect before its timer: a handshake that completed while this
-        // task waited to run counts.
-        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(peer)).await {
-            Ok(Ok(_probe)) => PeerCheck::Reachable,
-            Ok(Err(error)) => PeerCheck::Unreachable { generation, error },
-            Err(_) => PeerCheck::Unreachable {
-                generation,
-                error: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no TCP handshake with {peer} within {timeout:?}"),
-                ),
-            },
-        }
-    }
-
-    /// Closes connection `generation` if it is still the live one: its streams fail (as when the
-    /// keepalive closes it) and the next call connects again.
-    pub fn close(&self, generation: u64, why: &str) {
-        let live = self
-            .inner
-            .current
-            .lock_unpoisoned()
-            .take_if(|l| l.generation == generation);
-        if let Some(live) = live {
-            tracing::info!(runner = %self.inner.addr, generation, why, "closing the runner connection");
-            live.close.notify_one();
-        }
-    }
 }
 
 impl Inner {
     /// A sender on the live connection, connecting first if there is none.
     async fn sender(self: &Arc<Self>) -> Result<(u64, SendRequest<Bytes>), ConnError> {
-        if let Some(live) = self.live() {
+        if let Some(live) = self.current.lock_unpoisoned().clone() {
             return Ok(live);
         }
         let _gate = self.connecting.lock().await;
         // Someone else may have connected while this call waited for the gate.
-        if let Some(live) = self.live() {
+        if let Some(live) = self.current.lock_unpoisoned().clone() {
             return Ok(live);
         }
         let live = self.connect().await?;
-        let sender = (live.generation, live.send.clone());
-        *self.current.lock_unpoisoned() = Some(live);
-        Ok(sender)
-    }
-
-    /// The live connection's generation and sender, if there is one.
-    fn live(&self) -> Option<(u64, SendRequest<Bytes>)> {
-        self.current
-            .lock_unpoisoned()
-            .as_ref()
-            .map(|l| (l.generation, l.send.clone()))
+        *self.current.lock_unpoisoned() = Some(live.clone());
+        Ok(live)
     }
 
     /// Dials, handshakes (TLS, then HTTP/2) and starts the connection task.
-    async fn connect(self: &Arc<Self>) -> Result<Live, ConnError> {
+    async fn connect(self: &Arc<Self>) -> Result<(u64, SendRequest<Bytes>), ConnError> {
         let failed = |source: std::io::Error| ConnError::Connect {
             addr: self.addr.clone(),
             source,
@@ -244,13 +163,6 @@ impl Inner {
                     "no connection within {:?}",
                     self.opts.connect_timeout
                 ))));
-            }
-        };
-        let peer = match peer_addr(&io) {
-            Ok(peer) => Some(peer),
-            Err(e) => {
-                tracing::debug!(runner = %self.addr, error = %e, "peer address of the new connection unknown");
-                None
             }
         };
         let handshake = h2::client::Builder::new()
@@ -276,11 +188,8 @@ impl Inner {
         let ping = conn.ping_pong().expect("the first call of ping_pong returns it");
         let me = Arc::downgrade(self);
         let (addr, opts) = (self.addr.clone(), self.opts);
-        let close = Arc::new(tokio::sync::Notify::new());
-        let closing = close.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = closing.notified() => {}
                 r = &mut conn => match r {
                     Ok(()) => tracing::debug!(runner = %addr, "runner connection closed"),
                     Err(e) => tracing::info!(runner = %addr, error = %e, "runner connection lost"),
@@ -295,20 +204,16 @@ impl Inner {
                 inner.forget(generation);
             }
         });
-        tracing::debug!(runner = %self.addr, generation, ?peer, "runner connection established");
-        Ok(Live {
-            generation,
-            send,
-            peer,
-            close,
-        })
+        tracing::debug!(runner = %self.addr, generation, "runner connection established");
+        Ok((generation, send))
     }
 
     /// Forgets connection `generation` (lost): the next call connects again.
     fn forget(&self, generation: u64) {
-        self.current
-            .lock_unpoisoned()
-            .take_if(|l| l.generation == generation);
+        let mut current = self.current.lock_unpoisoned();
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
     }
 
     async fn request(

@@ -112,7 +112,7 @@ async fn within<T>(
 }
 
 /// Probes one runner and applies the result.
-pub async fn probe(r: &Arc<Runner>, timeout: Duration) -> RunnerState {
+pub async fn probe(r: &Runner, timeout: Duration) -> RunnerState {
     let mut client = r.client();
     let mut req = tonic::Request::new(());
     req.set_timeout(timeout);
@@ -136,10 +136,6 @@ pub async fn probe(r: &Arc<Runner>, timeout: Duration) -> RunnerState {
     let state = judge(&codes, health);
     if let Err(e) = &status {
         tracing::debug!(runner = %r.addr(), code = ?e.code(), "runner status probe failed");
-        // Unanswered (rather than refused or failed): is the runner still reachable at all?
-        if e.code() == Code::DeadlineExceeded {
-            r.watch_silence();
-        }
     }
     r.set_state(state, &probe_reason(&status, health.as_ref()));
     r.set_probed();

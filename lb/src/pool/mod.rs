@@ -90,8 +90,6 @@ pub struct Runner {
     /// When the LB last heard from the runner (any Engage message, an answered stream or probe),
     /// in ms since [`EPOCH`].
     heard_ms: AtomicU64,
-    /// A [`Runner::watch_silence`] task runs.
-    watching: AtomicBool,
     /// Shared with the pool: woken whenever a call ends (for the shutdown drain).
     call_ended: Arc<tokio::sync::Notify>,
 }
@@ -130,7 +128,6 @@ impl Runner {
             unanswered: AtomicBool::new(false),
             answer_timeout: opts.answer_timeout,
             heard_ms: AtomicU64::new(since_epoch_ms()),
-            watching: AtomicBool::new(false),
             call_ended,
         }
     }
@@ -250,53 +247,7 @@ impl Runner {
     pub fn is_unanswered(&self) -> bool {
         self.unanswered.load(Ordering::Acquire)
     }
-
-    /// Watches a runner that went silent (an Engage stream unanswered past the answer timeout, a
-    /// health probe timed out), unless a watch already runs: while the LB hears nothing from it,
-    /// a fresh TCP connection to its address ([`RunnerConn::check_peer`]) every
-    /// [`ChannelOptions::answer_timeout`] (or [`SILENCE_CHECK_INTERVAL`]). A host that completes
-    /// the handshake keeps the connection, however long the runner stays silent (it is busy, and
-    /// the keepalive still judges the connection). A runner that cannot be reached within the
-    /// connect timeout, and was not heard from meanwhile, is down and its connection is closed at
-    /// once: the calls it had not acknowledged (waiting there for a container, where no answer
-    /// timeout applies) go to another runner now rather than at the keepalive's verdict, and
-    /// those it had acknowledged fail as they would then. The watch ends when the runner is heard
-    /// from again or its connection is closed.
-    pub fn watch_silence(self: &Arc<Self>) {
-        if self.watching.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let me = self.clone();
-        let interval = self.answer_timeout.unwrap_or(SILENCE_CHECK_INTERVAL);
-        tokio::spawn(async move {
-            loop {
-                let checking = std::time::Instant::now();
-                match me.channel.check_peer().await {
-                    conn::PeerCheck::NoConnection => break,
-                    conn::PeerCheck::Reachable => {}
-                    conn::PeerCheck::Unreachable { generation, error } => {
-                        if me.quiet_for() >= checking.elapsed() {
-                            let why = format!("silent, and a new connection cannot reach it: {error}");
-                            me.set_state(RunnerState::Down, &why);
-                            me.channel.close(generation, &why);
-                            metrics::counter!("lb_runner_unreachable_closes_total", "runner" => me.addr.clone())
-                                .increment(1);
-                            break;
-                        }
-                    }
-                }
-                tokio::time::sleep(interval).await;
-                if me.quiet_for() < interval {
-                    break;
-                }
-            }
-            me.watching.store(false, Ordering::Release);
-        });
-    }
 }
-
-/// How often [`Runner::watch_silence`] checks a silent runner with no answer timeout set.
-pub const SILENCE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One entry of `FN_RUNNER_ADDRESSES` and the members it gives.
 #[derive(Debug, Clone)]
