@@ -538,12 +538,29 @@ pub struct RunnerConnector {
     tls: Option<ClientTls>,
     /// Server name to verify instead of the URI host (a [`ClientTls::with_server_name`] still wins).
     host: Option<Arc<str>>,
+    /// `TCP_USER_TIMEOUT` of the sockets it makes (`None`: the kernel's default).
+    user_timeout: Option<Duration>,
 }
 
 impl RunnerConnector {
     /// `None` = plaintext h2c, for Fn runners and trusted networks.
     pub fn new(tls: Option<ClientTls>) -> Self {
-        Self { tls, host: None }
+        Self {
+            tls,
+            host: None,
+            user_timeout: None,
+        }
+    }
+
+    /// Sets `TCP_USER_TIMEOUT` on every socket it makes: data sent and left unacknowledged by the
+    /// peer's host this long makes the kernel close the connection. The peer's kernel
+    /// acknowledges however busy the process behind it is, so this tells a peer cut off the
+    /// network (or a host that is gone) from one that is only slow, without any traffic of its
+    /// own. `None` (or zero) keeps the kernel's default (retransmissions for ~15 minutes).
+    #[must_use]
+    pub fn with_tcp_user_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.user_timeout = timeout.filter(|t| !t.is_zero());
+        self
     }
 
     /// Verify the server certificate against `host` rather than the URI's host.
@@ -566,6 +583,7 @@ impl Service<Uri> for RunnerConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
         let host_override = self.host.clone();
+        let user_timeout = self.user_timeout;
         let connecting = async move {
             let host = uri
                 .host()
@@ -577,6 +595,9 @@ impl Service<Uri> for RunnerConnector {
             });
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
+            if let Some(t) = user_timeout {
+                socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(t))?;
+            }
             match tls {
                 None => Ok(TokioIo::new(Either::Left(tcp))),
                 Some(tls) => {
@@ -779,5 +800,25 @@ mod tests {
             Arc::ptr_eq(&after, &client.clone().rustls_config()),
             "clones share the state"
         );
+    }
+
+    #[tokio::test]
+    async fn the_connector_sets_the_tcp_user_timeout_it_is_given() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let user_timeout = |conn: TokioIo<ClientConn>| match conn.into_inner() {
+            Either::Left(tcp) => socket2::SockRef::from(&tcp).tcp_user_timeout().unwrap(),
+            Either::Right(_) => unreachable!("plaintext"),
+        };
+        let mut set = RunnerConnector::new(None).with_tcp_user_timeout(Some(Duration::from_millis(750)));
+        let conn = set.call(uri.clone()).await.unwrap();
+        assert_eq!(user_timeout(conn), Some(Duration::from_millis(750)));
+        for none in [None, Some(Duration::ZERO)] {
+            let mut unset = RunnerConnector::new(None).with_tcp_user_timeout(none);
+            let conn = unset.call(uri.clone()).await.unwrap();
+            assert_eq!(user_timeout(conn), None, "{none:?}: the kernel's default");
+        }
     }
 }

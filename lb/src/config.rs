@@ -55,6 +55,10 @@ pub const ENV_NAMES: EnvNames = EnvNames {
             "runner_keepalive_timeout_ms",
         ),
         ("FERROFN_RUNNER_ANSWER_TIMEOUT_MSECS", "runner_answer_timeout_ms"),
+        (
+            "FERROFN_RUNNER_TCP_USER_TIMEOUT_MSECS",
+            "runner_tcp_user_timeout_ms",
+        ),
         ("FERROFN_WORKER_THREADS", "worker_threads"),
         ("FN_LOG_LEVEL", "log_level"),
         ("FN_LOG_FORMAT", "log_format"),
@@ -201,6 +205,10 @@ pub struct LbSettings {
     /// it answers again (a runner cut off the network is left within this, not after the keepalive
     /// verdict). 0 = off. Fn runners are never timed this way (they answer with their first message).
     pub runner_answer_timeout_ms: u64,
+    /// `TCP_USER_TIMEOUT` of the runner connections, ms: data the LB sent and the runner's host
+    /// left unacknowledged this long closes the connection (a runner cut off the network); a busy
+    /// runner's kernel still acknowledges. 0 = the kernel's default (~15 minutes).
+    pub runner_tcp_user_timeout_ms: u64,
     /// tokio worker threads (`FERROFN_WORKER_THREADS`); 0 = tokio's `TOKIO_WORKER_THREADS` if set,
     /// else one per CPU the process may use ([`ferrofn_common::runtime`]: 1 on a small node saves
     /// CPU per call but slowed failover in a partition test).
@@ -269,6 +277,9 @@ impl Default for LbSettings {
             runner_keepalive_timeout_ms: ChannelOptions::default().keepalive_timeout.as_millis() as u64,
             runner_answer_timeout_ms: ChannelOptions::default()
                 .answer_timeout
+                .map_or(0, |d| d.as_millis() as u64),
+            runner_tcp_user_timeout_ms: ChannelOptions::default()
+                .tcp_user_timeout
                 .map_or(0, |d| d.as_millis() as u64),
             worker_threads: 0,
             log_level: "info".into(),
@@ -401,6 +412,8 @@ impl LbSettings {
             keepalive_timeout: Duration::from_millis(self.runner_keepalive_timeout_ms),
             answer_timeout: (self.runner_answer_timeout_ms > 0)
                 .then(|| Duration::from_millis(self.runner_answer_timeout_ms)),
+            tcp_user_timeout: (self.runner_tcp_user_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.runner_tcp_user_timeout_ms)),
             ..ChannelOptions::default()
         }
     }
@@ -511,6 +524,14 @@ mod tests {
         assert_eq!(d.sync_deadline_margin_ms, 30_000);
         assert_eq!(d.channel_options().keepalive_interval, Duration::from_secs(5));
         assert_eq!(d.channel_options().keepalive_timeout, Duration::from_secs(5));
+        assert_eq!(d.channel_options().tcp_user_timeout, Some(Duration::from_secs(2)));
+        let t = load_env([("FERROFN_RUNNER_TCP_USER_TIMEOUT_MSECS", "750")]).unwrap();
+        assert_eq!(
+            t.channel_options().tcp_user_timeout,
+            Some(Duration::from_millis(750))
+        );
+        let off = load_env([("FERROFN_RUNNER_TCP_USER_TIMEOUT_MSECS", "0")]).unwrap();
+        assert_eq!(off.channel_options().tcp_user_timeout, None);
         assert_eq!(d.resolve_interval(), Some(Duration::from_secs(5)));
         let r = load_env([("FERROFN_RUNNER_RESOLVE_INTERVAL_MSECS", "750")]).unwrap();
         assert_eq!(r.resolve_interval(), Some(Duration::from_millis(750)));

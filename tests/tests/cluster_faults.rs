@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 
-use ferrofn_tests::cluster::{Cluster, Load, Outcome, RUNNERS, describe_failures, docker};
+use ferrofn_tests::cluster::{Cluster, Load, Outcome, RUNNER_GRPC_PORT, RUNNERS, describe_failures, docker};
 use ferrofn_tests::images::TESTFN_IMAGE;
 
 /// Fn timeout of the test function, s.
@@ -185,6 +185,19 @@ async fn runner_cut_off_the_network_is_avoided_and_used_again_after_reconnect() 
     let down_at = load.elapsed();
     load.wait_calls(60, Duration::from_secs(60)).await?;
 
+    // How the LB's connection to the victim ended: the runner's host stopped acknowledging the
+    // LB's writes (TCP_USER_TIMEOUT, 1 s in compose), before the keepalive's verdict (a ping
+    // unanswered for 2 s) could come.
+    let victim_addr = format!("{victim}:{RUNNER_GRPC_PORT}");
+    let mut ended = Vec::new();
+    for cause in ["tcp_timeout", "ping_timeout", "reset", "error", "closed"] {
+        let labels = [("runner", victim_addr.as_str()), ("cause", cause)];
+        let n = cluster
+            .lb_metric("lb_runner_connections_ended_total", &labels)
+            .await?;
+        ended.push((cause, n));
+    }
+
     // Compose gave the container its service name as a DNS alias: give it back.
     docker(&["network", "connect", "--alias", victim, &network, &id]).await?;
     cluster
@@ -208,12 +221,20 @@ async fn runner_cut_off_the_network_is_avoided_and_used_again_after_reconnect() 
         .filter(|o| o.sent > cut_at && o.sent < down_at)
         .map(|o| o.took)
         .max();
+    let slowest_ok = outcomes
+        .iter()
+        .filter(|o| o.ok())
+        .max_by_key(|o| o.took)
+        .context("no call succeeded")?;
     eprintln!(
         "cut at {cut_at:?} ({inflight} calls in flight on the victim, {near_cut} sent around the cut), \
          LB reported down at {down_at:?}, up at {up_at:?}; failed {} of {}; slowest call sent between \
-         the cut and the LB's verdict: {slowest_after_cut:?}; {}",
+         the cut and the LB's verdict: {slowest_after_cut:?}; slowest call that succeeded: {:?} \
+         (sent at {:?}); victim's connections ended by cause: {ended:?}; {}",
         failed.len(),
         outcomes.len(),
+        slowest_ok.took,
+        slowest_ok.sent,
         summary(&outcomes, cut_at, down_at)
     );
 
@@ -231,6 +252,11 @@ async fn runner_cut_off_the_network_is_avoided_and_used_again_after_reconnect() 
         failed_after_cut == 0,
         "{failed_after_cut} call(s) sent after the cut failed: {}",
         describe_failures(&outcomes)
+    );
+    ensure!(
+        ended.contains(&("tcp_timeout", 1.0)) && ended.iter().all(|&(c, n)| c == "tcp_timeout" || n == 0.0),
+        "the LB's connection to the cut-off runner should have ended once, by the TCP user timeout \
+         (the kernel gave up on unacknowledged data), not by the keepalive: {ended:?}"
     );
     let bound = CALL_WORK + FAULT_LATENCY_MARGIN;
     ensure!(

@@ -30,6 +30,12 @@ pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// enough that a call meeting a silent runner is still served within a few hundred ms elsewhere.
 pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Default of [`ChannelOptions::tcp_user_timeout`]: a runner's host acknowledges TCP data within
+/// a round trip (plus a delayed ACK) however busy the runner is, and the kernel retransmits
+/// unacknowledged data at 0.2, 0.6 and 1.4 s on a LAN, so two seconds of silence at that level is
+/// a host cut off or gone, not a loaded one.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connection tuning shared by every runner channel.
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelOptions {
@@ -46,6 +52,13 @@ pub struct ChannelOptions {
     /// before it queues the call for a container, so silence means a runner that is cut off or
     /// stalled: the call (not accepted, so it never ran) is placed again at once.
     pub answer_timeout: Option<Duration>,
+    /// `TCP_USER_TIMEOUT` of the runner connections: data the LB sent and the runner's host left
+    /// unacknowledged this long makes the kernel close the connection, which fails its streams:
+    /// the calls the runner had not acknowledged go to another runner, those it had fail (502),
+    /// as at the keepalive's verdict, but within this of the LB's next write to it (a call, a
+    /// ping) rather than a ping interval plus the keepalive timeout. A runner that is only busy is
+    /// never affected: its kernel acknowledges. `None` = the kernel's default (~15 minutes).
+    pub tcp_user_timeout: Option<Duration>,
 }
 
 impl Default for ChannelOptions {
@@ -55,6 +68,7 @@ impl Default for ChannelOptions {
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(5),
             answer_timeout: Some(DEFAULT_ANSWER_TIMEOUT),
+            tcp_user_timeout: Some(DEFAULT_TCP_USER_TIMEOUT),
         }
     }
 }

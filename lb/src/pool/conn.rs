@@ -121,7 +121,9 @@ impl RunnerConn {
             inner: Arc::new(Inner {
                 addr: bare.to_owned(),
                 origin,
-                connector: RunnerConnector::new(tls).with_host(verify),
+                connector: RunnerConnector::new(tls)
+                    .with_host(verify)
+                    .with_tcp_user_timeout(opts.tcp_user_timeout),
                 opts,
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
@@ -189,16 +191,25 @@ impl Inner {
         let me = Arc::downgrade(self);
         let (addr, opts) = (self.addr.clone(), self.opts);
         tokio::spawn(async move {
-            tokio::select! {
+            let cause = tokio::select! {
                 r = &mut conn => match r {
-                    Ok(()) => tracing::debug!(runner = %addr, "runner connection closed"),
-                    Err(e) => tracing::info!(runner = %addr, error = %e, "runner connection lost"),
+                    Ok(()) => {
+                        tracing::debug!(runner = %addr, "runner connection closed");
+                        "closed"
+                    }
+                    Err(e) => {
+                        tracing::info!(runner = %addr, error = %e, "runner connection lost");
+                        loss_cause(&e)
+                    }
                 },
                 () = keepalive(ping, opts.keepalive_interval, opts.keepalive_timeout) => {
                     tracing::info!(runner = %addr, timeout = ?opts.keepalive_timeout,
                         "runner connection did not answer a ping in time; closing it");
+                    "ping_timeout"
                 }
-            }
+            };
+            metrics::counter!("lb_runner_connections_ended_total", "runner" => addr.clone(), "cause" => cause)
+                .increment(1);
             // The next call connects again. Dropping `conn` fails the streams still open on it.
             if let Some(inner) = me.upgrade() {
                 inner.forget(generation);
@@ -261,6 +272,18 @@ impl Inner {
             recv,
             data_done: false,
         }))
+    }
+}
+
+/// Why a runner connection was lost, for `lb_runner_connections_ended_total`: `tcp_timeout`
+/// when the kernel gave up on data the runner's host never acknowledged
+/// ([`ChannelOptions::tcp_user_timeout`]), `reset` when the runner's host reset it, `error`
+/// otherwise (a protocol error, a GOAWAY with an error).
+fn loss_cause(e: &h2::Error) -> &'static str {
+    match e.get_io().map(std::io::Error::kind) {
+        Some(std::io::ErrorKind::TimedOut) => "tcp_timeout",
+        Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => "reset",
+        _ => "error",
     }
 }
 
