@@ -385,24 +385,20 @@ impl Cluster {
         Ok(crate::load::metric_sum(&r.text(), name, &[]))
     }
 
-    /// The sum of the LB's metric `name` over the samples with `labels`.
-    pub async fn lb_metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    /// The LB's `/metrics` (Prometheus text).
+    pub async fn lb_metrics(&self) -> Result<String> {
         let r = request("GET", &self.url("/metrics"), &BTreeMap::new(), Bytes::new()).await?;
         if r.status != 200 {
             bail!("GET /metrics on the LB: {}", r.status);
         }
-        Ok(crate::load::metric_sum(&r.text(), name, labels))
+        Ok(r.text())
     }
 
     /// The state the LB reports for a runner (`lb_runner_up{runner, state} == 1`): `up`, `down` or
     /// `draining`; `None` before the LB has probed it.
     pub async fn lb_runner_state(&self, service: &str) -> Result<Option<String>> {
-        let r = request("GET", &self.url("/metrics"), &BTreeMap::new(), Bytes::new()).await?;
-        if r.status != 200 {
-            bail!("GET /metrics on the LB: {}", r.status);
-        }
         Ok(lb_runner_state(
-            &r.text(),
+            &self.lb_metrics().await?,
             &format!("{service}:{RUNNER_GRPC_PORT}"),
         ))
     }
