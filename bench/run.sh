@@ -95,6 +95,9 @@ compose_down() {
     log "compose cluster: down"
     env "${COMPOSE_ENV[@]}" bash deploy/down.sh >>"$WORK/compose.log" 2>&1 ||
         log "deploy/down.sh failed for $COMPOSE_CLUSTER (see $OUT/compose.log)"
+    # The node images were built for this run from its release binaries: nothing else uses them.
+    docker image rm "ferrofn/lb:$COMPOSE_TAG" "ferrofn/runner:$COMPOSE_TAG" >>"$WORK/compose.log" 2>&1 ||
+        log "could not remove ferrofn/lb:$COMPOSE_TAG, ferrofn/runner:$COMPOSE_TAG (see $OUT/compose.log)"
     COMPOSE_UP=0
 }
 
