@@ -275,6 +275,11 @@ fn finished(call_id: &str, image: &str, result: &Result<(), FnError>, t: &Times)
     }
 }
 
+/// The outcome of a call whose stream the LB reset before it ended (Fn's LB counts such calls as
+/// `canceled` too).
+pub const CANCELED: &str = "canceled";
+
+/// The `outcome` label of `ferrofn_runner_calls_total` for a call's result.
 fn outcome_label(r: &Result<(), FnError>) -> String {
     match r {
         Ok(()) => "ok".into(),
@@ -359,12 +364,21 @@ async fn handle_try(
             &mut times,
         )
         .await;
-        if let Err(e) = &r {
-            info!(code = e.code(), error = e.message(), "call failed");
-        } else {
-            debug!("call succeeded");
+        // The LB reset the stream (its client went away, or it placed the call elsewhere after
+        // this runner answered too late): nobody reads the answer, and the call is no failure of
+        // the function or the runner.
+        let canceled = r.is_err() && tx.is_closed();
+        match &r {
+            Err(_) if canceled => info!("call canceled: the LB reset its stream"),
+            Err(e) => info!(code = e.code(), error = e.message(), "call failed"),
+            Ok(()) => debug!("call succeeded"),
         }
-        (finished(&call_id, &image, &r, &times), outcome_label(&r))
+        let outcome = if canceled {
+            CANCELED.to_string()
+        } else {
+            outcome_label(&r)
+        };
+        (finished(&call_id, &image, &r, &times), outcome)
     }
     .instrument(span)
     .await

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-/// A call ended; `outcome` is `ok`, `nack` or the error's HTTP code.
+/// A call ended; `outcome` is `ok`, `nack`, `canceled` (the LB reset the stream) or the error's HTTP
+/// code.
 pub fn call_finished(outcome: &str, elapsed: Duration) {
     metrics::counter!("ferrofn_runner_calls_total", "outcome" => outcome.to_string()).increment(1);
     metrics::histogram!("ferrofn_runner_call_duration_seconds", "outcome" => outcome.to_string())

@@ -363,15 +363,23 @@ impl Cluster {
         .await
     }
 
-    /// Calls a runner has finished since it started (`ferrofn_runner_calls_total`, every outcome),
-    /// read from its `/metrics`: the LB's responses do not say which runner served a call.
+    /// Calls a runner has served since it started (`ferrofn_runner_calls_total{outcome="ok"}`),
+    /// read from its `/metrics`: the LB's responses do not say which runner served a call. A call
+    /// the LB gave up on there (`canceled`: answered too late, placed elsewhere) is not counted.
     pub async fn runner_calls(&self, service: &str) -> Result<u64> {
-        Ok(self.runner_metric(service, "ferrofn_runner_calls_total").await? as u64)
+        let ip = self.ip(service).await?;
+        let text = self.metrics_at(ip).await?;
+        Ok(crate::load::metric_sum(&text, "ferrofn_runner_calls_total", &[("outcome", "ok")]) as u64)
     }
 
     /// The sum of metric `name` (all label sets) on a runner's `/metrics`.
     pub async fn runner_metric(&self, service: &str, name: &str) -> Result<f64> {
         let ip = self.ip(service).await?;
+        Ok(crate::load::metric_sum(&self.metrics_at(ip).await?, name, &[]))
+    }
+
+    /// The `/metrics` text of the runner at `ip`.
+    async fn metrics_at(&self, ip: String) -> Result<String> {
         let url = format!("http://{ip}:{RUNNER_METRICS_PORT}/metrics");
         let r = tokio::time::timeout(
             Duration::from_secs(5),
@@ -382,7 +390,7 @@ impl Cluster {
         if r.status != 200 {
             bail!("GET {url}: {}", r.status);
         }
-        Ok(crate::load::metric_sum(&r.text(), name, &[]))
+        Ok(r.text())
     }
 
     /// The LB's `/metrics` (Prometheus text).

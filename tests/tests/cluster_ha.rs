@@ -83,12 +83,17 @@ async fn lb_calls(cluster: &Cluster) -> Result<BTreeMap<&'static str, f64>> {
     Ok(out)
 }
 
-/// `ferrofn_runner_calls_total` of each runner replica (by container id).
+/// Calls each runner replica served (by container id): `ferrofn_runner_calls_total{outcome="ok"}`.
+/// A call an LB gave up on at a replica (`canceled`: it answered too late under a cold start, and
+/// the call went to another) is not a call served.
 async fn runner_calls(cluster: &Cluster) -> Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     for id in cluster.containers("runner").await? {
         let text = cluster.metrics_of(&id).await?;
-        out.insert(id, metric_sum(&text, "ferrofn_runner_calls_total", &[]));
+        out.insert(
+            id,
+            metric_sum(&text, "ferrofn_runner_calls_total", &[("outcome", "ok")]),
+        );
     }
     Ok(out)
 }

@@ -512,7 +512,7 @@ async fn calls_through_lb_and_two_mtls_runners() -> Result<()> {
         "only the small chunked call ran"
     );
 
-    // A client that goes away mid-call: the runner ends the call (a failed outcome, nothing in
+    // A client that goes away mid-call: the runner ends the call (outcome `canceled`, nothing in
     // flight) long before the function's 10 s sleep would.
     let sh = home(&sleeper);
     let warm = stack.post(&format!("/invoke/{sleeper}"), &[], "{}").await?;
@@ -520,6 +520,7 @@ async fn calls_through_lb_and_two_mtls_runners() -> Result<()> {
     // The LB may answer before the runner has finished with an aborted call (the 413 above):
     // read the baseline once nothing is in flight there.
     stack.settle(sh).await?;
+    let canceled_before = stack.calls(sh, "canceled").await?;
     let failed_before = stack.calls(sh, "500").await?;
     let stream = tokio::net::TcpStream::connect(stack.lb.addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -554,9 +555,14 @@ async fn calls_through_lb_and_two_mtls_runners() -> Result<()> {
     .await
     .with_context(|| format!("runner log:\n{}", tail(&runner.logs())))?;
     assert_eq!(
+        stack.calls(sh, "canceled").await?,
+        canceled_before + 1.0,
+        "the abandoned call ended as canceled on the runner"
+    );
+    assert_eq!(
         stack.calls(sh, "500").await?,
-        failed_before + 1.0,
-        "the abandoned call ended as cancelled (500 outcome) on the runner"
+        failed_before,
+        "a call its client abandoned is no failure of the runner"
     );
     assert!(
         dropped.elapsed() < Duration::from_secs(5),
