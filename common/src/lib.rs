@@ -21,6 +21,7 @@ pub mod exit;
 pub mod frames;
 pub mod id;
 pub mod lock;
+pub mod malloc;
 pub mod probe;
 pub mod runtime;
 pub mod shutdown;

@@ -38,7 +38,8 @@ pub fn build(configured: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let env = std::env::var(TOKIO_WORKER_THREADS).ok();
     let workers = worker_threads(configured, env.as_deref(), cpus);
-    tracing::info!(workers, cpus, "tokio runtime");
+    let malloc = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    tracing::info!(workers, cpus, glibc_tunables = %malloc, "tokio runtime");
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

@@ -51,6 +51,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ferrofn_common::malloc::reexec_with_fixed_mmap_threshold();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => ferrofn_common::exit::fail("ferrofn-lb", &e),

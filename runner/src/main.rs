@@ -104,6 +104,7 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
+    ferrofn_common::malloc::reexec_with_fixed_mmap_threshold();
     match run() {
         Ok(code) => code,
         Err(e) => ferrofn_common::exit::fail("ferrofn-runner", &e),
