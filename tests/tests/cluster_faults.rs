@@ -26,7 +26,7 @@ const SILENT_RUNNER_BOUND: Duration = ANSWER_BOUND;
 const CALL_WORK: Duration = Duration::from_millis(50);
 /// Issue 10, point 5: a call not in flight on the failed runner takes at most its own work plus
 /// this. A call sent to the cut-off runner after the cut is left unanswered there and goes to
-/// another runner after the LB's answer timeout (200 ms), well before the keepalive verdict.
+/// another runner after the LB's answer timeout (150 ms in compose), well before the keepalive verdict.
 const FAULT_LATENCY_MARGIN: Duration = Duration::from_millis(300);
 const WORKERS: usize = 6;
 /// Upper bound on the calls of one test (the tests stop the load long before).
