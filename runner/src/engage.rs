@@ -277,7 +277,7 @@ fn finished(call_id: &str, image: &str, result: &Result<(), FnError>, t: &Times)
 
 /// The outcome of a call whose stream the LB reset before it ended (Fn's LB counts such calls as
 /// `canceled` too).
-pub const CANCELED: &str = "canceled";
+const CANCELED: &str = "canceled";
 
 /// The `outcome` label of `ferrofn_runner_calls_total` for a call's result.
 fn outcome_label(r: &Result<(), FnError>) -> String {

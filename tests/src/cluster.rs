@@ -134,6 +134,21 @@ pub struct Cluster {
     _slot: SemaphorePermit<'static>,
 }
 
+/// The `/metrics` text of the node at `ip:port` on the cluster network (bounded at 5 s).
+async fn node_metrics(ip: &str, port: u16) -> Result<String> {
+    let url = format!("http://{ip}:{port}/metrics");
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        request("GET", &url, &BTreeMap::new(), Bytes::new()),
+    )
+    .await
+    .with_context(|| format!("GET {url} timed out"))??;
+    if r.status != 200 {
+        bail!("GET {url}: {}", r.status);
+    }
+    Ok(r.text())
+}
+
 impl Cluster {
     /// Builds the images if needed, starts a new cluster and waits until its three runners are
     /// healthy and its LB answers.
@@ -312,18 +327,7 @@ impl Cluster {
     /// A node's `/metrics` text, fetched from the host on its address on the cluster network
     /// (`port` 8080 for LBs and runners alike; nothing of it is published).
     pub async fn metrics_of(&self, container: &str) -> Result<String> {
-        let ip = container_ip(container).await?;
-        let url = format!("http://{ip}:{NODE_HTTP_PORT}/metrics");
-        let r = tokio::time::timeout(
-            Duration::from_secs(5),
-            request("GET", &url, &BTreeMap::new(), Bytes::new()),
-        )
-        .await
-        .with_context(|| format!("GET {url} timed out"))??;
-        if r.status != 200 {
-            bail!("GET {url}: {}", r.status);
-        }
-        Ok(r.text())
+        node_metrics(&container_ip(container).await?, NODE_HTTP_PORT).await
     }
 
     /// A management API request (`/v2/...`, the cluster's token) sent to one LB service directly on
@@ -367,30 +371,14 @@ impl Cluster {
     /// read from its `/metrics`: the LB's responses do not say which runner served a call. A call
     /// the LB gave up on there (`canceled`: answered too late, placed elsewhere) is not counted.
     pub async fn runner_calls(&self, service: &str) -> Result<u64> {
-        let ip = self.ip(service).await?;
-        let text = self.metrics_at(ip).await?;
+        let text = node_metrics(&self.ip(service).await?, RUNNER_METRICS_PORT).await?;
         Ok(crate::load::metric_sum(&text, "ferrofn_runner_calls_total", &[("outcome", "ok")]) as u64)
     }
 
     /// The sum of metric `name` (all label sets) on a runner's `/metrics`.
     pub async fn runner_metric(&self, service: &str, name: &str) -> Result<f64> {
-        let ip = self.ip(service).await?;
-        Ok(crate::load::metric_sum(&self.metrics_at(ip).await?, name, &[]))
-    }
-
-    /// The `/metrics` text of the runner at `ip`.
-    async fn metrics_at(&self, ip: String) -> Result<String> {
-        let url = format!("http://{ip}:{RUNNER_METRICS_PORT}/metrics");
-        let r = tokio::time::timeout(
-            Duration::from_secs(5),
-            request("GET", &url, &BTreeMap::new(), Bytes::new()),
-        )
-        .await
-        .with_context(|| format!("GET {url} timed out"))??;
-        if r.status != 200 {
-            bail!("GET {url}: {}", r.status);
-        }
-        Ok(r.text())
+        let text = node_metrics(&self.ip(service).await?, RUNNER_METRICS_PORT).await?;
+        Ok(crate::load::metric_sum(&text, name, &[]))
     }
 
     /// The LB's `/metrics` (Prometheus text).
